@@ -1,0 +1,32 @@
+// Operator schemas of srl_ext, shared by every device's kernels.
+//
+// Each loss op returns (loss, grad_input): the forward sweep also produces the gradient that the
+// backward needs (as fused cross-entropy kernels do), and the registered autograd (Python,
+// srl_ext/ops.py) only scales it by the incoming gradient. The surrogate table is cheap and its
+// gradient depends on what the terms downstream send, so it has a separate backward op.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing srl_ext._C loads this library, whose static initialisers register the ops.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(srl_ext, m) {
+  // -> (surrogates K x D, mean_norms K, counts K)
+  m.def("surrogate_table(Tensor features, Tensor bins, Tensor memory) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "surrogate_table_backward(Tensor grad_surrogates, Tensor features, Tensor bins, "
+      "Tensor surrogates, Tensor mean_norms, Tensor counts) -> Tensor");
+  // -> (loss, d loss / d features)
+  m.def(
+      "contrastive(Tensor features, Tensor bins, Tensor surrogates, float temperature, "
+      "bool label_weighting) -> (Tensor, Tensor)");
+  // temperature None: hard max (released code); a value: smooth maximum (paper). -> (loss, d loss / d surrogates)
+  m.def("envelope(Tensor surrogates, Tensor anchors, float? temperature) -> (Tensor, Tensor)");
+  // -> (loss, d loss / d surrogates)
+  m.def("homogeneity(Tensor surrogates, float sign, float beta) -> (Tensor, Tensor)");
+}

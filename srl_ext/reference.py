@@ -1,0 +1,117 @@
+"""Pure-PyTorch reference of every SRL term (SPEC sections 3 to 6).
+
+Each function is the plain math, vectorised, with autograd doing the backward. The fused
+backends (``srl_ext.kernels``, ``csrc/``) are tested against these functions, so keep them
+short and obviously right rather than fast.
+
+Half-precision inputs (float16, bfloat16) are computed in float32, as the fused kernels do;
+the losses come back in that accumulation dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# The same floor as torch.nn.functional.normalize: a row whose norm is below it is divided by
+# EPS instead, so an all-zero row stays zero (and its gradient stays finite).
+EPS = 1e-12
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision inputs, the dtype itself for float32/float64."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit norm; rows with norm below EPS are divided by EPS."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
+
+
+def surrogate_table(features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """The K x D table of unit surrogates c_b for one step (SPEC section 3).
+
+    Row b is the normalised mean of z_i = h_i/||h_i|| over the batch samples in bin b when the
+    bin is present (keeps its gradient), else the normalised, detached memory row. Zero rows
+    stay zero.
+    """
+    acc = accumulation_dtype(features.dtype)
+    z = normalize(features.to(acc))
+    num_bins = memory.shape[0]
+    counts = torch.bincount(bins, minlength=num_bins)
+    sums = z.new_zeros(num_bins, z.shape[1]).index_add(0, bins, z)
+    present = (counts > 0).unsqueeze(1)
+    means = torch.where(present, sums / counts.clamp_min(1).unsqueeze(1).to(acc), memory.detach().to(acc))
+    return normalize(means)
+
+
+def label_distance_log_weights(bins: torch.Tensor, num_bins: int, dtype: torch.dtype) -> torch.Tensor:
+    """log w_ik for w_ik = (|y_i - k| + 1) / max_{i,k}(|y_i - k| + 1), distances in bins (B x K)."""
+    distance = (bins.unsqueeze(1) - torch.arange(num_bins, device=bins.device).unsqueeze(0)).abs() + 1
+    return torch.log(distance.to(dtype) / distance.max().to(dtype))
+
+
+def contrastive_loss(
+    features: torch.Tensor,
+    bins: torch.Tensor,
+    surrogates: torch.Tensor,
+    temperature: float,
+    label_weighting: bool = False,
+) -> torch.Tensor:
+    """L_con = -(1/B) sum_i log(exp(<z_i,c_{y_i}>/tau) / sum_k w_ik exp(<z_i,c_k>/tau)) (SPEC 4).
+
+    The surrogates are detached: the gradient reaches the features only.
+    """
+    acc = accumulation_dtype(features.dtype)
+    z = normalize(features.to(acc))
+    logits = z @ surrogates.detach().to(acc).T / temperature
+    positive = logits.gather(1, bins.unsqueeze(1)).squeeze(1)
+    if label_weighting:
+        logits = logits + label_distance_log_weights(bins, surrogates.shape[0], acc)
+    return (torch.logsumexp(logits, dim=1) - positive).mean()
+
+
+def enveloping_loss(
+    surrogates: torch.Tensor, anchors: torch.Tensor, temperature: float | None = None
+) -> torch.Tensor:
+    """L_env = 1 - mean_j max_k <p_j, c_k> (hard, released code), or with the max replaced by
+    the smooth maximum s * logsumexp_k(<p_j, c_k>/s) when a temperature s is given (paper)."""
+    cosines = anchors.to(surrogates.dtype) @ surrogates.T  # N x K
+    if temperature is None:
+        coverage = cosines.max(dim=1).values  # ties: the lowest k, as torch.max
+    else:
+        coverage = temperature * torch.logsumexp(cosines / temperature, dim=1)
+    return 1 - coverage.mean()
+
+
+def homogeneity_loss(surrogates: torch.Tensor, sign: float = -1.0, beta: float = 0.1) -> torch.Tensor:
+    """L_homo = sign * sum_k a_k + beta * Var(a), a_k = <c_{k+1}, c_k> (SPEC 6).
+
+    Var is unbiased (divides by K-2); with K = 2 there is a single a_k and the variance term
+    is taken as 0.
+    """
+    neighbour_cosines = (surrogates[1:] * surrogates[:-1]).sum(dim=1)
+    loss = sign * neighbour_cosines.sum()
+    if neighbour_cosines.numel() > 1:
+        loss = loss + beta * neighbour_cosines.var()
+    return loss
+
+
+def srl_terms(
+    features: torch.Tensor,
+    bins: torch.Tensor,
+    memory: torch.Tensor,
+    anchors: torch.Tensor,
+    *,
+    temperature: float,
+    homogeneity_sign: float = -1.0,
+    homogeneity_beta: float = 0.1,
+    envelope: str = "hard",
+    envelope_temperature: float | None = None,
+    label_weighting: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(contrastive, enveloping, homogeneity) for one batch, all from the same surrogate table."""
+    surrogates = surrogate_table(features, bins, memory)
+    contrastive = contrastive_loss(features, bins, surrogates, temperature, label_weighting)
+    enveloping = enveloping_loss(surrogates, anchors, envelope_temperature if envelope == "soft" else None)
+    homogeneity = homogeneity_loss(surrogates, homogeneity_sign, homogeneity_beta)
+    return contrastive, enveloping, homogeneity
