@@ -1,0 +1,74 @@
+"""Which implementation computes the terms: a backend is a module with the four term functions
+of ``srl_ext.reference`` (surrogate_table, contrastive_loss, enveloping_loss, homogeneity_loss),
+the same signatures, the same results.
+
+- ``reference``: ``srl_ext.reference``, plain PyTorch, any device.
+- ``cpu``: the fused C++ kernels (``srl_ext.ops`` on CPU tensors).
+- ``cuda``: the fused CUDA kernels (``srl_ext.ops`` on CUDA tensors), when built with them.
+- ``triton``: the fused Triton kernels (``srl_ext.kernels.triton``), on CUDA tensors, or on CPU
+  tensors under ``TRITON_INTERPRET=1``.
+- ``auto``: ``cuda`` on CUDA tensors (``triton`` if the CUDA kernels were not built), ``cpu`` on
+  CPU tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+from . import ops, reference
+
+NAMES = ("auto", "reference", "cpu", "cuda", "triton")
+
+
+def _triton_module() -> tuple[ModuleType | None, str | None]:
+    try:
+        module = importlib.import_module("srl_ext.kernels.triton")
+    except ImportError as error:
+        return None, f"the Triton kernels could not be imported ({error})"
+    return module, None
+
+
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    """Why backend `name` cannot run on `device`, or None when it can."""
+    if name == "reference":
+        return None
+    if name == "cpu":
+        if device.type != "cpu":
+            return f"backend 'cpu' runs on CPU tensors, the inputs are on {device}"
+        return ops.LOAD_ERROR
+    if name == "cuda":
+        if device.type != "cuda":
+            return f"backend 'cuda' runs on CUDA tensors, the inputs are on {device}"
+        if ops.LOAD_ERROR:
+            return ops.LOAD_ERROR
+        if not ops.has_cuda_kernels():
+            return "srl_ext._C was built without its CUDA kernels (a CPU build of torch, no nvcc, or SRL_EXT_CUDA=0)"
+        return None
+    if name == "triton":
+        module, error = _triton_module()
+        return error if module is None else module.unavailable_reason(device)
+    raise ValueError(f"backend must be one of {', '.join(NAMES)}, got {name!r}")
+
+
+def resolve(name: str, device: torch.device, function: str = "srl_ext") -> ModuleType:
+    """The module that computes the terms for backend `name` on `device`; a clear error if none."""
+    if name not in NAMES:
+        raise ValueError(f"{function}: argument 'backend' must be one of {', '.join(map(repr, NAMES))}, got {name!r}")
+    if name == "auto":
+        if device.type == "cuda":
+            name = "cuda" if unavailable_reason("cuda", device) is None else "triton"
+        elif device.type == "cpu":
+            name = "cpu"
+        else:
+            name = "reference"
+    reason = unavailable_reason(name, device)
+    if reason is not None:
+        raise RuntimeError(f"{function}: backend {name!r} cannot run: {reason}")
+    if name == "reference":
+        return reference
+    if name == "triton":
+        return _triton_module()[0]
+    return ops

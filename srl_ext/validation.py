@@ -1,0 +1,117 @@
+"""Input checks shared by the public API: a ValueError that names the argument, the expected
+and the actual value. Nothing here mutates its inputs.
+
+Shape, dtype and device checks are free (metadata only). The checks that read data (bins in
+range, finite features) would force a host-device synchronisation on a GPU and a graph break under
+``torch.compile``, so they run on CPU tensors in eager mode only; the compiled kernels check
+bins themselves, since an out-of-range bin would index out of bounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+FEATURE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def fail(function: str, argument: str, expected: str, actual: object) -> None:
+    raise ValueError(f"{function}: argument '{argument}' must be {expected}, got {actual}")
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}, dtype {x.dtype}, on {x.device}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def tensor(function: str, argument: str, x: object, ndim: int, layout: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        fail(function, argument, f"a {ndim}-D tensor ({layout})", _describe(x))
+    if x.dim() != ndim:
+        fail(function, argument, f"a {ndim}-D tensor ({layout})", f"shape {tuple(x.shape)}")
+    return x
+
+
+def floating(function: str, argument: str, x: torch.Tensor) -> None:
+    if x.dtype not in FEATURE_DTYPES:
+        fail(function, argument, "float16, bfloat16, float32 or float64", x.dtype)
+
+
+def same_device(function: str, argument: str, x: torch.Tensor, reference: torch.Tensor) -> None:
+    if x.device != reference.device:
+        fail(function, argument, f"on the device of 'features' ({reference.device})", x.device)
+
+
+def positive(function: str, argument: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        fail(function, argument, "a finite number > 0", repr(value))
+    return float(value)
+
+
+def reads_data(x: torch.Tensor) -> bool:
+    """Whether the data-reading checks may run on x (see the module docstring)."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def features(function: str, x: object) -> torch.Tensor:
+    x = tensor(function, "features", x, 2, "B x D")
+    floating(function, "features", x)
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        fail(function, "features", "a non-empty B x D tensor", f"shape {tuple(x.shape)}")
+    if reads_data(x) and not bool(torch.isfinite(x).all()):
+        row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
+        fail(function, "features", "finite", f"a non-finite value in row {row}")
+    return x
+
+
+def bins(function: str, x: object, batch: int, num_bins: int, features_: torch.Tensor) -> torch.Tensor:
+    x = tensor(function, "bins", x, 1, "B bin indices")
+    if x.dtype != torch.int64:
+        fail(function, "bins", "an int64 tensor", x.dtype)
+    if x.shape[0] != batch:
+        fail(function, "bins", f"of length B = {batch} (rows of 'features')", f"length {x.shape[0]}")
+    same_device(function, "bins", x, features_)
+    if reads_data(x) and batch > 0:
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high >= num_bins:
+            bad = low if low < 0 else high
+            fail(function, "bins", f"bin indices in [0, K) = [0, {num_bins})", f"{bad}")
+    return x
+
+
+def table(function: str, argument: str, x: object, dim: int, features_: torch.Tensor, what: str) -> torch.Tensor:
+    """A K x D (or N x D) floating table whose D matches the features'."""
+    x = tensor(function, argument, x, 2, what)
+    floating(function, argument, x)
+    if x.shape[1] != dim:
+        fail(function, argument, f"{dim} columns (D of 'features')", f"shape {tuple(x.shape)}")
+    same_device(function, argument, x, features_)
+    return x
+
+
+def num_bins(function: str, argument: str, x: torch.Tensor) -> int:
+    if x.shape[0] < 2:
+        fail(function, argument, "at least K = 2 rows (bins)", f"shape {tuple(x.shape)}")
+    return x.shape[0]
+
+
+def anchors(function: str, x: object, dim: int, features_: torch.Tensor) -> torch.Tensor:
+    x = table(function, "anchors", x, dim, features_, "N x D unit vectors")
+    if x.shape[0] < 1:
+        fail(function, "anchors", "at least N = 1 anchor", f"shape {tuple(x.shape)}")
+    return x
+
+
+def envelope(function: str, mode: object, temperature: object) -> float | None:
+    """The envelope temperature to use: None for the hard max, a positive number for soft."""
+    if mode not in ("hard", "soft"):
+        fail(function, "envelope", "'hard' or 'soft'", repr(mode))
+    if mode == "hard":
+        if temperature is not None:
+            fail(function, "envelope_temperature", "None with envelope='hard' (it sets the soft form)", repr(temperature))
+        return None
+    if temperature is None:
+        fail(function, "envelope_temperature", "a number > 0 with envelope='soft'", "None")
+    return positive(function, "envelope_temperature", temperature)
