@@ -20,6 +20,7 @@ class Preset:
     num_anchors: int  # N
     homogeneity_sign: float
     homogeneity_beta: float = 0.1
+    memory_normalized: bool = False  # the memory averages z = h/||h|| (STS-B code) instead of h
     optimizer: str = "adam"
     lr: float = 2.5e-4
     weight_decay: float = 0.0
@@ -43,7 +44,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "sts_b": Preset(
         name="sts_b", num_bins=50, regression_loss="mse", w1=1e-4, w2=1e-2, w3=1e-4, temperature=0.1,
-        num_anchors=1000, homogeneity_sign=+1.0, lr=2.5e-4, weight_decay=1e-5, batch_size=16, epochs=None,
+        num_anchors=1000, homogeneity_sign=+1.0, memory_normalized=True, lr=2.5e-4, weight_decay=1e-5, batch_size=16, epochs=None,
         grad_clip_norm=5.0, eval_every_steps=400, early_stop_patience=30,
     ),
 }

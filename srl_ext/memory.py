@@ -1,0 +1,102 @@
+"""``SurrogateMemory``: per-bin running means of the projector outputs (SPEC section 7).
+
+Its table stands in for the bins absent from a batch when the surrogate table is built. Two
+ways to fill it:
+
+- ``epoch_pass`` (released code): at the end of each epoch, one no-grad pass over the training
+  set calls ``accumulate`` on every batch, then ``update``.
+- ``online``: the training steps call ``accumulate`` on the (detached) features they already
+  computed, and ``update`` runs at the end of the epoch: no extra pass over the data.
+
+``update`` folds the accumulated means in: the first update copies them, later ones take
+``momentum * memory + (1 - momentum) * current``; bins with nothing accumulated keep their row.
+Under torch.distributed the sums and counts are all-reduced first, so every rank holds the same
+table.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import validation as check
+
+MODES = ("epoch_pass", "online")
+
+
+class SurrogateMemory(nn.Module):
+    def __init__(
+        self,
+        num_bins: int,
+        feature_dim: int,
+        *,
+        momentum: float = 0.9,
+        mode: str = "epoch_pass",
+        normalize: bool = False,
+    ) -> None:
+        """
+        Args:
+            num_bins, feature_dim: K and D of the table.
+            momentum: weight of the old table in each update after the first (0.9 released).
+            mode: "epoch_pass" or "online" (see the module docstring); it only records how the
+                training loop feeds the memory, the arithmetic is the same.
+            normalize: accumulate unit vectors z = h/||h|| (the released STS-B code) instead of
+                the raw features h (the released image code).
+        """
+        super().__init__()
+        name = "SurrogateMemory"
+        if mode not in MODES:
+            check.fail(name, "mode", f"one of {', '.join(map(repr, MODES))}", repr(mode))
+        if not 0.0 <= momentum < 1.0:
+            check.fail(name, "momentum", "a number in [0, 1)", repr(momentum))
+        if num_bins < 2 or feature_dim < 1:
+            check.fail(name, "num_bins, feature_dim", "K >= 2 and D >= 1", (num_bins, feature_dim))
+        self.mode = mode
+        self.momentum = float(momentum)
+        self.normalize = bool(normalize)
+        self.register_buffer("table", torch.zeros(num_bins, feature_dim))
+        self.register_buffer("sums", torch.zeros(num_bins, feature_dim, dtype=torch.float64))
+        self.register_buffer("counts", torch.zeros(num_bins, dtype=torch.int64))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def num_bins(self) -> int:
+        return self.table.shape[0]
+
+    @torch.no_grad()
+    def accumulate(self, features: torch.Tensor, bins: torch.Tensor) -> None:
+        """Add a batch's detached features to the per-bin sums (nothing changes if the input is bad)."""
+        name = "SurrogateMemory.accumulate"
+        features = check.features(name, features)
+        if features.shape[1] != self.table.shape[1]:
+            check.fail(name, "features", f"{self.table.shape[1]} columns (feature_dim)", f"shape {tuple(features.shape)}")
+        bins = check.bins(name, bins, features.shape[0], self.num_bins, features)
+        x = features.detach().to(self.sums.device, torch.float64)
+        if self.normalize:
+            x = torch.nn.functional.normalize(x, dim=1)
+        bins = bins.to(self.sums.device)
+        self.sums.index_add_(0, bins, x)
+        self.counts += torch.bincount(bins, minlength=self.num_bins)
+
+    @torch.no_grad()
+    def update(self, group: dist.ProcessGroup | None = None) -> None:
+        """Fold the accumulated per-bin means into the table and clear the accumulators."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+            dist.all_reduce(self.sums, group=group)
+            dist.all_reduce(self.counts, group=group)
+        present = self.counts > 0
+        current = (self.sums[present] / self.counts[present].unsqueeze(1)).to(self.table.dtype)
+        if int(self.num_updates) == 0:
+            self.table[present] = current
+        else:
+            self.table[present] = self.momentum * self.table[present] + (1 - self.momentum) * current
+        self.num_updates += 1
+        self.sums.zero_()
+        self.counts.zero_()
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_bins={self.num_bins}, feature_dim={self.table.shape[1]}, mode={self.mode!r}, "
+            f"momentum={self.momentum}, normalize={self.normalize}"
+        )
