@@ -11,7 +11,9 @@ namespace srl_ext {
 
 // Kernels are reached below the autograd layer (the op's autograd is registered in Python), but
 // the ATen calls inside them would dispatch through autograd again and refuse inputs that
-// require grad (mm_out): this guard keeps them below it.
+// require grad (mm_out). The guard keeps the calling thread below it; it is thread-local, so
+// the kernels also work on detached views of their inputs, which the worker threads of
+// at::parallel_for see as plain tensors.
 using BelowAutograd = at::AutoDispatchBelowADInplaceOrView;
 
 // The same floor as torch.nn.functional.normalize (srl_ext/reference.py: EPS).

@@ -1,10 +1,11 @@
 // Contrastive term (SPEC section 4), CPU, fused forward and backward.
 //
-// The batch is cut into tiles of rows. For each tile: normalise the features, one GEMM gives
-// the tile's logits against all K surrogates (a tile x K block that stays in cache, never the
-// B x K matrix), a row sweep gives the log-sum-exp and turns the block into d loss / d logits
-// (softmax minus the one-hot label), and a second GEMM gives d loss / d z, taken back through
-// the normalisation. Loss partials are kept per tile and summed in order: deterministic.
+// The batch is cut into tiles of samples. For each tile: normalise the features, one GEMM gives
+// the K x tile block of logits (surrogates x samples: the samples run along the contiguous axis,
+// so the sweeps over K are vectorised across samples; the block stays in cache, never the B x K
+// matrix), the sweeps give the log-sum-exp and turn the block into d loss / d logits (softmax
+// minus the one-hot label), and a second GEMM gives d loss / d z, taken back through the
+// normalisation. Loss partials are kept per tile and summed in order: deterministic.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -13,16 +14,16 @@
 namespace srl_ext {
 namespace {
 
-constexpr int64_t kRowsPerTile = 64;
+constexpr int64_t kRowsPerTile = 128;
 
 std::tuple<at::Tensor, at::Tensor> contrastive_cpu(
     const at::Tensor& features, const at::Tensor& bins, const at::Tensor& surrogates, double temperature,
     bool label_weighting) {
   const BelowAutograd below_autograd;
   const auto acc = accumulation_type(features.scalar_type());
-  const at::Tensor h = features.to(acc).contiguous();
-  const at::Tensor b = bins.contiguous();
-  const at::Tensor c = surrogates.to(acc).contiguous();
+  const at::Tensor h = features.detach().to(acc).contiguous();
+  const at::Tensor b = bins.detach().contiguous();
+  const at::Tensor c = surrogates.detach().to(acc).contiguous();
   const int64_t batch = h.size(0), dim = h.size(1), num_bins = c.size(0);
   const int64_t* bp = b.data_ptr<int64_t>();
   check_bins_in_range(bp, batch, num_bins);
@@ -50,17 +51,16 @@ std::tuple<at::Tensor, at::Tensor> contrastive_cpu(
     const scalar_t* hp = h.data_ptr<scalar_t>();
     scalar_t* gp = grad.data_ptr<scalar_t>();
     scalar_t* lp = tile_losses.data_ptr<scalar_t>();
-    const at::Tensor ct = c.t();
 
     at::parallel_for(0, num_tiles, 1, [&](int64_t t0, int64_t t1) {
       at::Tensor z = at::empty({kRowsPerTile, dim}, h.options());
-      at::Tensor logits = at::empty({kRowsPerTile, num_bins}, h.options());
+      at::Tensor logits = at::empty({num_bins * kRowsPerTile}, h.options());
       at::Tensor grad_z = at::empty({kRowsPerTile, dim}, h.options());
-      std::vector<scalar_t> norms(kRowsPerTile);
+      std::vector<scalar_t> norms(kRowsPerTile), top(kRowsPerTile), positive(kRowsPerTile);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t r0 = t * kRowsPerTile, rows = std::min(kRowsPerTile, batch - r0);
+        const int64_t r0 = t * kRowsPerTile, cols = std::min(kRowsPerTile, batch - r0);
         scalar_t* zp = z.data_ptr<scalar_t>();
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t r = 0; r < cols; ++r) {
           const scalar_t* row = hp + (r0 + r) * dim;
           const scalar_t sq = dot(row, row, dim);
           TORCH_CHECK_VALUE(
@@ -69,40 +69,36 @@ std::tuple<at::Tensor, at::Tensor> contrastive_cpu(
           const scalar_t inv = scalar_t(1) / std::max(norms[r], eps);
           for (int64_t d = 0; d < dim; ++d) zp[r * dim + d] = row[d] * inv;
         }
-        at::Tensor z_tile = z.narrow(0, 0, rows);
-        at::Tensor logit_tile = logits.narrow(0, 0, rows);
-        at::mm_out(logit_tile, z_tile, ct);
-
-        scalar_t loss_sum = 0;
-        scalar_t* sp = logits.data_ptr<scalar_t>();
-        for (int64_t r = 0; r < rows; ++r) {
-          scalar_t* s = sp + r * num_bins;
-          const int64_t y = bp[r0 + r];
-          // Logits of the denominator: <z, c_k>/tau + log w_ik.
-          for (int64_t k = 0; k < num_bins; ++k) s[k] *= inv_tau;
-          const scalar_t positive = s[y];  // the numerator carries no weight
-          if (label_weighting) {
-            for (int64_t k = 0; k < num_bins; ++k) s[k] += log_weight[std::abs(y - k)];
-          }
-          scalar_t top = -std::numeric_limits<scalar_t>::infinity();
-          for (int64_t k = 0; k < num_bins; ++k) top = std::max(top, s[k]);
-          scalar_t denom = 0;
+        const at::Tensor z_tile = z.narrow(0, 0, cols);
+        at::Tensor s = logits.narrow(0, 0, num_bins * cols).view({num_bins, cols});  // K x cols
+        at::mm_out(s, c, z_tile.t());
+        s.mul_(inv_tau);
+        scalar_t* sp = s.data_ptr<scalar_t>();
+        const int64_t* y = bp + r0;
+        for (int64_t j = 0; j < cols; ++j) positive[j] = sp[y[j] * cols + j];  // the numerator carries no weight
+        if (label_weighting) {
           for (int64_t k = 0; k < num_bins; ++k) {
-            s[k] = std::exp(s[k] - top);
-            denom += s[k];
+            for (int64_t j = 0; j < cols; ++j) sp[k * cols + j] += log_weight[std::abs(y[j] - k)];
           }
-          const scalar_t inv_denom = scalar_t(1) / denom;
-          loss_sum += top + std::log(denom) - positive;
-          // d loss_i / d logit_ik = softmax_ik - [k == y], scaled for the mean and the 1/tau.
-          for (int64_t k = 0; k < num_bins; ++k) s[k] *= inv_denom * grad_scale;
-          s[y] -= grad_scale;
         }
+        std::copy(sp, sp + cols, top.begin());
+        for (int64_t k = 1; k < num_bins; ++k) {
+          for (int64_t j = 0; j < cols; ++j) top[j] = std::max(top[j], sp[k * cols + j]);
+        }
+        s.sub_(at::from_blob(top.data(), {1, cols}, h.options())).exp_();
+        const at::Tensor denom = s.sum(0);
+        const scalar_t* dp = denom.data_ptr<scalar_t>();
+        scalar_t loss_sum = 0;
+        for (int64_t j = 0; j < cols; ++j) loss_sum += top[j] + std::log(dp[j]) - positive[j];
         lp[t] = loss_sum;
+        // d loss_i / d logit_ik = softmax_ik - [k == y_i], scaled for the mean and the 1/tau.
+        s.div_(denom.unsqueeze(0)).mul_(grad_scale);
+        for (int64_t j = 0; j < cols; ++j) sp[y[j] * cols + j] -= grad_scale;
 
-        at::Tensor grad_z_tile = grad_z.narrow(0, 0, rows);
-        at::mm_out(grad_z_tile, logit_tile, c);
+        at::Tensor grad_z_tile = grad_z.narrow(0, 0, cols);
+        at::mm_out(grad_z_tile, s.t(), c);
         const scalar_t* gzp = grad_z.data_ptr<scalar_t>();
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t r = 0; r < cols; ++r) {
           normalize_backward(zp + r * dim, norms[r], gzp + r * dim, gp + (r0 + r) * dim, dim);
         }
       }

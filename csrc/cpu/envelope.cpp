@@ -1,10 +1,12 @@
 // Enveloping term (SPEC section 5), CPU, fused forward and backward.
 //
-// The anchors are cut into tiles. For each tile one GEMM gives its tile x K block of cosines,
-// which stays in cache; a row sweep takes the max and arg-max (hard) or the log-sum-exp and
-// softmax (soft), and the gradient is accumulated at once: a scatter of the anchor rows into
-// their arg-max rows (hard) or one more GEMM, softmax^T x anchors (soft). Each thread keeps its
-// own K x D gradient, summed at the end, so memory is O(threads*K*D + tile*K), linear in K and
+// The anchors are cut into tiles. For each tile one GEMM gives its K x tile block of cosines
+// (surrogates x anchors: the tile's anchors run along the contiguous axis, so the sweeps over K
+// below are vectorised across anchors), which stays in cache. The sweep keeps a running max and
+// arg-max per anchor (hard) or turns the block into softmax weights (soft, with ATen's
+// vectorised exp), and the gradient is accumulated at once: a scatter of the anchor rows into
+// their arg-max rows (hard) or one more GEMM, weights x anchors (soft). Each thread keeps its
+// own K x D gradient, summed at the end, so memory is O(threads*K*D + K*tile), linear in K and
 // independent of N; the K x N cosine matrix never exists.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -20,8 +22,8 @@ std::tuple<at::Tensor, at::Tensor> envelope_cpu(
     const at::Tensor& surrogates, const at::Tensor& anchors, std::optional<double> temperature) {
   const BelowAutograd below_autograd;
   const auto acc = accumulation_type(surrogates.scalar_type());
-  const at::Tensor c = surrogates.to(acc).contiguous();
-  const at::Tensor a = anchors.to(acc).contiguous();
+  const at::Tensor c = surrogates.detach().to(acc).contiguous();
+  const at::Tensor a = anchors.detach().to(acc).contiguous();
   const int64_t num_bins = c.size(0), dim = c.size(1), num_anchors = a.size(0);
   const bool soft = temperature.has_value();
   if (soft) {
@@ -39,44 +41,50 @@ std::tuple<at::Tensor, at::Tensor> envelope_cpu(
     const scalar_t neg_inv_n = scalar_t(-1) / static_cast<scalar_t>(num_anchors);
     const scalar_t tau = soft ? static_cast<scalar_t>(*temperature) : scalar_t(1);
     const scalar_t inv_tau = scalar_t(1) / tau;
-    const at::Tensor ct = c.t();
 
     at::parallel_for(0, num_tiles, 1, [&](int64_t t0, int64_t t1) {
       at::Tensor grad = thread_grads[at::get_thread_num()];
       scalar_t* gp = grad.data_ptr<scalar_t>();
-      at::Tensor cosines = at::empty({kAnchorsPerTile, num_bins}, c.options());
+      at::Tensor cosines = at::empty({num_bins, kAnchorsPerTile}, c.options());
+      std::vector<scalar_t> best(kAnchorsPerTile);
+      std::vector<int64_t> best_bin(kAnchorsPerTile);
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t j0 = t * kAnchorsPerTile, rows = std::min(kAnchorsPerTile, num_anchors - j0);
-        at::Tensor anchor_tile = a.narrow(0, j0, rows);
-        at::Tensor cos_tile = cosines.narrow(0, 0, rows);
-        at::mm_out(cos_tile, anchor_tile, ct);
-        scalar_t* sp = cosines.data_ptr<scalar_t>();
+        const int64_t j0 = t * kAnchorsPerTile, cols = std::min(kAnchorsPerTile, num_anchors - j0);
+        const at::Tensor anchor_tile = a.narrow(0, j0, cols);
+        // K x cols, row stride cols: the full tile, or a smaller contiguous block for the last.
+        at::Tensor cos_tile = cosines.view(-1).narrow(0, 0, num_bins * cols).view({num_bins, cols});
+        at::mm_out(cos_tile, c, anchor_tile.t());
+        const scalar_t* sp = cos_tile.data_ptr<scalar_t>();
+        // Running max over k; strict '>' keeps the lowest k on ties, as torch.max.
+        std::copy(sp, sp + cols, best.begin());
+        std::fill(best_bin.begin(), best_bin.begin() + cols, int64_t(0));
+        for (int64_t k = 1; k < num_bins; ++k) {
+          const scalar_t* row = sp + k * cols;
+          for (int64_t j = 0; j < cols; ++j) {
+            const bool better = row[j] > best[j];
+            best[j] = better ? row[j] : best[j];
+            best_bin[j] = better ? k : best_bin[j];
+          }
+        }
         scalar_t covered = 0;
-        for (int64_t r = 0; r < rows; ++r) {
-          const scalar_t* s = sp + r * num_bins;
-          int64_t best = 0;  // strict '>' keeps the lowest k on ties, as torch.max
-          for (int64_t k = 1; k < num_bins; ++k) best = s[k] > s[best] ? k : best;
-          if (!soft) {
-            covered += s[best];
-            const scalar_t* anchor = ap + (j0 + r) * dim;
-            scalar_t* g = gp + best * dim;
+        if (!soft) {
+          for (int64_t j = 0; j < cols; ++j) {
+            covered += best[j];
+            const scalar_t* anchor = ap + (j0 + j) * dim;
+            scalar_t* g = gp + best_bin[j] * dim;
             for (int64_t d = 0; d < dim; ++d) g[d] += neg_inv_n * anchor[d];
-            continue;
           }
-          // Smooth maximum: tau * logsumexp(s / tau); the row becomes its softmax weights.
-          scalar_t* w = sp + r * num_bins;
-          const scalar_t top = s[best];
-          scalar_t denom = 0;
-          for (int64_t k = 0; k < num_bins; ++k) {
-            w[k] = std::exp((w[k] - top) * inv_tau);
-            denom += w[k];
-          }
-          covered += top + tau * std::log(denom);
-          const scalar_t scale = neg_inv_n / denom;
-          for (int64_t k = 0; k < num_bins; ++k) w[k] *= scale;
+        } else {
+          // Smooth maximum tau * logsumexp(s / tau) = best + tau * log(sum_k exp((s - best) / tau)).
+          const at::Tensor top = at::from_blob(best.data(), {1, cols}, c.options());
+          cos_tile.sub_(top).mul_(inv_tau).exp_();
+          const at::Tensor denom = cos_tile.sum(0);
+          const scalar_t* dp = denom.data_ptr<scalar_t>();
+          for (int64_t j = 0; j < cols; ++j) covered += best[j] + tau * std::log(dp[j]);
+          cos_tile.div_(denom.unsqueeze(0)).mul_(neg_inv_n);  // d loss / d cosine
+          grad.addmm_(cos_tile, anchor_tile);
         }
         coverage[t] = covered;
-        if (soft) grad.addmm_(cos_tile.t(), anchor_tile);  // += (-1/N) softmax^T x anchors
       }
     });
   });

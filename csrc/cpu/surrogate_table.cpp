@@ -16,9 +16,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_table_cpu(
     const at::Tensor& features, const at::Tensor& bins, const at::Tensor& memory) {
   const BelowAutograd below_autograd;
   const auto acc = accumulation_type(features.scalar_type());
-  const at::Tensor h = features.to(acc).contiguous();
-  const at::Tensor b = bins.contiguous();
-  const at::Tensor mem = memory.to(acc).contiguous();
+  const at::Tensor h = features.detach().to(acc).contiguous();
+  const at::Tensor b = bins.detach().contiguous();
+  const at::Tensor mem = memory.detach().to(acc).contiguous();
   const int64_t batch = h.size(0), dim = h.size(1), num_bins = mem.size(0);
   check_bins_in_range(b.data_ptr<int64_t>(), batch, num_bins);
 
@@ -69,17 +69,17 @@ at::Tensor surrogate_table_backward_cpu(
     const at::Tensor& surrogates, const at::Tensor& mean_norms, const at::Tensor& counts) {
   const BelowAutograd below_autograd;
   const auto acc = accumulation_type(features.scalar_type());
-  const at::Tensor h = features.to(acc).contiguous();
-  const at::Tensor b = bins.contiguous();
-  const at::Tensor c = surrogates.to(acc).contiguous();
-  const at::Tensor norms = mean_norms.to(acc).contiguous();
-  const at::Tensor cnt = counts.contiguous();
+  const at::Tensor h = features.detach().to(acc).contiguous();
+  const at::Tensor b = bins.detach().contiguous();
+  const at::Tensor c = surrogates.detach().to(acc).contiguous();
+  const at::Tensor norms = mean_norms.detach().to(acc).contiguous();
+  const at::Tensor cnt = counts.detach().contiguous();
   const int64_t batch = h.size(0), dim = h.size(1), num_bins = c.size(0);
   check_bins_in_range(b.data_ptr<int64_t>(), batch, num_bins);
 
   // d loss / d mean_b, already divided by the bin's count (zero for absent bins: memory rows
   // are detached).
-  at::Tensor grad_means = grad_surrogates.to(acc).contiguous().clone();
+  at::Tensor grad_means = grad_surrogates.detach().to(acc).contiguous().clone();
   at::Tensor grad_features = at::empty({batch, dim}, h.options());
 
   AT_DISPATCH_FLOATING_TYPES(acc, "surrogate_table_backward_cpu", [&] {
