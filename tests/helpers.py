@@ -1,0 +1,49 @@
+"""Input builders shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+from srl_ext import reference
+
+
+def make_inputs(
+    batch: int,
+    num_bins: int,
+    num_anchors: int,
+    dim: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    present_bins: int | None = None,
+    zero_memory_rows: int = 0,
+    requires_grad: bool = True,
+):
+    """Features, bins, memory and anchors for one step.
+
+    Bins are drawn from the first `present_bins` bins (all by default), so the rest are absent
+    and come from the memory; the last `zero_memory_rows` memory rows are zero (bins never seen).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, dim, generator=generator, dtype=torch.float64).to(dtype)
+    features.requires_grad_(requires_grad)
+    bins = torch.randint(0, present_bins or num_bins, (batch,), generator=generator)
+    memory = torch.randn(num_bins, dim, generator=generator, dtype=torch.float64)
+    if zero_memory_rows:
+        memory[-zero_memory_rows:] = 0
+    anchors = reference.normalize(torch.randn(num_anchors, dim, generator=generator, dtype=torch.float64))
+    acc = reference.accumulation_dtype(dtype)
+    return features, bins, memory.to(acc), anchors.to(acc)
+
+
+def terms_and_grad(module, features, bins, memory, anchors, *, temperature=0.3, envelope_temperature=None,
+                   label_weighting=False, sign=-1.0, beta=0.1):
+    """The three terms of a backend module and the gradient of their sum w.r.t. the features."""
+    surrogates = module.surrogate_table(features, bins, memory)
+    terms = (
+        module.contrastive_loss(features, bins, surrogates, temperature, label_weighting),
+        module.enveloping_loss(surrogates, anchors, envelope_temperature),
+        module.homogeneity_loss(surrogates, sign, beta),
+    )
+    grad = torch.autograd.grad(sum(terms), features)[0]
+    return torch.stack([t.detach() for t in terms]), grad
