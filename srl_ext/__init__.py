@@ -4,11 +4,12 @@
 - ``srl_ext.reference``: the plain PyTorch math of each term (SPEC sections 3-6).
 - ``srl_ext.SRLLoss``: the weighted terms as a module with its anchors and presets.
 - ``srl_ext.SurrogateMemory``: the per-bin memory that fills bins absent from a batch.
+- ``srl_ext.distributed``: data-parallel (DDP) training: the global-batch table and terms, helpers.
 """
 
-from . import backends, functional, ops, presets, reference
+from . import backends, distributed, functional, ops, presets, reference
 from .loss import SRLLoss, SRLTerms, sample_anchors
 from .memory import SurrogateMemory
 
-__all__ = ["SRLLoss", "SRLTerms", "SurrogateMemory", "backends", "functional", "ops", "presets", "reference", "sample_anchors"]
+__all__ = ["SRLLoss", "SRLTerms", "SurrogateMemory", "backends", "distributed", "functional", "ops", "presets", "reference", "sample_anchors"]
 __version__ = "0.1.0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from . import backends, presets
 from . import validation as check
+from .distributed import srl_terms as global_batch_srl_terms
 from .functional import srl_terms
 
 
@@ -32,6 +34,11 @@ class SRLLoss(nn.Module):
     The anchors are drawn once from `anchor_seed` and kept as a buffer, so they are saved in
     the state_dict and follow the module across devices.
 
+    With ``distributed=True`` the terms are those of the global batch of a data-parallel step
+    (``srl_ext.distributed.srl_terms`` on `process_group`, None for the default group): call it
+    on every rank, and DDP's gradient averaging gives the single-process gradients. Without
+    torch.distributed initialised it is the single-process loss.
+
     >>> loss_fn = SRLLoss.preset("agedb", feature_dim=128)
     >>> out = loss_fn(features, bins, memory)   # features B x D, bins B, memory K x D
     >>> (regression_loss + out.total).backward()
@@ -54,6 +61,8 @@ class SRLLoss(nn.Module):
         label_weighting: bool = False,
         anchor_seed: int = 0,
         backend: str = "auto",
+        distributed: bool = False,
+        process_group: "torch.distributed.ProcessGroup | None" = None,
     ) -> None:
         super().__init__()
         name = "SRLLoss"
@@ -75,6 +84,8 @@ class SRLLoss(nn.Module):
         self.envelope_temperature = envelope_temperature
         self.label_weighting = bool(label_weighting)
         self.backend = backend
+        self.distributed = bool(distributed)
+        self.process_group = process_group
         self.register_buffer("anchors", sample_anchors(num_anchors, feature_dim, anchor_seed))
 
     @classmethod
@@ -91,7 +102,11 @@ class SRLLoss(nn.Module):
     def forward(self, features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor) -> SRLTerms:
         if isinstance(memory, torch.Tensor) and memory.dim() == 2 and memory.shape[0] != self.num_bins:
             check.fail("SRLLoss", "memory", f"{self.num_bins} rows (num_bins)", f"shape {tuple(memory.shape)}")
-        contrastive, enveloping, homogeneity = srl_terms(
+        if self.distributed:
+            terms_of = functools.partial(global_batch_srl_terms, group=self.process_group)
+        else:
+            terms_of = srl_terms
+        contrastive, enveloping, homogeneity = terms_of(
             features, bins, memory, self.anchors,
             temperature=self.temperature, homogeneity_sign=self.homogeneity_sign,
             homogeneity_beta=self.homogeneity_beta, envelope=self.envelope,
@@ -105,5 +120,5 @@ class SRLLoss(nn.Module):
         return (
             f"num_bins={self.num_bins}, feature_dim={self.feature_dim}, num_anchors={self.anchors.shape[0]}, "
             f"w=({self.w1}, {self.w2}, {self.w3}), temperature={self.temperature}, envelope={self.envelope!r}, "
-            f"backend={self.backend!r}"
+            f"backend={self.backend!r}, distributed={self.distributed}"
         )

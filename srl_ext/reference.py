@@ -34,13 +34,29 @@ def surrogate_table(features: torch.Tensor, bins: torch.Tensor, memory: torch.Te
     bin is present (keeps its gradient), else the normalised, detached memory row. Zero rows
     stay zero.
     """
-    acc = accumulation_dtype(features.dtype)
-    z = normalize(features.to(acc))
-    num_bins = memory.shape[0]
+    sums, counts = bin_sums(features, bins, memory.shape[0])
+    return surrogates_from_sums(sums, counts, memory)
+
+
+def bin_sums(features: torch.Tensor, bins: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin sums of z = normalize(h) (K x D, accumulation dtype, with gradient) and counts (K).
+
+    Split from ``surrogates_from_sums`` so that data-parallel training can add up the sums and
+    counts of every rank in between (``srl_ext.distributed``).
+    """
+    z = normalize(features.to(accumulation_dtype(features.dtype)))
     counts = torch.bincount(bins, minlength=num_bins)
     sums = z.new_zeros(num_bins, z.shape[1]).index_add(0, bins, z)
+    return sums, counts
+
+
+def surrogates_from_sums(sums: torch.Tensor, counts: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """The normalised table from per-bin sums and counts: means of present bins, detached memory
+    rows for absent ones (count 0)."""
     present = (counts > 0).unsqueeze(1)
-    means = torch.where(present, sums / counts.clamp_min(1).unsqueeze(1).to(acc), memory.detach().to(acc))
+    means = torch.where(
+        present, sums / counts.clamp_min(1).unsqueeze(1).to(sums.dtype), memory.detach().to(sums.dtype)
+    )
     return normalize(means)
 
 

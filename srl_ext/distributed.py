@@ -1,0 +1,249 @@
+"""Data-parallel SRL on ``torch.distributed`` (DDP, launched with ``torchrun``).
+
+Each rank holds a slice of the global batch. The SRL terms must be those of one process on the
+concatenated batch, so:
+
+- the surrogate table is built from the global batch (``surrogate_table``): the per-bin sums of
+  z = h/||h|| are all-reduced with their gradient, the counts without;
+- the terms are computed on that table with the chosen backend (``srl_terms``), and their
+  gradients are scaled so that DDP's gradient averaging gives the single-process gradients;
+- the memory reduces its sums and counts across ranks itself (``SurrogateMemory.update``);
+- the anchors come from a fixed seed; ``assert_same_across_ranks`` checks it cheaply and
+  ``broadcast_`` enforces it;
+- predictions are gathered (``gather_tensors``) before the metrics, and only the main process
+  (``is_main_process``) writes checkpoints and logs.
+
+Every function here is the single-process one when torch.distributed is not initialised or the
+world has one rank, so the same training code runs with and without torchrun.
+
+The collectives in the forward and backward of ``srl_terms`` must be reached by every rank in
+the same order: call it on every rank, every step (never under ``if is_main_process()``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from . import backends, functional, reference
+from . import validation as check
+
+
+def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
+    """True when torch.distributed is initialised and `group` has more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def world_size(group: dist.ProcessGroup | None = None) -> int:
+    """Number of ranks (1 without torch.distributed)."""
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank(group: dist.ProcessGroup | None = None) -> int:
+    """This process's rank (0 without torch.distributed)."""
+    return dist.get_rank(group) if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the default group: the process that writes checkpoints and logs."""
+    return rank() == 0
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """all_reduce(SUM) whose backward is all_reduce(SUM) of the incoming gradients.
+
+    Written here rather than taken from torch.distributed.nn.functional.all_reduce (deprecated
+    since torch 2.6, same semantics) because the gradient scaling of ``srl_terms`` rests on this
+    backward: rank r receives the sum over all ranks of dL_r'/d(global sums).
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+        ctx.group = group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grad = grad_total.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+def sum_across_ranks(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """The sum of `tensor` over the ranks of `group`, differentiable (see ``_SumAcrossRanks``)."""
+    return _SumAcrossRanks.apply(tensor, group)
+
+
+def _global_sums_and_counts(features, bins, num_bins, group):
+    sums, counts = reference.bin_sums(features, bins, num_bins)
+    sums = sum_across_ranks(sums, group)
+    dist.all_reduce(counts, group=group)  # integer counts carry no gradient
+    return sums, counts
+
+
+def surrogate_table(
+    features: torch.Tensor,
+    bins: torch.Tensor,
+    memory: torch.Tensor,
+    group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """The K x D surrogate table of the global batch (SPEC section 3), identical on every rank.
+
+    The local per-bin sums of z = normalize(h) are all-reduced with their gradient and the
+    counts without; present bins take the global means, absent bins the detached memory row;
+    rows are normalised as ``srl_ext.reference.surrogate_table`` (EPS floor, zero rows stay
+    zero). The table is plain PyTorch (a B x D scatter): the fused kernels build a table from
+    one process's batch only. Without torch.distributed (or with one rank) this is
+    ``reference.surrogate_table``.
+
+    Gradient: rank r's features receive the sum over all ranks of the gradients reaching the
+    table (the backward of the all-reduce), i.e. W times the single-process gradient when every
+    rank computes the same loss of the table; see ``srl_terms`` for why that is what DDP needs.
+    """
+    name = "distributed.surrogate_table"
+    features = check.features(name, features)
+    memory = check.table(name, "memory", memory, features.shape[1], features, "K x D")
+    bins = check.bins(name, bins, features.shape[0], check.num_bins(name, "memory", memory), features)
+    if not is_distributed(group):
+        return reference.surrogate_table(features, bins, memory)
+    sums, counts = _global_sums_and_counts(features, bins, memory.shape[0], group)
+    return reference.surrogates_from_sums(sums, counts, memory)
+
+
+def srl_terms(
+    features: torch.Tensor,
+    bins: torch.Tensor,
+    memory: torch.Tensor,
+    anchors: torch.Tensor,
+    *,
+    temperature: float,
+    homogeneity_sign: float = -1.0,
+    homogeneity_beta: float = 0.1,
+    envelope: str = "hard",
+    envelope_temperature: float | None = None,
+    label_weighting: bool = False,
+    backend: str = "auto",
+    group: dist.ProcessGroup | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``srl_ext.functional.srl_terms`` on the global batch of a data-parallel step.
+
+    Call it on every rank with that rank's features and bins; `memory` and `anchors` must be
+    the same on every rank. Without torch.distributed (or with one rank) it is
+    ``functional.srl_terms``.
+
+    Values: on every rank, the three terms of one process on the concatenated batch (the
+    contrastive value is all-reduced, so rank 0 can log it as it is).
+
+    Gradients: DDP averages the parameter gradients over the W ranks, so the gradient that each
+    rank's backward sends to its own features must be W times the single-process gradient of
+    those rows; the average over ranks then sums the rows back into the global gradient.
+    - Enveloping and homogeneity are functions T(C) of the global table, computed identically
+      on every rank. Rank r's features reach C through the all-reduced sums S = sum_r' S_r', whose
+      backward sums dT/dS over the W ranks: W * dT/dS, times dS_r/dθ. DDP's mean over ranks:
+      (1/W) sum_r W dT/dS dS_r/dθ = dT/dS dS/dθ, the single-process gradient. No correction.
+    - Contrastive: a mean over samples, with the table detached. Rank r differentiates its local
+      mean scaled by W * B_r / B (B = global batch), so sample i gets (W / B) dl_i, and DDP's
+      mean gives (1/B) sum_i dl_i. With equal local batches the scale is 1. Its value is
+      replaced by the global mean (forward only), the gradient keeps the scaled local form.
+    - Label-distance weighting divides the weights by their maximum over the batch: a constant
+      shift of the contrastive value (no gradient), taken over the global batch here.
+    So a plain `loss.backward()` under DDP gives the single-process gradients. Without DDP
+    (gradients not averaged), divide by ``world_size()``.
+    """
+    if not is_distributed(group):
+        return functional.srl_terms(
+            features, bins, memory, anchors, temperature=temperature, homogeneity_sign=homogeneity_sign,
+            homogeneity_beta=homogeneity_beta, envelope=envelope, envelope_temperature=envelope_temperature,
+            label_weighting=label_weighting, backend=backend,
+        )
+    name = "distributed.srl_terms"
+    features, bins, memory, anchors = functional._check_inputs(name, features, bins, memory, anchors)
+    temperature = check.positive(name, "temperature", temperature)
+    soft_temperature = check.envelope(name, envelope, envelope_temperature)
+    impl = backends.resolve(backend, features.device, name)
+    num_bins = memory.shape[0]
+
+    sums, counts = _global_sums_and_counts(features, bins, num_bins, group)
+    surrogates = reference.surrogates_from_sums(sums, counts, memory)
+    local_contrastive = impl.contrastive_loss(features, bins, surrogates, temperature, bool(label_weighting))
+    contrastive = _global_mean(local_contrastive, bins, counts, num_bins, bool(label_weighting), group)
+    return (
+        contrastive,
+        impl.enveloping_loss(surrogates, anchors, soft_temperature),
+        impl.homogeneity_loss(surrogates, float(homogeneity_sign), float(homogeneity_beta)),
+    )
+
+
+def _global_mean(local_mean, bins, global_counts, num_bins, label_weighting, group):
+    """The contrastive term whose value is the global-batch mean and whose gradient, after
+    DDP's averaging, is that of the global-batch mean (see ``srl_terms``)."""
+    local_batch = bins.shape[0]
+    global_batch = global_counts.sum().to(local_mean.dtype)  # a tensor: no host synchronisation
+    scaled = local_mean * (world_size(group) * local_batch / global_batch)
+    with torch.no_grad():
+        value = local_mean.detach().clone()
+        if label_weighting:
+            # log w_ik = log d_ik - log max_{i,k} d_ik: the local max shifts the local mean by a
+            # constant; replace it by the max over the global batch (max_k |y - k| = max(y, K-1-y)).
+            local_max = (torch.maximum(bins, num_bins - 1 - bins).max() + 1).reshape(1)
+            global_max = local_max.clone()
+            dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
+            value += torch.log(local_max.to(value.dtype) / global_max.to(value.dtype)).squeeze(0)
+        value *= local_batch / global_batch
+        dist.all_reduce(value, group=group)
+    return value + (scaled - scaled.detach())
+
+
+def gather_tensors(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """The concatenation along dim 0 of `tensor` from every rank, in rank order, on every rank.
+
+    The ranks may hold different lengths (an evaluation set split without padding); the other
+    dimensions and the dtype must agree. No gradient. Without torch.distributed: `tensor`.
+    """
+    if tensor.dim() < 1:
+        check.fail("gather_tensors", "tensor", "a tensor with at least 1 dimension", "a 0-d tensor")
+    if not is_distributed(group):
+        return tensor
+    size = world_size(group)
+    length = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
+    lengths = [torch.empty_like(length) for _ in range(size)]
+    dist.all_gather(lengths, length, group=group)
+    lengths = [int(n) for n in lengths]
+    padded = tensor.new_zeros((max(lengths), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor.detach()
+    gathered = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(gathered, padded.contiguous(), group=group)
+    return torch.cat([part[:n] for part, n in zip(gathered, lengths)])
+
+
+def broadcast_(tensor: torch.Tensor, src: int = 0, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Overwrite `tensor` in place with rank `src`'s copy (e.g. the anchors); returns it."""
+    if is_distributed(group):
+        with torch.no_grad():
+            dist.broadcast(tensor, src=src, group=group)
+    return tensor
+
+
+def assert_same_across_ranks(tensor: torch.Tensor, what: str, group: dist.ProcessGroup | None = None) -> None:
+    """Raise RuntimeError on every rank unless `tensor` is the same on every rank.
+
+    A cheap check for things drawn from a fixed seed (the anchors), meant for once at start-up: a
+    fingerprint (shape, dtype, and the float64 sum, position-weighted sum and sum of squares) is
+    gathered instead of the tensor. Identical tensors always pass; differing ones fail except on
+    a measure-zero coincidence.
+    """
+    if not is_distributed(group):
+        return
+    x = tensor.detach().reshape(-1).to(torch.float64)
+    positions = torch.arange(1, x.numel() + 1, dtype=torch.float64, device=x.device)
+    fingerprint = (tuple(tensor.shape), str(tensor.dtype), x.sum().item(), (x * positions).sum().item(), (x * x).sum().item())
+    prints = [None] * world_size(group)
+    dist.all_gather_object(prints, fingerprint, group=group)
+    differing = [r for r, p in enumerate(prints) if p != prints[0]]
+    if differing:
+        raise RuntimeError(
+            f"{what} differ across ranks: ranks {differing} do not match rank 0 "
+            f"(draw them from the same seed, or call srl_ext.distributed.broadcast_)"
+        )
