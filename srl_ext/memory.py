@@ -9,7 +9,8 @@ ways to fill it:
   computed, and ``update`` runs at the end of the epoch: no extra pass over the data.
 
 ``update`` folds the accumulated means in: the first update copies them, later ones take
-``momentum * memory + (1 - momentum) * current``; bins with nothing accumulated keep their row.
+``momentum * memory + (1 - momentum) * current``; bins with nothing accumulated keep their row,
+and an update with nothing accumulated at all changes nothing.
 Under torch.distributed the sums and counts are all-reduced first, so every rank holds the same
 table.
 """
@@ -86,6 +87,8 @@ class SurrogateMemory(nn.Module):
             dist.all_reduce(self.sums, group=group)
             dist.all_reduce(self.counts, group=group)
         present = self.counts > 0
+        if not bool(present.any()):
+            return  # nothing accumulated: no update, so the next one is still a first copy
         current = (self.sums[present] / self.counts[present].unsqueeze(1)).to(self.table.dtype)
         if int(self.num_updates) == 0:
             self.table[present] = current

@@ -146,3 +146,12 @@ def test_bad_settings_raise(kwargs, argument):
     settings = dict(num_bins=NUM_BINS, feature_dim=DIM) | kwargs
     with pytest.raises(ValueError, match=argument):
         SurrogateMemory(**settings)
+
+
+def test_update_with_nothing_accumulated_changes_nothing():
+    memory = SurrogateMemory(3, 2)
+    memory.update()
+    assert int(memory.num_updates) == 0
+    memory.accumulate(torch.tensor([[2.0, 4.0]]), torch.tensor([1]))
+    memory.update()  # still the first update: a copy, not 0.1 x the mean
+    assert torch.equal(memory.table[1], torch.tensor([2.0, 4.0]))
