@@ -17,8 +17,9 @@
 //  - hard: w_jk = [argmax_j = k]; the block scans its chunk's arg-maxes and adds only the anchor
 //    rows that land in its tile: O(N*D) adds in all, the cost of reading the anchors once.
 //  - soft: w_jk = exp((s_jk - max_j)/tau) / sum_j; the block recomputes its tile of cosines from
-//    shared memory (same FMA order as the forward) and accumulates W^T P. This path is not
-//    register-blocked: about two GEMMs' worth of shared-memory-bound work.
+//    shared memory (same FMA order as the forward, so the same values) and accumulates W^T P:
+//    two GEMMs' worth of work. For float32 and D <= 128 with 4 x 4 and 4 x 8 register blocks;
+//    otherwise (float64, wider D) a plain shared-memory version.
 #include "device_utils.cuh"
 #include "launch.h"
 
@@ -271,6 +272,132 @@ __global__ void __launch_bounds__(kGradThreads) envelope_soft_partial_kernel(
   for (int e = t; e < rows * dim; e += kGradThreads) out[e] = acc[e];
 }
 
+// The soft partials again, register-blocked, for float32 and D <= kFastDim (the SRL projector's
+// 128; columns past D are zero-padded). Block (64 surrogate rows, anchor chunk), 256 threads as
+// 16 x 16. Per step of 64 anchors: the 64 x 64 cosines in 4 x 4 register blocks straight from the
+// two shared-memory tiles (same FMA order over d as the forward), their weights to shared memory,
+// then acc (64 x 128, 4 x 8 registers per thread) += W^T P. Two to three FMAs per shared-memory
+// load instead of one per two. Dynamic shared memory: kFastSharedBytes (opt-in above 48 KiB).
+constexpr int kFastDim = 128;
+constexpr int kFastRows = 64;     // surrogate rows per block
+constexpr int kFastAnchors = 64;  // anchors per step
+constexpr int kFastStride = kFastDim + 1;          // padded rows: conflict-free column reads
+constexpr int kFastWeightStride = kFastRows + 1;
+constexpr size_t kFastSharedBytes =
+    (2 * 64 * kFastStride + kFastAnchors * kFastWeightStride + 2 * kFastAnchors) * sizeof(float);
+
+__global__ void __launch_bounds__(kForwardThreads) envelope_soft_partial_fast_kernel(
+    const float* __restrict__ surrogates, const float* __restrict__ anchors, const float* __restrict__ row_max,
+    const float* __restrict__ inv_sum, float* __restrict__ partials, int64_t num_anchors, int num_bins, int dim,
+    int64_t chunk, float inv_tau) {
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  float* bin_tile = reinterpret_cast<float*>(shared_raw);  // [row][d]
+  float* anchor_tile = bin_tile + kFastRows * kFastStride;  // [anchor][d]
+  float* weights = anchor_tile + kFastAnchors * kFastStride;  // [anchor][row]
+  float* tile_max = weights + kFastAnchors * kFastWeightStride;
+  float* tile_inv_sum = tile_max + kFastAnchors;
+  const int t = threadIdx.x, tx = t & 15, ty = t >> 4;
+  const int k0 = blockIdx.x * kFastRows;
+  const int64_t j_begin = static_cast<int64_t>(blockIdx.y) * chunk;
+  const int64_t j_end = j_begin + chunk < num_anchors ? j_begin + chunk : num_anchors;
+
+  for (int e = t; e < kFastRows * kFastDim; e += kForwardThreads) {
+    const int r = e / kFastDim, d = e % kFastDim;
+    bin_tile[r * kFastStride + d] =
+        (k0 + r < num_bins && d < dim) ? surrogates[static_cast<int64_t>(k0 + r) * dim + d] : 0.f;
+  }
+  float acc[4][8];  // rows ty + 16 i, columns tx + 16 c
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int c = 0; c < 8; ++c) acc[i][c] = 0.f;
+
+  for (int64_t base = j_begin; base < j_end; base += kFastAnchors) {
+    const int n = static_cast<int>(j_end - base < kFastAnchors ? j_end - base : kFastAnchors);
+    __syncthreads();  // the previous step's readers are done
+    for (int e = t; e < kFastAnchors * kFastDim; e += kForwardThreads) {
+      const int a = e / kFastDim, d = e % kFastDim;
+      anchor_tile[a * kFastStride + d] = (a < n && d < dim) ? anchors[(base + a) * dim + d] : 0.f;
+    }
+    if (t < kFastAnchors) {
+      tile_max[t] = t < n ? row_max[base + t] : 0.f;
+      tile_inv_sum[t] = t < n ? inv_sum[base + t] : 0.f;
+    }
+    __syncthreads();
+    // Cosines of rows ty + 16 i with anchors tx + 16 q, then their weights.
+    float s[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) s[i][q] = 0.f;
+    for (int d = 0; d < kFastDim; ++d) {
+      float c[4], p[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) c[i] = bin_tile[(ty + 16 * i) * kFastStride + d];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) p[q] = anchor_tile[(tx + 16 * q) * kFastStride + d];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) s[i][q] = fmaf(p[q], c[i], s[i][q]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = ty + 16 * i;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int a = tx + 16 * q;
+        weights[a * kFastWeightStride + r] =
+            (a < n && k0 + r < num_bins) ? expf((s[i][q] - tile_max[a]) * inv_tau) * tile_inv_sum[a] : 0.f;
+      }
+    }
+    __syncthreads();
+    for (int a = 0; a < n; ++a) {
+      float w[4], p[8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) w[i] = weights[a * kFastWeightStride + ty + 16 * i];
+#pragma unroll
+      for (int c = 0; c < 8; ++c) p[c] = anchor_tile[a * kFastStride + tx + 16 * c];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[i][c] = fmaf(w[i], p[c], acc[i][c]);
+    }
+  }
+  float* out = partials + (static_cast<int64_t>(blockIdx.y) * num_bins + k0) * dim;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = ty + 16 * i;
+    if (k0 + r >= num_bins) continue;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      const int d = tx + 16 * c;
+      if (d < dim) out[static_cast<int64_t>(r) * dim + d] = acc[i][c];
+    }
+  }
+}
+
+// The soft partials: the register-blocked kernel for float32 with D <= kFastDim, else the general one.
+template <typename T>
+void launch_soft_partials(const T* surrogates, const T* anchors, const T* row_max, const T* inv_sum, T* partials,
+                          int64_t num_anchors, int num_bins, int dim, const EnvelopeWorkspace& ws, T inv_tau,
+                          dim3 grid, cudaStream_t stream) {
+  if constexpr (sizeof(T) == sizeof(float)) {
+    if (dim <= kFastDim) {
+      // Above the 48 KiB default: an attribute of the function, not a stream operation (allowed
+      // during graph capture). A failure surfaces as a launch error, checked by the caller.
+      cudaFuncSetAttribute(envelope_soft_partial_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(kFastSharedBytes));
+      envelope_soft_partial_fast_kernel<<<grid, kForwardThreads, kFastSharedBytes, stream>>>(
+          surrogates, anchors, row_max, inv_sum, partials, num_anchors, num_bins, dim, ws.chunk, inv_tau);
+      return;
+    }
+  }
+  envelope_soft_partial_kernel<T><<<grid, kGradThreads, ws.shared_bytes, stream>>>(
+      surrogates, anchors, row_max, inv_sum, partials, num_anchors, num_bins, dim, ws.rows_per_block, ws.chunk,
+      inv_tau);
+}
+
 // grad = scale * sum over chunks of the partials, in chunk order.
 template <typename T>
 __global__ void sum_partials_kernel(const T* __restrict__ partials, T* __restrict__ grad, int num_chunks,
@@ -302,6 +429,9 @@ EnvelopeWorkspace envelope_workspace(int64_t num_anchors, int num_bins, int dim,
     rows = static_cast<int>(budget / dim);
     rows = rows < 1 ? 1 : (rows > kMaxGradRows ? kMaxGradRows : rows);
     ws.shared_bytes = static_cast<size_t>(rows) * dim * element_size;
+  } else if (element_size == sizeof(float) && dim <= kFastDim) {
+    rows = kFastRows;
+    ws.shared_bytes = kFastSharedBytes;
   } else {
     // 2 tile (dim + 1) + tile dim + tile^2 <= budget, tile <= 32.
     rows = 32;
@@ -326,9 +456,8 @@ void launch_envelope(
     if (soft) {
       envelope_forward_kernel<T, true><<<blocks, kForwardThreads, 0, stream>>>(
           surrogates, anchors, num_anchors, num_bins, dim, tau, inv_tau, coverage, argmax, row_max, inv_sum);
-      envelope_soft_partial_kernel<T><<<grad_grid, kGradThreads, ws.shared_bytes, stream>>>(
-          surrogates, anchors, row_max, inv_sum, partials, num_anchors, num_bins, dim, ws.rows_per_block, ws.chunk,
-          inv_tau);
+      launch_soft_partials<T>(surrogates, anchors, row_max, inv_sum, partials, num_anchors, num_bins, dim, ws, inv_tau,
+                              grad_grid, stream);
     } else {
       envelope_forward_kernel<T, false><<<blocks, kForwardThreads, 0, stream>>>(
           surrogates, anchors, num_anchors, num_bins, dim, tau, inv_tau, coverage, argmax, row_max, inv_sum);
