@@ -56,3 +56,16 @@ def test_format_table_ratios_against_the_first_timed_row():
     assert "| c | cuda | 1.000 | 4.00x | 1.0e-07 |" in lines[3]
     assert "| c | triton | - | - | - | skipped: no triton |" == lines[4]
     assert "| e | cuda hard | 2.500 | 0.80x |" in lines[6]
+
+
+def test_run_on_cpu_gives_a_row_per_implementation_with_parity():
+    """The whole script on CPU with the C++ kernels standing in for the GPU ones (small N)."""
+    rows = gpu_bench.run(quick=True, device="cpu", fused=("cpu",), envelope_anchors=2000)
+    assert [row.impl for row in rows[:3]] == ["released", "reference", "cpu"]
+    assert len(rows) == 3 * len(gpu_bench.CASES) + 1 + 2 * 2
+    for row in rows:
+        assert row.ms is not None and row.ms > 0, row
+        if row.loss_error is not None:
+            assert row.loss_error < 1e-4, row
+    table = gpu_bench.format_table(rows)
+    assert table.count("\n") == len(rows) + 1
