@@ -1,0 +1,95 @@
+"""What the Triton kernel modules share: interpreter detection, autotune configs, launches.
+
+Kept apart from the op modules so that the one concept each (when the interpreter runs, which
+configs a GPU generation tries) lives in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+# TRITON_INTERPRET=1 runs the kernels in numpy on CPU tensors. Triton reads the variable when
+# its kernels are decorated, i.e. when these modules are imported, so it must be set before.
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Rows of D are loaded whole (one power-of-two block per row); beyond this the tiles no longer
+# fit in registers and shared memory. SRL's projection dimension is 128.
+MAX_FEATURE_DIM = 1024
+
+# The floor of the row norms, as torch.nn.functional.normalize (srl_ext.reference.EPS).
+EPS = 1e-12
+
+
+def split_float(value: float) -> tuple[float, float]:
+    """(hi, lo), two float32 values whose sum is `value` to about 2^-48 relative.
+
+    Triton passes Python floats to kernels as float32; a float64 kernel joins the two parts
+    (``joined``) so that its temperatures and weights keep float64 precision.
+    """
+    hi = _to_float32(value)
+    return hi, _to_float32(value - hi)
+
+
+def _to_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+@triton.jit
+def joined(hi, lo, dtype: tl.constexpr):
+    """The scalar hi + lo (``split_float``) in `dtype`."""
+    return tl.cast(hi, dtype) + tl.cast(lo, dtype)
+
+
+def block_dim(dim: int) -> int:
+    """The power-of-two block that holds a whole row of `dim` (tl.dot needs at least 16)."""
+    return max(16, triton.next_power_of_2(dim))
+
+
+def check_feature_dim(function: str, dim: int) -> None:
+    if dim > MAX_FEATURE_DIM:
+        raise ValueError(
+            f"{function}: the feature dimension D must be at most {MAX_FEATURE_DIM} for the Triton "
+            f"backend (rows are loaded whole), got D = {dim}; use backend 'cuda', 'cpu' or 'reference'"
+        )
+
+
+def autotune_configs(hopper: list[dict], ampere: list[dict], interpreter: dict) -> tuple[list, dict | None]:
+    """(configs, prune_configs_by) for ``triton.autotune``.
+
+    On a GPU the configs of its generation are benchmarked: Hopper (sm_90, H100/H200) has more
+    shared memory and gains from deeper pipelines, Ampere (sm_80/86) prefers fewer stages. The
+    choice is made at the first launch from the device of the tensors, so importing this module
+    never initialises CUDA. Under the interpreter a single config with small tiles: autotuning
+    there would run every config in numpy (far too slow), and small tiles make the small test
+    shapes cross several tiles of every loop.
+    """
+    if INTERPRETING:
+        return [_config(interpreter)], None
+    hopper_configs = [_config(c) for c in hopper]
+    ampere_configs = [_config(c) for c in ampere]
+
+    def for_this_gpu(configs, named_args, **kwargs):
+        device = next(a.device for a in named_args.values() if isinstance(a, torch.Tensor))
+        major, _minor = torch.cuda.get_device_capability(device)
+        return hopper_configs if major >= 9 else ampere_configs
+
+    return hopper_configs + ampere_configs, {"early_config_prune": for_this_gpu}
+
+
+def _config(spec: dict) -> triton.Config:
+    spec = dict(spec)
+    num_warps = spec.pop("num_warps", 4)
+    num_stages = spec.pop("num_stages", 2)
+    return triton.Config(spec, num_warps=num_warps, num_stages=num_stages)
+
+
+def launch(kernel):
+    """The kernel, wrapped so torch.compile traces it inside a ``torch.library.triton_op``."""
+    return wrap_triton(kernel)
+
