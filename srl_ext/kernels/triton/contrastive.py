@@ -31,6 +31,7 @@ _CONFIGS = autotune_configs(
         {"BLOCK_B": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
         {"BLOCK_B": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
     ],
+    fallback={"BLOCK_B": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
     interpreter={"BLOCK_B": 4, "BLOCK_K": 4},
 )
 
@@ -55,12 +56,12 @@ def _logit_tile(z, c_ptr, k, k_mask, d, d_mask, y, max_distance, inv_tau, D,
 @triton.jit
 def _contrastive_kernel(
     h_ptr, bins_ptr, c_ptr, max_distance_ptr, tile_loss_ptr, grad_h_ptr,
-    B, K, D, inv_tau_hi, inv_tau_lo, grad_scale_hi, grad_scale_lo, eps,
+    B, K, D, inv_tau_hi, inv_tau_lo, eps,
     LABEL_WEIGHTING: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     acc_dtype = c_ptr.dtype.element_ty
     inv_tau = joined(inv_tau_hi, inv_tau_lo, acc_dtype)
-    grad_scale = joined(grad_scale_hi, grad_scale_lo, acc_dtype)
+    grad_scale = inv_tau / tl.cast(B, acc_dtype)  # the mean over the batch and the 1/tau
     pid = tl.program_id(0)
     b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     d = tl.arange(0, BLOCK_D)
@@ -118,12 +119,12 @@ def contrastive_op(
         max_distance = torch.maximum(bins + 1, num_bins - bins).max().reshape(1)
     else:
         max_distance = bins.new_ones((1,))
-    # One partial per sample tile; the smallest tile of any config bounds their number.
+    # One loss partial per sample tile (a slot per sample bounds the tiles of any config).
     tile_losses = features.new_zeros((batch,), dtype=acc)
     grad_features = torch.empty_like(features)
     launch(_contrastive_kernel)[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
         features, bins, surrogates, max_distance, tile_losses, grad_features,
-        batch, num_bins, dim, *split_float(1.0 / temperature), *split_float(1.0 / (temperature * batch)), EPS,
+        batch, num_bins, dim, *split_float(1.0 / temperature), EPS,
         LABEL_WEIGHTING=label_weighting, BLOCK_D=block_dim(dim),
     )
     return tile_losses.sum() / batch, grad_features

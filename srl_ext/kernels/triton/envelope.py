@@ -42,6 +42,7 @@ _COVERAGE_CONFIGS = autotune_configs(
         {"BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
         {"BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
     ],
+    fallback={"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
     interpreter={"BLOCK_N": 8, "BLOCK_K": 4},
 )
 
@@ -55,12 +56,14 @@ _GRADIENT_CONFIGS = autotune_configs(
         {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
         {"BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
     ],
+    fallback={"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
     interpreter={"BLOCK_N": 8, "BLOCK_K": 4},
 )
 
 _REDUCE_CONFIGS = autotune_configs(
     hopper=[{"BLOCK": 1024, "num_warps": 4}],
     ampere=[{"BLOCK": 1024, "num_warps": 4}],
+    fallback={"BLOCK": 256, "num_warps": 2},
     interpreter={"BLOCK": 64},
 )
 
@@ -77,10 +80,11 @@ def _num_splits(device: torch.device, num_anchors: int, num_bins: int) -> int:
     """How many anchor splits (programs per K tile) the gradient uses: with the K tiles about two
     programs per SM, never more than there are anchor tiles."""
     if INTERPRETING:
-        return max(1, min(_INTERPRETER_SPLITS, triton.cdiv(num_anchors, _INTERPRETER_ANCHOR_TILE)))
+        return torch.sym_max(1, torch.sym_min(_INTERPRETER_SPLITS, triton.cdiv(num_anchors, _INTERPRETER_ANCHOR_TILE)))
     programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     bin_tiles = triton.cdiv(num_bins, _PLANNED_BIN_TILE)
-    return max(1, min(triton.cdiv(num_anchors, _PLANNED_ANCHOR_TILE), triton.cdiv(programs, bin_tiles)))
+    # sym_min/sym_max: no guard on the sizes when torch.compile traces with dynamic shapes.
+    return torch.sym_max(1, torch.sym_min(triton.cdiv(num_anchors, _PLANNED_ANCHOR_TILE), triton.cdiv(programs, bin_tiles)))
 
 
 @triton.autotune(configs=_COVERAGE_CONFIGS[0], key=["K", "D", "SOFT"], prune_configs_by=_COVERAGE_CONFIGS[1])
@@ -160,8 +164,8 @@ def _gradient_partials_kernel(
 
 @triton.autotune(configs=_REDUCE_CONFIGS[0], key=["size"], prune_configs_by=_REDUCE_CONFIGS[1])
 @triton.jit
-def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, scale_hi, scale_lo, BLOCK: tl.constexpr):
-    scale = joined(scale_hi, scale_lo, partial_ptr.dtype.element_ty)
+def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl.constexpr):
+    scale = -1.0 / tl.cast(N, partial_ptr.dtype.element_ty)  # dL/dc = -(1/N) sum_j w_jk p_j
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < size
     total = tl.zeros((BLOCK,), dtype=partial_ptr.dtype.element_ty)
@@ -204,7 +208,7 @@ def envelope_op(
     grad = torch.empty_like(c)
     size = num_bins * dim
     launch(_reduce_partials_kernel)[lambda meta: (triton.cdiv(size, meta["BLOCK"]),)](
-        partials, grad, size, num_splits, *split_float(-1.0 / num_anchors),
+        partials, grad, size, num_splits, num_anchors,
     )
     return loss, grad
 

@@ -20,6 +20,7 @@ from .utils import autotune_configs, block_dim, check_feature_dim, joined, launc
 _CONFIGS = autotune_configs(
     hopper=[{"BLOCK_K": 16, "num_warps": 4}, {"BLOCK_K": 32, "num_warps": 4}, {"BLOCK_K": 64, "num_warps": 8}],
     ampere=[{"BLOCK_K": 16, "num_warps": 4}, {"BLOCK_K": 32, "num_warps": 4}],
+    fallback={"BLOCK_K": 8, "num_warps": 2, "num_stages": 1},
     interpreter={"BLOCK_K": 4},
 )
 
@@ -51,14 +52,14 @@ def _homogeneity_kernel(
         a, _ = _neighbour_cosines(c_ptr, k0 + tl.arange(0, BLOCK_K), d, d_mask, K, D)
         total += a
     total_sum = tl.sum(total, axis=0)
-    mean = total_sum / num_pairs.to(acc_dtype)
+    mean = total_sum / tl.cast(num_pairs, acc_dtype)
     squares = tl.zeros((BLOCK_K,), dtype=acc_dtype)
     for k0 in range(0, num_pairs, BLOCK_K):
         a, pair_mask = _neighbour_cosines(c_ptr, k0 + tl.arange(0, BLOCK_K), d, d_mask, K, D)
         squares += tl.where(pair_mask, (a - mean) * (a - mean), 0.0)
     # Var is 0 with a single pair (K = 2): the variance terms vanish.
     has_variance = num_pairs > 1
-    dof = tl.maximum(num_pairs - 1, 1).to(acc_dtype)
+    dof = tl.cast(tl.maximum(num_pairs - 1, 1), acc_dtype)
     var_scale = tl.where(has_variance, 2.0 / dof, 0.0)
     variance = tl.where(has_variance, tl.sum(squares, axis=0) / dof, 0.0)
     if tl.program_id(0) == 0:

@@ -28,12 +28,14 @@ _TABLE_CONFIGS = autotune_configs(
         {"BLOCK_K": 32, "BLOCK_B": 64, "num_warps": 4, "num_stages": 2},
         {"BLOCK_K": 64, "BLOCK_B": 32, "num_warps": 4, "num_stages": 2},
     ],
+    fallback={"BLOCK_K": 16, "BLOCK_B": 16, "num_warps": 4, "num_stages": 1},
     interpreter={"BLOCK_K": 4, "BLOCK_B": 4},
 )
 
 _BACKWARD_CONFIGS = autotune_configs(
     hopper=[{"BLOCK_B": 32, "num_warps": 4}, {"BLOCK_B": 64, "num_warps": 8}],
     ampere=[{"BLOCK_B": 16, "num_warps": 4}, {"BLOCK_B": 32, "num_warps": 4}],
+    fallback={"BLOCK_B": 8, "num_warps": 2, "num_stages": 1},
     interpreter={"BLOCK_B": 4},
 )
 

@@ -59,7 +59,9 @@ def check_feature_dim(function: str, dim: int) -> None:
         )
 
 
-def autotune_configs(hopper: list[dict], ampere: list[dict], interpreter: dict) -> tuple[list, dict | None]:
+def autotune_configs(
+    hopper: list[dict], ampere: list[dict], fallback: dict, interpreter: dict
+) -> tuple[list, dict | None]:
     """(configs, prune_configs_by) for ``triton.autotune``.
 
     On a GPU the configs of its generation are benchmarked: Hopper (sm_90, H100/H200) has more
@@ -71,12 +73,14 @@ def autotune_configs(hopper: list[dict], ampere: list[dict], interpreter: dict) 
     """
     if INTERPRETING:
         return [_config(interpreter)], None
-    hopper_configs = [_config(c) for c in hopper]
-    ampere_configs = [_config(c) for c in ampere]
+    # Every list ends with small tiles on one stage: float64 (and D = 1024) tiles must fit in
+    # shared memory with at least one config.
+    hopper_configs = [_config(c) for c in (*hopper, fallback)]
+    ampere_configs = [_config(c) for c in (*ampere, fallback)]
 
     def for_this_gpu(configs, named_args, **kwargs):
-        device = next(a.device for a in named_args.values() if isinstance(a, torch.Tensor))
-        major, _minor = torch.cuda.get_device_capability(device)
+        # The current device: simple enough for torch.compile to trace through this function.
+        major, _minor = torch.cuda.get_device_capability()
         return hopper_configs if major >= 9 else ampere_configs
 
     return hopper_configs + ampere_configs, {"early_config_prune": for_this_gpu}
