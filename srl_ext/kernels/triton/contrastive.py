@@ -96,6 +96,7 @@ def _contrastive_kernel(
         k_mask = k < K
         logits, _plain, c = _logit_tile(z, c_ptr, k, k_mask, d, d_mask, y, max_distance, inv_tau, D, LABEL_WEIGHTING)
         grad_logits = tl.exp(logits - lse[:, None]) - (k[None, :] == y[:, None]).to(acc_dtype)
+        grad_logits = tl.where(b_mask[:, None], grad_logits, 0.0)  # rows past B: no gradient at all
         grad_z += tl.dot(grad_logits, c, input_precision="ieee")
     grad_h = normalize_backward(z, norm, grad_z * grad_scale, eps)
     tl.store(grad_h_ptr + b[:, None] * D + d[None, :], grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
