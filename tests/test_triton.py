@@ -347,12 +347,22 @@ def test_opcheck():
 
 @CUDA_ONLY
 @pytest.mark.parametrize("envelope_temperature", ENVELOPES)
-def test_torch_compile_traces_the_chain_without_graph_breaks(envelope_temperature):
-    case = make_case("cuda", torch.float32)
+def test_torch_compile_traces_the_terms_without_graph_breaks(envelope_temperature):
+    features, bins, memory, anchors = make_case("cuda", torch.float32)
 
-    def chain(features, bins, memory, anchors):
-        return run_chain(tri, features, bins, memory, anchors, envelope_temperature, True)
+    def terms(features):
+        surrogates = tri.surrogate_table(features, bins, memory)
+        return surrogates, torch.stack([
+            tri.contrastive_loss(features, bins, surrogates, TEMPERATURE, True),
+            tri.enveloping_loss(surrogates, anchors, envelope_temperature),
+            tri.homogeneity_loss(surrogates, -1.0, 0.1),
+        ])
 
     torch._dynamo.reset()
-    compiled = torch.compile(chain, fullgraph=True)
-    assert_chain_close(compiled(*case), chain(*case), TOLERANCE[torch.float32], TOLERANCE[torch.float32])
+    results = []
+    for fn in (torch.compile(terms, fullgraph=True), terms):
+        h = features.clone().requires_grad_()
+        surrogates, values = fn(h)
+        (values * torch.tensor(TERM_WEIGHTS, device="cuda")).sum().backward()
+        results.append((surrogates.detach(), values.detach(), h.grad))
+    assert_chain_close(*results, TOLERANCE[torch.float32], TOLERANCE[torch.float32])

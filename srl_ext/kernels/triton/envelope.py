@@ -17,7 +17,8 @@ Three launches in the forward, which returns the loss and the gradient the backw
    nothing more), where one partial per anchor tile would grow with N.
 3. Reduction: a small kernel sums the S partials in split order and scales by -1/N.
 
-No float atomics anywhere: the result is deterministic, run to run.
+No float atomics anywhere: the result is deterministic, run to run. Anchor rows are addressed
+with 64-bit offsets (N x D passes 2^31 from N = 1.7 x 10^7 at D = 128).
 """
 
 from typing import Optional
@@ -73,7 +74,7 @@ _PLANNED_BIN_TILE = 64
 # Under the interpreter: a few splits, so that the small test shapes run the split loop (several
 # anchor tiles per split) and the reduction.
 _INTERPRETER_SPLITS = 3
-_INTERPRETER_ANCHOR_TILE = _COVERAGE_CONFIGS[0][0].kwargs["BLOCK_N"]
+_INTERPRETER_ANCHOR_TILE = _COVERAGE_CONFIGS.configs[0].kwargs["BLOCK_N"]
 
 
 def _num_splits(device: torch.device, num_anchors: int, num_bins: int) -> int:
@@ -87,7 +88,7 @@ def _num_splits(device: torch.device, num_anchors: int, num_bins: int) -> int:
     return torch.sym_max(1, torch.sym_min(triton.cdiv(num_anchors, _PLANNED_ANCHOR_TILE), triton.cdiv(programs, bin_tiles)))
 
 
-@triton.autotune(configs=_COVERAGE_CONFIGS[0], key=["K", "D", "SOFT"], prune_configs_by=_COVERAGE_CONFIGS[1])
+@triton.autotune(configs=_COVERAGE_CONFIGS.configs, key=["K", "D", "SOFT"], prune_configs_by=_COVERAGE_CONFIGS.prune_configs_by)
 @triton.jit
 def _coverage_kernel(
     c_ptr, p_ptr, coverage_ptr, arg_max_ptr,
@@ -100,7 +101,7 @@ def _coverage_kernel(
     d = tl.arange(0, BLOCK_D)
     n_mask = n < N
     d_mask = d < D
-    p = tl.load(p_ptr + n[:, None] * D + d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    p = tl.load(p_ptr + n[:, None].to(tl.int64) * D + d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
     running_max = tl.full((BLOCK_N,), float("-inf"), dtype=acc_dtype)
     running_arg = tl.zeros((BLOCK_N,), dtype=tl.int32)
     running_sum = tl.zeros((BLOCK_N,), dtype=acc_dtype)
@@ -129,7 +130,7 @@ def _coverage_kernel(
         tl.store(arg_max_ptr + n, running_arg, mask=n_mask)
 
 
-@triton.autotune(configs=_GRADIENT_CONFIGS[0], key=["K", "D", "SOFT"], prune_configs_by=_GRADIENT_CONFIGS[1])
+@triton.autotune(configs=_GRADIENT_CONFIGS.configs, key=["K", "D", "SOFT"], prune_configs_by=_GRADIENT_CONFIGS.prune_configs_by)
 @triton.jit
 def _gradient_partials_kernel(
     c_ptr, p_ptr, coverage_ptr, arg_max_ptr, partial_ptr,
@@ -149,7 +150,7 @@ def _gradient_partials_kernel(
     for n0 in range(split * BLOCK_N, N, num_splits * BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < N
-        p = tl.load(p_ptr + n[:, None] * D + d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        p = tl.load(p_ptr + n[:, None].to(tl.int64) * D + d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
         if SOFT:
             lse = tl.load(coverage_ptr + n, mask=n_mask, other=0.0)
             cosines = tl.dot(p, tl.trans(c), input_precision="ieee")
@@ -162,7 +163,7 @@ def _gradient_partials_kernel(
     tl.store(partial_ptr + split * K * D + k[:, None] * D + d[None, :], acc, mask=row_mask)
 
 
-@triton.autotune(configs=_REDUCE_CONFIGS[0], key=["size"], prune_configs_by=_REDUCE_CONFIGS[1])
+@triton.autotune(configs=_REDUCE_CONFIGS.configs, key=["size"], prune_configs_by=_REDUCE_CONFIGS.prune_configs_by)
 @triton.jit
 def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl.constexpr):
     scale = -1.0 / tl.cast(N, partial_ptr.dtype.element_ty)  # dL/dc = -(1/N) sum_j w_jk p_j

@@ -35,7 +35,7 @@ def _neighbour_cosines(c_ptr, k, d, d_mask, K, D):
     return tl.sum(here * after, axis=1), pair_mask
 
 
-@triton.autotune(configs=_CONFIGS[0], key=["K", "D"], prune_configs_by=_CONFIGS[1])
+@triton.autotune(configs=_CONFIGS.configs, key=["K", "D"], prune_configs_by=_CONFIGS.prune_configs_by)
 @triton.jit
 def _homogeneity_kernel(
     c_ptr, loss_ptr, grad_ptr, K, D, sign_hi, sign_lo, beta_hi, beta_lo,

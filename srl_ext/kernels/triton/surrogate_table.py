@@ -50,7 +50,7 @@ def normalize_backward(y, norm, g, eps):
     return projected / scale[:, None]
 
 
-@triton.autotune(configs=_TABLE_CONFIGS[0], key=["K", "D"], prune_configs_by=_TABLE_CONFIGS[1])
+@triton.autotune(configs=_TABLE_CONFIGS.configs, key=["K", "D"], prune_configs_by=_TABLE_CONFIGS.prune_configs_by)
 @triton.jit
 def _surrogate_table_kernel(
     h_ptr, bins_ptr, memory_ptr, c_ptr, mean_norm_ptr, count_ptr,
@@ -87,7 +87,7 @@ def _surrogate_table_kernel(
     tl.store(count_ptr + k, counts, mask=k_mask)
 
 
-@triton.autotune(configs=_BACKWARD_CONFIGS[0], key=["K", "D"], prune_configs_by=_BACKWARD_CONFIGS[1])
+@triton.autotune(configs=_BACKWARD_CONFIGS.configs, key=["K", "D"], prune_configs_by=_BACKWARD_CONFIGS.prune_configs_by)
 @triton.jit
 def _surrogate_table_backward_kernel(
     grad_c_ptr, h_ptr, bins_ptr, c_ptr, mean_norm_ptr, count_ptr, grad_h_ptr,

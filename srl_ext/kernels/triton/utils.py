@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -47,8 +48,11 @@ def joined(hi, lo, dtype: tl.constexpr):
 
 
 def block_dim(dim: int) -> int:
-    """The power-of-two block that holds a whole row of `dim` (tl.dot needs at least 16)."""
-    return max(16, triton.next_power_of_2(dim))
+    """The power-of-two block that holds a whole row of `dim` (tl.dot needs at least 16).
+
+    D picks a compile-time block, so torch.compile specialises on it (int() of a symbolic D).
+    """
+    return max(16, triton.next_power_of_2(int(dim)))
 
 
 def check_feature_dim(function: str, dim: int) -> None:
@@ -59,31 +63,41 @@ def check_feature_dim(function: str, dim: int) -> None:
         )
 
 
-def autotune_configs(
-    hopper: list[dict], ampere: list[dict], fallback: dict, interpreter: dict
-) -> tuple[list, dict | None]:
-    """(configs, prune_configs_by) for ``triton.autotune``.
+@dataclass(frozen=True)
+class TuningSpace:
+    """What ``triton.autotune`` gets (``configs``, ``prune_configs_by``), and the per-GPU lists
+    (for tools that compile them ahead, e.g. tools/check_triton_kernels.py)."""
+
+    configs: list
+    prune_configs_by: dict | None
+    by_gpu: dict
+
+
+def autotune_configs(hopper: list[dict], ampere: list[dict], fallback: dict, interpreter: dict) -> TuningSpace:
+    """The configs to autotune over.
 
     On a GPU the configs of its generation are benchmarked: Hopper (sm_90, H100/H200) has more
     shared memory and gains from deeper pipelines, Ampere (sm_80/86) prefers fewer stages. The
-    choice is made at the first launch from the device of the tensors, so importing this module
-    never initialises CUDA. Under the interpreter a single config with small tiles: autotuning
-    there would run every config in numpy (far too slow), and small tiles make the small test
-    shapes cross several tiles of every loop.
+    choice is made at the first launch from the current device, so importing this module never
+    initialises CUDA. Under the interpreter a single config with small tiles: autotuning there
+    would run every config in numpy (far too slow), and small tiles make the small test shapes
+    cross several tiles of every loop.
     """
     if INTERPRETING:
-        return [_config(interpreter)], None
+        return TuningSpace([_config(interpreter)], None, {})
     # Every list ends with small tiles on one stage: float64 (and D = 1024) tiles must fit in
     # shared memory with at least one config.
-    hopper_configs = [_config(c) for c in (*hopper, fallback)]
-    ampere_configs = [_config(c) for c in (*ampere, fallback)]
+    by_gpu = {
+        "hopper": [_config(c) for c in (*hopper, fallback)],
+        "ampere": [_config(c) for c in (*ampere, fallback)],
+    }
 
     def for_this_gpu(configs, named_args, **kwargs):
         # The current device: simple enough for torch.compile to trace through this function.
         major, _minor = torch.cuda.get_device_capability()
-        return hopper_configs if major >= 9 else ampere_configs
+        return by_gpu["hopper"] if major >= 9 else by_gpu["ampere"]
 
-    return hopper_configs + ampere_configs, {"early_config_prune": for_this_gpu}
+    return TuningSpace(by_gpu["hopper"] + by_gpu["ampere"], {"early_config_prune": for_this_gpu}, by_gpu)
 
 
 def _config(spec: dict) -> triton.Config:
