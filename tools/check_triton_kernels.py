@@ -5,12 +5,13 @@ Triton ships ptxas, so the whole pipeline (Triton IR -> PTX -> cubin) runs on a 
 machine: this catches type errors, tile-shape limits of tl.dot and configs that cannot fit,
 which the interpreter (the tests without a GPU) does not see. It does not run the kernels.
 
-    python tools/check_triton_kernels.py [--dim 128] [--only NAME] [--all-dtypes]
+    python tools/check_triton_kernels.py [--dim 128] [--only NAME] [--all-dtypes | --fallback-only]
 
 (with srl_ext installed, or PYTHONPATH=. from the repository root).
 
 float32 is compiled with every config; bfloat16 features (float32 accumulation) and float64 with
-the first and the fallback config unless --all-dtypes. Exit status 1 when a kernel fails to
+the first and the fallback config unless --all-dtypes; --fallback-only compiles only the small
+configs that must fit for every D up to MAX_FEATURE_DIM (large D takes minutes per config). Exit status 1 when a kernel fails to
 compile or no config of a list fits. Do not set TRITON_INTERPRET for this.
 """
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128, help="feature dimension D (default 128)")
     parser.add_argument("--only", default=None, help="only the kernels whose name contains this")
     parser.add_argument("--all-dtypes", action="store_true", help="every config for every dtype")
+    parser.add_argument("--fallback-only", action="store_true", help="only the last, smallest config of each list")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter has nothing to compile")
@@ -100,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             for acc, feat in DTYPES:
                 fits = []
                 for i, config in enumerate(configs):
-                    if (acc, feat) != ("fp32", "fp32") and not args.all_dtypes and i not in (0, len(configs) - 1):
+                    last = i == len(configs) - 1
+                    if args.fallback_only and not last:
+                        continue
+                    if (acc, feat) != ("fp32", "fp32") and not args.all_dtypes and not (i == 0 or last):
                         continue
                     constexprs = {**fixed, **config.kwargs}
                     if "BLOCK_D" in jit_fn.arg_names:

@@ -30,4 +30,6 @@ def unavailable_reason(device: torch.device) -> str | None:
             "Triton has no CPU backend; to run the Triton kernels on CPU tensors (slowly, for tests) "
             "set TRITON_INTERPRET=1 in the environment before srl_ext.kernels.triton is imported"
         )
-    return f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), the inputs are on {device}"
+    return (
+        f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), the inputs are on {device}"
+    )

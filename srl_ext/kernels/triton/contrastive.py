@@ -17,7 +17,7 @@ from torch.library import triton_op
 
 from ...reference import accumulation_dtype
 from .surrogate_table import normalize_backward
-from .utils import EPS, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
+from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
 
 _CONFIGS = autotune_configs(
     hopper=[
@@ -52,7 +52,7 @@ def _logit_tile(z, c_ptr, k, k_mask, d, d_mask, y, max_distance, inv_tau, D,
     return logits, plain, c
 
 
-@triton.autotune(configs=_CONFIGS.configs, key=["K", "D", "LABEL_WEIGHTING"], prune_configs_by=_CONFIGS.prune_configs_by)
+@autotune(_CONFIGS, key=["K", "D", "LABEL_WEIGHTING"])
 @triton.jit
 def _contrastive_kernel(
     h_ptr, bins_ptr, c_ptr, max_distance_ptr, row_loss_ptr, grad_h_ptr,

@@ -29,7 +29,16 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .utils import INTERPRETING, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
+from .utils import (
+    INTERPRETING,
+    autotune,
+    autotune_configs,
+    block_dim,
+    check_feature_dim,
+    joined,
+    launch,
+    split_float,
+)
 
 _COVERAGE_CONFIGS = autotune_configs(
     hopper=[
@@ -81,14 +90,16 @@ def _num_splits(device: torch.device, num_anchors: int, num_bins: int) -> int:
     """How many anchor splits (programs per K tile) the gradient uses: with the K tiles about two
     programs per SM, never more than there are anchor tiles."""
     if INTERPRETING:
-        return torch.sym_max(1, torch.sym_min(_INTERPRETER_SPLITS, triton.cdiv(num_anchors, _INTERPRETER_ANCHOR_TILE)))
-    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    bin_tiles = triton.cdiv(num_bins, _PLANNED_BIN_TILE)
+        anchor_tiles, wanted = triton.cdiv(num_anchors, _INTERPRETER_ANCHOR_TILE), _INTERPRETER_SPLITS
+    else:
+        programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        anchor_tiles = triton.cdiv(num_anchors, _PLANNED_ANCHOR_TILE)
+        wanted = triton.cdiv(programs, triton.cdiv(num_bins, _PLANNED_BIN_TILE))
     # sym_min/sym_max: no guard on the sizes when torch.compile traces with dynamic shapes.
-    return torch.sym_max(1, torch.sym_min(triton.cdiv(num_anchors, _PLANNED_ANCHOR_TILE), triton.cdiv(programs, bin_tiles)))
+    return torch.sym_max(1, torch.sym_min(anchor_tiles, wanted))
 
 
-@triton.autotune(configs=_COVERAGE_CONFIGS.configs, key=["K", "D", "SOFT"], prune_configs_by=_COVERAGE_CONFIGS.prune_configs_by)
+@autotune(_COVERAGE_CONFIGS, key=["K", "D", "SOFT"])
 @triton.jit
 def _coverage_kernel(
     c_ptr, p_ptr, coverage_ptr, arg_max_ptr,
@@ -130,7 +141,7 @@ def _coverage_kernel(
         tl.store(arg_max_ptr + n, running_arg, mask=n_mask)
 
 
-@triton.autotune(configs=_GRADIENT_CONFIGS.configs, key=["K", "D", "SOFT"], prune_configs_by=_GRADIENT_CONFIGS.prune_configs_by)
+@autotune(_GRADIENT_CONFIGS, key=["K", "D", "SOFT"])
 @triton.jit
 def _gradient_partials_kernel(
     c_ptr, p_ptr, coverage_ptr, arg_max_ptr, partial_ptr,
@@ -145,7 +156,8 @@ def _gradient_partials_kernel(
     k_mask = k < K
     d_mask = d < D
     row_mask = k_mask[:, None] & d_mask[None, :]
-    c = tl.load(c_ptr + k[:, None] * D + d[None, :], mask=row_mask, other=0.0)
+    if SOFT:  # this program's K tile, for the cosines it recomputes
+        c = tl.load(c_ptr + k[:, None] * D + d[None, :], mask=row_mask, other=0.0)
     acc = tl.zeros((BLOCK_K, BLOCK_D), dtype=acc_dtype)
     for n0 in range(split * BLOCK_N, N, num_splits * BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
@@ -163,7 +175,7 @@ def _gradient_partials_kernel(
     tl.store(partial_ptr + split * K * D + k[:, None] * D + d[None, :], acc, mask=row_mask)
 
 
-@triton.autotune(configs=_REDUCE_CONFIGS.configs, key=["size"], prune_configs_by=_REDUCE_CONFIGS.prune_configs_by)
+@autotune(_REDUCE_CONFIGS, key=["size"])
 @triton.jit
 def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl.constexpr):
     scale = -1.0 / tl.cast(N, partial_ptr.dtype.element_ty)  # dL/dc = -(1/N) sum_j w_jk p_j

@@ -15,7 +15,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .utils import autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
+from .utils import autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
 
 _CONFIGS = autotune_configs(
     hopper=[{"BLOCK_K": 16, "num_warps": 4}, {"BLOCK_K": 32, "num_warps": 4}, {"BLOCK_K": 64, "num_warps": 8}],
@@ -35,7 +35,7 @@ def _neighbour_cosines(c_ptr, k, d, d_mask, K, D):
     return tl.sum(here * after, axis=1), pair_mask
 
 
-@triton.autotune(configs=_CONFIGS.configs, key=["K", "D"], prune_configs_by=_CONFIGS.prune_configs_by)
+@autotune(_CONFIGS, key=["K", "D"])
 @triton.jit
 def _homogeneity_kernel(
     c_ptr, loss_ptr, grad_ptr, K, D, sign_hi, sign_lo, beta_hi, beta_lo,

@@ -16,7 +16,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .utils import EPS, autotune_configs, block_dim, check_feature_dim, launch
+from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch
 
 _TABLE_CONFIGS = autotune_configs(
     hopper=[
@@ -50,7 +50,7 @@ def normalize_backward(y, norm, g, eps):
     return projected / scale[:, None]
 
 
-@triton.autotune(configs=_TABLE_CONFIGS.configs, key=["K", "D"], prune_configs_by=_TABLE_CONFIGS.prune_configs_by)
+@autotune(_TABLE_CONFIGS, key=["K", "D"])
 @triton.jit
 def _surrogate_table_kernel(
     h_ptr, bins_ptr, memory_ptr, c_ptr, mean_norm_ptr, count_ptr,
@@ -87,7 +87,7 @@ def _surrogate_table_kernel(
     tl.store(count_ptr + k, counts, mask=k_mask)
 
 
-@triton.autotune(configs=_BACKWARD_CONFIGS.configs, key=["K", "D"], prune_configs_by=_BACKWARD_CONFIGS.prune_configs_by)
+@autotune(_BACKWARD_CONFIGS, key=["K", "D"])
 @triton.jit
 def _surrogate_table_backward_kernel(
     grad_c_ptr, h_ptr, bins_ptr, c_ptr, mean_norm_ptr, count_ptr, grad_h_ptr,

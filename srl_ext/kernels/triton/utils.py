@@ -20,8 +20,9 @@ from torch.library import wrap_triton
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 
 # Rows of D are loaded whole (one power-of-two block per row); beyond this the tiles no longer
-# fit in registers and shared memory. SRL's projection dimension is 128.
-MAX_FEATURE_DIM = 1024
+# fit in registers and shared memory (at D = 1024 a single config takes minutes to compile and
+# still does not fit). SRL's projection dimension is 128.
+MAX_FEATURE_DIM = 256
 
 # The floor of the row norms, as torch.nn.functional.normalize (srl_ext.reference.EPS).
 EPS = 1e-12
@@ -98,6 +99,11 @@ def autotune_configs(hopper: list[dict], ampere: list[dict], fallback: dict, int
         return by_gpu["hopper"] if major >= 9 else by_gpu["ampere"]
 
     return TuningSpace(by_gpu["hopper"] + by_gpu["ampere"], {"early_config_prune": for_this_gpu}, by_gpu)
+
+
+def autotune(space: TuningSpace, key: list[str]):
+    """``triton.autotune`` over `space`, re-tuned when the arguments named in `key` change."""
+    return triton.autotune(configs=space.configs, key=key, prune_configs_by=space.prune_configs_by)
 
 
 def _config(spec: dict) -> triton.Config:
