@@ -1,0 +1,1 @@
+"""Fused kernels that are not compiled C++/CUDA: ``srl_ext.kernels.triton``."""

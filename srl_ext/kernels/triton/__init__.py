@@ -1,0 +1,35 @@
+"""The Triton backend: the four SRL terms as fused Triton kernels (``srl_ext.backends``: "triton").
+
+Each term is a ``torch.library.triton_op`` in the namespace ``srl_ext_triton`` with its autograd
+registered, so ``torch.compile`` traces it; the functions here have the signatures of
+``srl_ext.reference``. On CUDA tensors the kernels are compiled; on CPU tensors they run only in
+Triton's interpreter (``TRITON_INTERPRET=1`` set before this package is imported), which is slow
+and meant for tests.
+"""
+
+import torch
+
+from . import utils
+from .contrastive import contrastive_loss
+from .envelope import enveloping_loss
+from .homogeneity import homogeneity_loss
+from .surrogate_table import surrogate_table
+
+__all__ = ["contrastive_loss", "enveloping_loss", "homogeneity_loss", "surrogate_table", "unavailable_reason"]
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on tensors of `device`, or None when they can."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and utils.INTERPRETING:
+        return None
+    if device.type == "cpu":
+        return (
+            "Triton has no CPU backend; to run the Triton kernels on CPU tensors (slowly, for tests) "
+            "set TRITON_INTERPRET=1 in the environment before srl_ext.kernels.triton is imported"
+        )
+    return (
+        f"the Triton kernels run on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), the inputs are on {device}"
+    )

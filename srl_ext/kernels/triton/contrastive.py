@@ -1,0 +1,155 @@
+"""Contrastive term (SPEC section 4) as one fused Triton kernel, with its autograd.
+
+One program per tile of samples. It normalises its feature rows, then sweeps the K surrogates in
+tiles twice, flash-attention style: the first sweep keeps an online maximum and sum of exp
+(log-sum-exp of the, optionally label-weighted, logits) and picks out the positive logit; the
+second recomputes each logit tile, turns it into d loss / d logits (softmax minus the one-hot
+label) and accumulates d loss / d z with a GEMM, which is then taken back through the row
+normalisation. The forward thus returns the loss and the gradient the backward needs; the B x K
+logits never exist in memory. The per-sample losses are summed by torch (deterministic).
+The surrogates are detached: no gradient is formed for them.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from ...reference import accumulation_dtype
+from .surrogate_table import normalize_backward
+from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
+
+_CONFIGS = autotune_configs(
+    hopper=[
+        {"BLOCK_B": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_B": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_B": 64, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_B": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
+    ],
+    ampere=[
+        {"BLOCK_B": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_B": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_B": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
+    ],
+    fallback={"BLOCK_B": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
+    interpreter={"BLOCK_B": 4, "BLOCK_K": 4},
+)
+
+
+@triton.jit
+def _logit_tile(z, c_ptr, k, k_mask, d, d_mask, y, max_distance, inv_tau, D,
+                LABEL_WEIGHTING: tl.constexpr):
+    """(weighted logits with -inf outside K, plain logits) of a sample tile against bins k."""
+    acc_dtype = z.dtype
+    c = tl.load(c_ptr + k[:, None] * D + d[None, :], mask=k_mask[:, None] & d_mask[None, :], other=0.0)
+    plain = tl.dot(z, tl.trans(c), input_precision="ieee") * inv_tau
+    logits = plain
+    if LABEL_WEIGHTING:
+        # log w_ik = log((|y_i - k| + 1) / max over the batch-by-K table), in bins
+        distance = (tl.abs(y[:, None] - k[None, :]) + 1).to(acc_dtype)
+        logits = logits + tl.log(distance / max_distance)
+    logits = tl.where(k_mask[None, :], logits, float("-inf"))
+    return logits, plain, c
+
+
+@autotune(_CONFIGS, key=["K", "D", "LABEL_WEIGHTING"])
+@triton.jit
+def _contrastive_kernel(
+    h_ptr, bins_ptr, c_ptr, max_distance_ptr, row_loss_ptr, grad_h_ptr,
+    B, K, D, inv_tau_hi, inv_tau_lo, eps,
+    LABEL_WEIGHTING: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    acc_dtype = c_ptr.dtype.element_ty
+    inv_tau = joined(inv_tau_hi, inv_tau_lo, acc_dtype)
+    grad_scale = inv_tau / tl.cast(B, acc_dtype)  # the mean over the batch and the 1/tau
+    pid = tl.program_id(0)
+    b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    d = tl.arange(0, BLOCK_D)
+    b_mask = b < B
+    d_mask = d < D
+    mask = b_mask[:, None] & d_mask[None, :]
+    h = tl.load(h_ptr + b[:, None] * D + d[None, :], mask=mask, other=0.0).to(acc_dtype)
+    norm = tl.sqrt(tl.sum(h * h, axis=1))
+    z = h / tl.maximum(norm, eps)[:, None]
+    y = tl.load(bins_ptr + b, mask=b_mask, other=-1)
+    max_distance = tl.load(max_distance_ptr).to(acc_dtype)
+
+    # Sweep 1: online log-sum-exp over the K tiles, and the positive (unweighted) logit.
+    running_max = tl.full((BLOCK_B,), float("-inf"), dtype=acc_dtype)
+    running_sum = tl.zeros((BLOCK_B,), dtype=acc_dtype)
+    positive = tl.zeros((BLOCK_B,), dtype=acc_dtype)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = k < K
+        logits, plain, _c = _logit_tile(z, c_ptr, k, k_mask, d, d_mask, y, max_distance, inv_tau, D, LABEL_WEIGHTING)
+        positive += tl.sum(tl.where(k[None, :] == y[:, None], plain, 0.0), axis=1)
+        new_max = tl.maximum(running_max, tl.max(logits, axis=1))  # finite: every tile has a k < K
+        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
+        running_max = new_max
+    lse = running_max + tl.log(running_sum)
+    tl.store(row_loss_ptr + b, lse - positive, mask=b_mask)
+
+    # Sweep 2: d loss / d z = (1/(tau B)) sum_k (softmax_ik - [k == y_i]) c_k.
+    grad_z = tl.zeros((BLOCK_B, BLOCK_D), dtype=acc_dtype)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = k < K
+        logits, _plain, c = _logit_tile(z, c_ptr, k, k_mask, d, d_mask, y, max_distance, inv_tau, D, LABEL_WEIGHTING)
+        grad_logits = tl.exp(logits - lse[:, None]) - (k[None, :] == y[:, None]).to(acc_dtype)
+        grad_logits = tl.where(b_mask[:, None], grad_logits, 0.0)  # rows past B: no gradient at all
+        grad_z += tl.dot(grad_logits, c, input_precision="ieee")
+    grad_h = normalize_backward(z, norm, grad_z * grad_scale, eps)
+    tl.store(grad_h_ptr + b[:, None] * D + d[None, :], grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton_op("srl_ext_triton::contrastive", mutates_args=())
+def contrastive_op(
+    features: torch.Tensor, bins: torch.Tensor, surrogates: torch.Tensor, temperature: float, label_weighting: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d features), as ``srl_ext::contrastive``."""
+    batch, dim = features.shape
+    num_bins = surrogates.shape[0]
+    check_feature_dim("contrastive_loss", dim)
+    acc = accumulation_dtype(features.dtype)
+    features = features.contiguous()
+    bins = bins.contiguous()
+    surrogates = surrogates.to(acc).contiguous()
+    # The largest |y_i - k| + 1 over the batch-by-K table is max_i max(y_i + 1, K - y_i): kept on
+    # the device (no host sync).
+    if label_weighting:
+        max_distance = torch.maximum(bins + 1, num_bins - bins).max().reshape(1)
+    else:
+        max_distance = bins.new_ones((1,))
+    # One loss per sample, not per tile: what is written does not depend on the config, so the
+    # autotuner's trial runs leave nothing stale behind.
+    row_losses = features.new_empty((batch,), dtype=acc)
+    grad_features = torch.empty_like(features)
+    launch(_contrastive_kernel)[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
+        features, bins, surrogates, max_distance, row_losses, grad_features,
+        batch, num_bins, dim, *split_float(1.0 / temperature), EPS,
+        LABEL_WEIGHTING=label_weighting, BLOCK_D=block_dim(dim),
+    )
+    return row_losses.sum() / batch, grad_features
+
+
+def _save_grad(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _backward(ctx, grad_loss, _grad_of_grad):
+    (grad_features,) = ctx.saved_tensors
+    return (grad_loss * grad_features).to(grad_features.dtype), None, None, None, None
+
+
+contrastive_op.register_autograd(_backward, setup_context=_save_grad)
+
+
+def contrastive_loss(
+    features: torch.Tensor,
+    bins: torch.Tensor,
+    surrogates: torch.Tensor,
+    temperature: float,
+    label_weighting: bool = False,
+) -> torch.Tensor:
+    """L_con (``srl_ext.reference.contrastive_loss``); the surrogates are detached."""
+    return contrastive_op(features, bins, surrogates.detach(), float(temperature), bool(label_weighting))[0]

@@ -1,0 +1,247 @@
+"""Enveloping term (SPEC section 5) as fused Triton kernels, with its autograd.
+
+Three launches in the forward, which returns the loss and the gradient the backward needs:
+
+1. Coverage: one program per tile of anchors sweeps the K surrogates in tiles (one GEMM per
+   tile) with an online max and arg-max (hard; strict '>' across tiles and the left tie-break
+   within one keep the lowest k, as torch.max) or an online log-sum-exp of cosine / s (soft). It
+   writes one number per anchor (the max, or the log-sum-exp) and, when hard, its arg-max: O(N),
+   the K x N cosines never exist in memory.
+2. Gradient: dL/dc_k = -(1/N) sum_j w_jk p_j, with w_j the one-hot arg-max (hard) or the softmax
+   exp(<p_j, c_k>/s - lse_j) (soft), is a GEMM (w^T x anchors). It cannot be formed in launch 1:
+   a K tile's weights need every anchor's max over all of K first. A grid of a FIXED number of
+   anchor splits times the K tiles: each program keeps a BLOCK_K x D accumulator in registers,
+   loops over the anchor tiles of its split (split, split + S, ...), recomputing its cosines
+   (soft) or reading the arg-maxes (hard), and writes one partial K x D slice. Memory is
+   S x K x D with S about two programs per SM, independent of N (N = 10^6 or 10^7 anchors cost
+   nothing more), where one partial per anchor tile would grow with N.
+3. Reduction: a small kernel sums the S partials in split order and scales by -1/N.
+
+No float atomics anywhere: the result is deterministic, run to run. Anchor rows are addressed
+with 64-bit offsets (N x D passes 2^31 from N = 1.7 x 10^7 at D = 128).
+"""
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from ...reference import accumulation_dtype
+from .utils import (
+    INTERPRETING,
+    autotune,
+    autotune_configs,
+    block_dim,
+    check_feature_dim,
+    joined,
+    launch,
+    split_float,
+)
+
+_COVERAGE_CONFIGS = autotune_configs(
+    hopper=[
+        {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 4},
+        {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
+    ],
+    ampere=[
+        {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+    ],
+    fallback={"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
+    interpreter={"BLOCK_N": 8, "BLOCK_K": 4},
+)
+
+_GRADIENT_CONFIGS = autotune_configs(
+    hopper=[
+        {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 4},
+    ],
+    ampere=[
+        {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
+    ],
+    fallback={"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
+    interpreter={"BLOCK_N": 8, "BLOCK_K": 4},
+)
+
+_REDUCE_CONFIGS = autotune_configs(
+    hopper=[{"BLOCK": 1024, "num_warps": 4}],
+    ampere=[{"BLOCK": 1024, "num_warps": 4}],
+    fallback={"BLOCK": 256, "num_warps": 2},
+    interpreter={"BLOCK": 64},
+)
+
+# The tiles the number of anchor splits is planned with (any config's tiles work with any count).
+_PLANNED_ANCHOR_TILE = 64
+_PLANNED_BIN_TILE = 64
+# Under the interpreter: a few splits, so that the small test shapes run the split loop (several
+# anchor tiles per split) and the reduction.
+_INTERPRETER_SPLITS = 3
+_INTERPRETER_ANCHOR_TILE = _COVERAGE_CONFIGS.configs[0].kwargs["BLOCK_N"]
+
+
+def _num_splits(device: torch.device, num_anchors: int, num_bins: int) -> int:
+    """How many anchor splits (programs per K tile) the gradient uses: with the K tiles about two
+    programs per SM, never more than there are anchor tiles."""
+    if INTERPRETING:
+        anchor_tiles, wanted = triton.cdiv(num_anchors, _INTERPRETER_ANCHOR_TILE), _INTERPRETER_SPLITS
+    else:
+        programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        anchor_tiles = triton.cdiv(num_anchors, _PLANNED_ANCHOR_TILE)
+        wanted = triton.cdiv(programs, triton.cdiv(num_bins, _PLANNED_BIN_TILE))
+    # sym_min/sym_max: no guard on the sizes when torch.compile traces with dynamic shapes.
+    return torch.sym_max(1, torch.sym_min(anchor_tiles, wanted))
+
+
+@autotune(_COVERAGE_CONFIGS, key=["K", "D", "SOFT"])
+@triton.jit
+def _coverage_kernel(
+    c_ptr, p_ptr, coverage_ptr, arg_max_ptr,
+    N, K, D, inv_tau_hi, inv_tau_lo,
+    SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    acc_dtype = c_ptr.dtype.element_ty
+    inv_tau = joined(inv_tau_hi, inv_tau_lo, acc_dtype)
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    n_mask = n < N
+    d_mask = d < D
+    p = tl.load(p_ptr + n[:, None].to(tl.int64) * D + d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    running_max = tl.full((BLOCK_N,), float("-inf"), dtype=acc_dtype)
+    running_arg = tl.zeros((BLOCK_N,), dtype=tl.int32)
+    running_sum = tl.zeros((BLOCK_N,), dtype=acc_dtype)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = k < K
+        c = tl.load(c_ptr + k[:, None] * D + d[None, :], mask=k_mask[:, None] & d_mask[None, :], other=0.0)
+        cosines = tl.dot(p, tl.trans(c), input_precision="ieee")
+        if SOFT:
+            scaled = tl.where(k_mask[None, :], cosines * inv_tau, float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(scaled, axis=1))
+            running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(
+                tl.exp(scaled - new_max[:, None]), axis=1
+            )
+            running_max = new_max
+        else:
+            cosines = tl.where(k_mask[None, :], cosines, float("-inf"))
+            tile_max, tile_arg = tl.max(cosines, axis=1, return_indices=True, return_indices_tie_break_left=True)
+            better = tile_max > running_max  # strict: an earlier (lower) k keeps a tie
+            running_arg = tl.where(better, k0 + tile_arg.to(tl.int32), running_arg)
+            running_max = tl.where(better, tile_max, running_max)
+    if SOFT:
+        tl.store(coverage_ptr + n, running_max + tl.log(running_sum), mask=n_mask)  # lse of cosine / s
+    else:
+        tl.store(coverage_ptr + n, running_max, mask=n_mask)
+        tl.store(arg_max_ptr + n, running_arg, mask=n_mask)
+
+
+@autotune(_GRADIENT_CONFIGS, key=["K", "D", "SOFT"])
+@triton.jit
+def _gradient_partials_kernel(
+    c_ptr, p_ptr, coverage_ptr, arg_max_ptr, partial_ptr,
+    N, K, D, inv_tau_hi, inv_tau_lo, num_splits,
+    SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    acc_dtype = c_ptr.dtype.element_ty
+    inv_tau = joined(inv_tau_hi, inv_tau_lo, acc_dtype)
+    split = tl.program_id(0)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    d = tl.arange(0, BLOCK_D)
+    k_mask = k < K
+    d_mask = d < D
+    row_mask = k_mask[:, None] & d_mask[None, :]
+    if SOFT:  # this program's K tile, for the cosines it recomputes
+        c = tl.load(c_ptr + k[:, None] * D + d[None, :], mask=row_mask, other=0.0)
+    acc = tl.zeros((BLOCK_K, BLOCK_D), dtype=acc_dtype)
+    for n0 in range(split * BLOCK_N, N, num_splits * BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = n < N
+        p = tl.load(p_ptr + n[:, None].to(tl.int64) * D + d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        if SOFT:
+            lse = tl.load(coverage_ptr + n, mask=n_mask, other=0.0)
+            cosines = tl.dot(p, tl.trans(c), input_precision="ieee")
+            weights = tl.exp(cosines * inv_tau - lse[:, None])
+        else:
+            arg_max = tl.load(arg_max_ptr + n, mask=n_mask, other=-1)
+            weights = (arg_max[:, None] == k[None, :]).to(acc_dtype)
+        weights = tl.where(n_mask[:, None] & k_mask[None, :], weights, 0.0)
+        acc += tl.dot(tl.trans(weights), p, input_precision="ieee")
+    tl.store(partial_ptr + split * K * D + k[:, None] * D + d[None, :], acc, mask=row_mask)
+
+
+@autotune(_REDUCE_CONFIGS, key=["size"])
+@triton.jit
+def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl.constexpr):
+    scale = -1.0 / tl.cast(N, partial_ptr.dtype.element_ty)  # dL/dc = -(1/N) sum_j w_jk p_j
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < size
+    total = tl.zeros((BLOCK,), dtype=partial_ptr.dtype.element_ty)
+    for split in range(0, num_splits):  # fixed order: deterministic
+        total += tl.load(partial_ptr + split * size + offsets, mask=mask, other=0.0)
+    tl.store(out_ptr + offsets, (total * scale).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton_op("srl_ext_triton::envelope", mutates_args=())
+def envelope_op(
+    surrogates: torch.Tensor, anchors: torch.Tensor, temperature: Optional[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d surrogates), as ``srl_ext::envelope``."""
+    num_bins, dim = surrogates.shape
+    num_anchors = anchors.shape[0]
+    check_feature_dim("enveloping_loss", dim)
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"enveloping_loss: argument 'temperature' must be > 0 or None, got {temperature}")
+    soft = temperature is not None
+    inv_tau = 1.0 / temperature if soft else 1.0
+    acc = accumulation_dtype(surrogates.dtype)
+    c = surrogates.to(acc).contiguous()
+    p = anchors.to(acc).contiguous()
+    block_d = block_dim(dim)
+
+    coverage = c.new_empty((num_anchors,))
+    arg_max = c.new_empty((num_anchors if not soft else 1,), dtype=torch.int32)
+    launch(_coverage_kernel)[lambda meta: (triton.cdiv(num_anchors, meta["BLOCK_N"]),)](
+        c, p, coverage, arg_max, num_anchors, num_bins, dim, *split_float(inv_tau), SOFT=soft, BLOCK_D=block_d,
+    )
+    covered = coverage.sum() * temperature if soft else coverage.sum()
+    loss = 1 - covered / num_anchors
+
+    num_splits = _num_splits(c.device, num_anchors, num_bins)
+    partials = c.new_empty((num_splits, num_bins, dim))
+    launch(_gradient_partials_kernel)[lambda meta: (num_splits, triton.cdiv(num_bins, meta["BLOCK_K"]))](
+        c, p, coverage, arg_max, partials, num_anchors, num_bins, dim, *split_float(inv_tau), num_splits,
+        SOFT=soft, BLOCK_D=block_d,
+    )
+    grad = torch.empty_like(c)
+    size = num_bins * dim
+    launch(_reduce_partials_kernel)[lambda meta: (triton.cdiv(size, meta["BLOCK"]),)](
+        partials, grad, size, num_splits, num_anchors,
+    )
+    return loss, grad
+
+
+def _save_grad(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.input_dtype = inputs[0].dtype
+
+
+def _backward(ctx, grad_loss, _grad_of_grad):
+    (grad_surrogates,) = ctx.saved_tensors
+    return (grad_loss * grad_surrogates).to(ctx.input_dtype), None, None
+
+
+envelope_op.register_autograd(_backward, setup_context=_save_grad)
+
+
+def enveloping_loss(
+    surrogates: torch.Tensor, anchors: torch.Tensor, temperature: Optional[float] = None
+) -> torch.Tensor:
+    """L_env (``srl_ext.reference.enveloping_loss``): hard max when temperature is None, else the
+    smooth maximum at that temperature."""
+    return envelope_op(surrogates, anchors, None if temperature is None else float(temperature))[0]

@@ -1,0 +1,186 @@
+"""Batch surrogate table (SPEC section 3) as fused Triton kernels, with its autograd.
+
+Forward, one launch, one program per tile of bins: it sweeps the batch in tiles, normalises the
+feature rows, and adds them to its bins' sums with a one-hot GEMM (bins x batch tile) x (batch
+tile x D): a deterministic scatter without atomics, and no K x B matrix in memory. At the end of
+the sweep each bin becomes its mean (present) or its memory row (absent), normalised.
+
+Backward, one launch, one program per tile of samples: each sample gathers its bin's surrogate,
+incoming gradient, mean norm and count, takes the gradient back through the row normalisation
+and the mean, then through its own normalisation. O(B*D); no K x D intermediate.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from ...reference import accumulation_dtype
+from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch
+
+_TABLE_CONFIGS = autotune_configs(
+    hopper=[
+        {"BLOCK_K": 64, "BLOCK_B": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_K": 32, "BLOCK_B": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_K": 64, "BLOCK_B": 128, "num_warps": 8, "num_stages": 3},
+    ],
+    ampere=[
+        {"BLOCK_K": 32, "BLOCK_B": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_K": 64, "BLOCK_B": 32, "num_warps": 4, "num_stages": 2},
+    ],
+    fallback={"BLOCK_K": 16, "BLOCK_B": 16, "num_warps": 4, "num_stages": 1},
+    interpreter={"BLOCK_K": 4, "BLOCK_B": 4},
+)
+
+_BACKWARD_CONFIGS = autotune_configs(
+    hopper=[{"BLOCK_B": 32, "num_warps": 4}, {"BLOCK_B": 64, "num_warps": 8}],
+    ampere=[{"BLOCK_B": 16, "num_warps": 4}, {"BLOCK_B": 32, "num_warps": 4}],
+    fallback={"BLOCK_B": 8, "num_warps": 2, "num_stages": 1},
+    interpreter={"BLOCK_B": 4},
+)
+
+
+@triton.jit
+def normalize_backward(y, norm, g, eps):
+    """Gradient of y = x / max(||x||, eps) for rows y (R x D), norms ||x|| (R), dL/dy g (R x D)."""
+    yg = tl.sum(y * g, axis=1)
+    above = norm > eps
+    scale = tl.where(above, norm, eps)
+    projected = tl.where(above[:, None], g - y * yg[:, None], g)
+    return projected / scale[:, None]
+
+
+@autotune(_TABLE_CONFIGS, key=["K", "D"])
+@triton.jit
+def _surrogate_table_kernel(
+    h_ptr, bins_ptr, memory_ptr, c_ptr, mean_norm_ptr, count_ptr,
+    B, K, D, eps,
+    BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    acc_dtype = c_ptr.dtype.element_ty
+    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    d = tl.arange(0, BLOCK_D)
+    k_mask = k < K
+    d_mask = d < D
+    sums = tl.zeros((BLOCK_K, BLOCK_D), dtype=acc_dtype)
+    counts = tl.zeros((BLOCK_K,), dtype=tl.int64)
+    for b0 in range(0, B, BLOCK_B):
+        b = b0 + tl.arange(0, BLOCK_B)
+        b_mask = b < B
+        h = tl.load(h_ptr + b[:, None] * D + d[None, :], mask=b_mask[:, None] & d_mask[None, :], other=0.0)
+        h = h.to(acc_dtype)
+        norm = tl.sqrt(tl.sum(h * h, axis=1))
+        z = h / tl.maximum(norm, eps)[:, None]
+        y = tl.load(bins_ptr + b, mask=b_mask, other=-1)
+        member = k[:, None] == y[None, :]  # BLOCK_K x BLOCK_B one-hot, only in registers
+        sums += tl.dot(member.to(acc_dtype), z, input_precision="ieee")
+        counts += tl.sum(member.to(tl.int64), axis=1)
+    present = counts > 0
+    means = sums / tl.maximum(counts, 1).to(acc_dtype)[:, None]
+    rows = k[:, None] * D + d[None, :]
+    row_mask = k_mask[:, None] & d_mask[None, :]
+    memory = tl.load(memory_ptr + rows, mask=row_mask & (~present)[:, None], other=0.0).to(acc_dtype)
+    means = tl.where(present[:, None], means, memory)
+    norm = tl.sqrt(tl.sum(means * means, axis=1))
+    tl.store(c_ptr + rows, means / tl.maximum(norm, eps)[:, None], mask=row_mask)
+    tl.store(mean_norm_ptr + k, norm, mask=k_mask)
+    tl.store(count_ptr + k, counts, mask=k_mask)
+
+
+@autotune(_BACKWARD_CONFIGS, key=["K", "D"])
+@triton.jit
+def _surrogate_table_backward_kernel(
+    grad_c_ptr, h_ptr, bins_ptr, c_ptr, mean_norm_ptr, count_ptr, grad_h_ptr,
+    B, K, D, eps,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    acc_dtype = c_ptr.dtype.element_ty
+    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    d = tl.arange(0, BLOCK_D)
+    b_mask = b < B
+    d_mask = d < D
+    mask = b_mask[:, None] & d_mask[None, :]
+    h = tl.load(h_ptr + b[:, None] * D + d[None, :], mask=mask, other=0.0).to(acc_dtype)
+    norm = tl.sqrt(tl.sum(h * h, axis=1))
+    z = h / tl.maximum(norm, eps)[:, None]
+    y = tl.load(bins_ptr + b, mask=b_mask, other=0)
+    # Bins are checked by the callers (srl_ext.validation); out-of-range ones read nothing.
+    gather_rows = b_mask & (y >= 0) & (y < K)
+    gather = gather_rows[:, None] & d_mask[None, :]
+    rows = y[:, None] * D + d[None, :]
+    c = tl.load(c_ptr + rows, mask=gather, other=0.0)
+    grad_c = tl.load(grad_c_ptr + rows, mask=gather, other=0.0).to(acc_dtype)
+    mean_norm = tl.load(mean_norm_ptr + y, mask=gather_rows, other=1.0)
+    count = tl.load(count_ptr + y, mask=gather_rows, other=1)
+    # A sample's own bin is present (count >= 1): its mean keeps the gradient, split evenly.
+    grad_mean = normalize_backward(c, mean_norm, grad_c, eps) / tl.maximum(count, 1).to(acc_dtype)[:, None]
+    grad_h = normalize_backward(z, norm, grad_mean, eps)
+    tl.store(grad_h_ptr + b[:, None] * D + d[None, :], grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton_op("srl_ext_triton::surrogate_table", mutates_args=())
+def surrogate_table_op(
+    features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(surrogates K x D, mean norms K, counts K), as ``srl_ext::surrogate_table``."""
+    batch, dim = features.shape
+    num_bins = memory.shape[0]
+    check_feature_dim("surrogate_table", dim)
+    acc = accumulation_dtype(features.dtype)
+    features = features.contiguous()
+    bins = bins.contiguous()
+    memory = memory.to(acc).contiguous()
+    surrogates = features.new_empty((num_bins, dim), dtype=acc)
+    mean_norms = features.new_empty((num_bins,), dtype=acc)
+    counts = bins.new_empty((num_bins,))
+    launch(_surrogate_table_kernel)[lambda meta: (triton.cdiv(num_bins, meta["BLOCK_K"]),)](
+        features, bins, memory, surrogates, mean_norms, counts,
+        batch, num_bins, dim, EPS,
+        BLOCK_D=block_dim(dim),
+    )
+    return surrogates, mean_norms, counts
+
+
+@triton_op("srl_ext_triton::surrogate_table_backward", mutates_args=())
+def surrogate_table_backward_op(
+    grad_surrogates: torch.Tensor,
+    features: torch.Tensor,
+    bins: torch.Tensor,
+    surrogates: torch.Tensor,
+    mean_norms: torch.Tensor,
+    counts: torch.Tensor,
+) -> torch.Tensor:
+    """d loss / d features given d loss / d surrogates (memory rows are detached)."""
+    batch, dim = features.shape
+    num_bins = surrogates.shape[0]
+    features = features.contiguous()
+    grad_features = torch.empty_like(features)
+    launch(_surrogate_table_backward_kernel)[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
+        grad_surrogates.contiguous(), features, bins.contiguous(), surrogates.contiguous(),
+        mean_norms.contiguous(), counts.contiguous(), grad_features,
+        batch, num_bins, dim, EPS,
+        BLOCK_D=block_dim(dim),
+    )
+    return grad_features
+
+
+def _save_table(ctx, inputs, output):
+    features, bins, _memory = inputs
+    surrogates, mean_norms, counts = output
+    ctx.save_for_backward(features, bins, surrogates, mean_norms, counts)
+
+
+def _table_backward(ctx, grad_surrogates, _grad_mean_norms, _grad_counts):
+    features, bins, surrogates, mean_norms, counts = ctx.saved_tensors
+    if grad_surrogates is None:
+        return None, None, None
+    grad_features = surrogate_table_backward_op(grad_surrogates, features, bins, surrogates, mean_norms, counts)
+    return grad_features, None, None  # memory rows are detached
+
+
+surrogate_table_op.register_autograd(_table_backward, setup_context=_save_table)
+
+
+def surrogate_table(features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """The K x D table of unit surrogates (``srl_ext.reference.surrogate_table``)."""
+    return surrogate_table_op(features, bins, memory)[0]

@@ -1,0 +1,119 @@
+"""What the Triton kernel modules share: interpreter detection, autotune configs, launches.
+
+Kept apart from the op modules so that the one concept each (when the interpreter runs, which
+configs a GPU generation tries) lives in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+# TRITON_INTERPRET=1 runs the kernels in numpy on CPU tensors. Triton reads the variable when
+# its kernels are decorated, i.e. when these modules are imported, so it must be set before.
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Rows of D are loaded whole (one power-of-two block per row); beyond this the tiles no longer
+# fit in registers and shared memory (at D = 1024 a single config takes minutes to compile and
+# still does not fit). SRL's projection dimension is 128.
+MAX_FEATURE_DIM = 256
+
+# The floor of the row norms, as torch.nn.functional.normalize (srl_ext.reference.EPS).
+EPS = 1e-12
+
+
+def split_float(value: float) -> tuple[float, float]:
+    """(hi, lo), two float32 values whose sum is `value` to about 2^-48 relative.
+
+    Triton passes Python floats to kernels as float32; a float64 kernel joins the two parts
+    (``joined``) so that its temperatures and weights keep float64 precision.
+    """
+    hi = _to_float32(value)
+    return hi, _to_float32(value - hi)
+
+
+def _to_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+@triton.jit
+def joined(hi, lo, dtype: tl.constexpr):
+    """The scalar hi + lo (``split_float``) in `dtype`."""
+    return tl.cast(hi, dtype) + tl.cast(lo, dtype)
+
+
+def block_dim(dim: int) -> int:
+    """The power-of-two block that holds a whole row of `dim` (tl.dot needs at least 16).
+
+    D picks a compile-time block, so torch.compile specialises on it (int() of a symbolic D).
+    """
+    return max(16, triton.next_power_of_2(int(dim)))
+
+
+def check_feature_dim(function: str, dim: int) -> None:
+    if dim > MAX_FEATURE_DIM:
+        raise ValueError(
+            f"{function}: the feature dimension D must be at most {MAX_FEATURE_DIM} for the Triton "
+            f"backend (rows are loaded whole), got D = {dim}; use backend 'cuda', 'cpu' or 'reference'"
+        )
+
+
+@dataclass(frozen=True)
+class TuningSpace:
+    """What ``triton.autotune`` gets (``configs``, ``prune_configs_by``), and the per-GPU lists
+    (for tools that compile them ahead, e.g. tools/check_triton_kernels.py)."""
+
+    configs: list
+    prune_configs_by: dict | None
+    by_gpu: dict
+
+
+def autotune_configs(hopper: list[dict], ampere: list[dict], fallback: dict, interpreter: dict) -> TuningSpace:
+    """The configs to autotune over.
+
+    On a GPU the configs of its generation are benchmarked: Hopper (sm_90, H100/H200) has more
+    shared memory and gains from deeper pipelines, Ampere (sm_80/86) prefers fewer stages. The
+    choice is made at the first launch from the current device, so importing this module never
+    initialises CUDA. Under the interpreter a single config with small tiles: autotuning there
+    would run every config in numpy (far too slow), and small tiles make the small test shapes
+    cross several tiles of every loop.
+    """
+    if INTERPRETING:
+        return TuningSpace([_config(interpreter)], None, {})
+    # Every list ends with small tiles on one stage: float64 (and D = 1024) tiles must fit in
+    # shared memory with at least one config.
+    by_gpu = {
+        "hopper": [_config(c) for c in (*hopper, fallback)],
+        "ampere": [_config(c) for c in (*ampere, fallback)],
+    }
+
+    def for_this_gpu(configs, named_args, **kwargs):
+        # The current device: simple enough for torch.compile to trace through this function.
+        major, _minor = torch.cuda.get_device_capability()
+        return by_gpu["hopper"] if major >= 9 else by_gpu["ampere"]
+
+    return TuningSpace(by_gpu["hopper"] + by_gpu["ampere"], {"early_config_prune": for_this_gpu}, by_gpu)
+
+
+def autotune(space: TuningSpace, key: list[str]):
+    """``triton.autotune`` over `space`, re-tuned when the arguments named in `key` change."""
+    return triton.autotune(configs=space.configs, key=key, prune_configs_by=space.prune_configs_by)
+
+
+def _config(spec: dict) -> triton.Config:
+    spec = dict(spec)
+    num_warps = spec.pop("num_warps", 4)
+    num_stages = spec.pop("num_stages", 2)
+    return triton.Config(spec, num_warps=num_warps, num_stages=num_stages)
+
+
+def launch(kernel):
+    """The kernel, wrapped so torch.compile traces it inside a ``torch.library.triton_op``."""
+    return wrap_triton(kernel)
+

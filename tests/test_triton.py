@@ -1,0 +1,368 @@
+"""The Triton backend (srl_ext.kernels.triton) against srl_ext.reference.
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors (tests/conftest.py sets
+TRITON_INTERPRET=1); the interpreter is about 1000x slower than eager, so the shapes are small,
+and its single config uses tiles of 4 to 8 so that every loop still crosses several tiles (the
+online max and log-sum-exp across K tiles, the anchor splits of the envelope gradient). On a GPU
+the same tests run on CUDA tensors with the compiled, autotuned kernels; the torch.compile and
+opcheck tests need the compiled kernels (PyTorch traces Triton kernels only outside the
+interpreter) and run there only.
+"""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from srl_ext import backends, functional, reference
+
+pytest.importorskip("triton")
+tri = importlib.import_module("srl_ext.kernels.triton")
+tri_utils = importlib.import_module("srl_ext.kernels.triton.utils")
+
+
+def _device(name: str):
+    if name == "cuda" and not torch.cuda.is_available():
+        reason = "no CUDA device"
+    else:
+        reason = tri.unavailable_reason(torch.device(name))
+    return pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=str(reason)))
+
+
+DEVICES = [_device("cpu"), _device("cuda")]
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs the compiled kernels on a CUDA device")
+FULL_DTYPES = [torch.float32, torch.float64]
+HALF_DTYPES = [torch.bfloat16, torch.float16]
+TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
+ENVELOPES = [pytest.param(None, id="hard"), pytest.param(0.2, id="soft")]
+TEMPERATURE = 0.3
+# Distinct weights for the three terms: a gradient routed to the wrong term would show.
+TERM_WEIGHTS = (1.0, 2.0, 3.0)
+
+# K = 11 bins for a batch of 14: bin 3 is crowded (6 samples), bin 7 holds a single sample,
+# bins 0, 4, 6 are absent and take their memory rows, bins 2 and 8 are absent with zero memory
+# rows (they stay zero).
+BINS = [3, 3, 3, 3, 3, 3, 7, 1, 1, 5, 5, 9, 10, 10]
+NUM_BINS = 11
+ZERO_MEMORY_ROWS = [2, 8]
+
+
+def make_case(device, dtype, bins=BINS, num_bins=NUM_BINS, dim=12, num_anchors=37, seed=0):
+    """(features, bins, memory, anchors), drawn in float64 and then cast, so every dtype sees
+    the same numbers up to rounding."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(len(bins), dim, generator=generator, dtype=torch.float64)
+    memory = torch.randn(num_bins, dim, generator=generator, dtype=torch.float64)
+    memory[[k for k in ZERO_MEMORY_ROWS if k < num_bins]] = 0
+    anchors = F.normalize(torch.randn(num_anchors, dim, generator=generator, dtype=torch.float64), dim=1)
+    bins = torch.tensor(bins, dtype=torch.int64)
+    return (
+        features.to(device, dtype),
+        bins.to(device),
+        memory.to(device, dtype),
+        anchors.to(device, dtype),
+    )
+
+
+def run_chain(impl, features, bins, memory, anchors, envelope_temperature=None, label_weighting=False):
+    """The three terms from one surrogate table, and d(weighted sum)/d features."""
+    features = features.detach().clone().requires_grad_()
+    surrogates = impl.surrogate_table(features, bins, memory)
+    terms = (
+        impl.contrastive_loss(features, bins, surrogates, TEMPERATURE, label_weighting),
+        impl.enveloping_loss(surrogates, anchors, envelope_temperature),
+        impl.homogeneity_loss(surrogates, -1.0, 0.1),
+    )
+    sum(w * t for w, t in zip(TERM_WEIGHTS, terms)).backward()
+    return surrogates.detach(), torch.stack([t.detach() for t in terms]), features.grad
+
+
+def assert_chain_close(got, want, loss_tolerance, grad_tolerance):
+    (got_table, got_terms, got_grad), (want_table, want_terms, want_grad) = got, want
+    torch.testing.assert_close(got_table, want_table, **loss_tolerance)
+    torch.testing.assert_close(got_terms, want_terms, **loss_tolerance)
+    torch.testing.assert_close(got_grad.to(want_grad.dtype), want_grad, **grad_tolerance)
+
+
+# ----------------------------------------------------------------------------------- wiring
+
+
+def test_unavailable_reason_explains_the_interpreter(monkeypatch):
+    monkeypatch.setattr(tri_utils, "INTERPRETING", False)
+    reason = tri.unavailable_reason(torch.device("cpu"))
+    assert "no CPU backend" in reason and "TRITON_INTERPRET=1" in reason
+    assert "CUDA" in tri.unavailable_reason(torch.device("meta"))
+    assert tri.unavailable_reason(torch.device("cuda")) is None
+    monkeypatch.setattr(tri_utils, "INTERPRETING", True)
+    assert tri.unavailable_reason(torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backend_resolves_to_the_triton_module(device):
+    assert backends.resolve("triton", torch.device(device)) is tri
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_functional_api_with_triton_backend(device):
+    features, bins, memory, anchors = make_case(device, torch.float32)
+    kwargs = {"temperature": TEMPERATURE, "envelope": "soft", "envelope_temperature": 0.2, "label_weighting": True}
+    got = functional.srl_terms(features, bins, memory, anchors, backend="triton", **kwargs)
+    want = functional.srl_terms(features, bins, memory, anchors, backend="reference", **kwargs)
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), **TOLERANCE[torch.float32])
+
+
+def test_bad_arguments_raise_value_errors():
+    too_wide = torch.zeros(2, tri_utils.MAX_FEATURE_DIM + 1)
+    with pytest.raises(ValueError, match="feature dimension D"):
+        tri.surrogate_table(too_wide, torch.zeros(2, dtype=torch.int64), too_wide)
+    with pytest.raises(ValueError, match="temperature"):
+        tri.enveloping_loss(torch.zeros(3, 4), torch.zeros(5, 4), 0.0)
+    with pytest.raises(ValueError, match="K >= 2"):
+        tri.homogeneity_loss(torch.zeros(1, 4))
+
+
+# ------------------------------------------------------------- the whole chain, every option
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+@pytest.mark.parametrize("envelope_temperature", ENVELOPES)
+@pytest.mark.parametrize("label_weighting", [False, True], ids=["unweighted", "label-weighted"])
+def test_chain_matches_reference(device, dtype, envelope_temperature, label_weighting):
+    case = make_case(device, dtype)
+    got = run_chain(tri, *case, envelope_temperature, label_weighting)
+    want = run_chain(reference, *case, envelope_temperature, label_weighting)
+    assert got[1].dtype == dtype and got[2].dtype == dtype
+    assert_chain_close(got, want, TOLERANCE[dtype], TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+@pytest.mark.parametrize("envelope_temperature", ENVELOPES)
+def test_chain_with_two_bins(device, dtype, envelope_temperature):
+    # K = 2: a single neighbour pair, whose variance is taken as 0; bin 0 is absent.
+    case = make_case(device, dtype, bins=[1, 1, 1], num_bins=2, dim=5, num_anchors=9)
+    got = run_chain(tri, *case, envelope_temperature, label_weighting=True)
+    want = run_chain(reference, *case, envelope_temperature, label_weighting=True)
+    assert_chain_close(got, want, TOLERANCE[dtype], TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("envelope_temperature", ENVELOPES)
+def test_half_features_match_reference_on_float32(device, dtype, envelope_temperature):
+    # Half inputs are accumulated in float32: the losses equal the float32 reference on the
+    # upcast inputs; the gradient comes back in the input dtype (rounded to it).
+    case = make_case(device, dtype)
+    got = run_chain(tri, *case, envelope_temperature, label_weighting=True)
+    want = run_chain(reference, *(x.float() if x.is_floating_point() else x for x in case), envelope_temperature, True)
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
+    assert got[2].dtype == dtype
+    assert_chain_close(got, want, TOLERANCE[torch.float32], {"rtol": 2e-2, "atol": 2e-3})
+
+
+# ------------------------------------------------------------------------------- per term
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_surrogate_table_matches_reference(device, dtype):
+    features, bins, memory, _ = make_case(device, dtype)
+    upstream = torch.randn(memory.shape, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+    results = []
+    for impl in (tri, reference):
+        h = features.clone().requires_grad_()
+        table = impl.surrogate_table(h, bins, memory)
+        (table * upstream).sum().backward()
+        results.append((table.detach(), h.grad))
+    (got_table, got_grad), (want_table, want_grad) = results
+    torch.testing.assert_close(got_table, want_table, **TOLERANCE[dtype])
+    torch.testing.assert_close(got_grad, want_grad, **TOLERANCE[dtype])
+    assert torch.equal(got_table[ZERO_MEMORY_ROWS], torch.zeros_like(got_table[ZERO_MEMORY_ROWS]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+@pytest.mark.parametrize("label_weighting", [False, True], ids=["unweighted", "label-weighted"])
+def test_contrastive_matches_reference_and_detaches_surrogates(device, dtype, label_weighting):
+    features, bins, memory, _ = make_case(device, dtype)
+    table = reference.surrogate_table(features, bins, memory)  # with its zero rows
+    results = []
+    for impl in (tri, reference):
+        h = features.clone().requires_grad_()
+        surrogates = table.clone().requires_grad_()
+        loss = impl.contrastive_loss(h, bins, surrogates, TEMPERATURE, label_weighting)
+        (1.7 * loss).backward()
+        assert surrogates.grad is None
+        results.append((loss.detach(), h.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+@pytest.mark.parametrize("envelope_temperature", ENVELOPES)
+def test_envelope_matches_reference(device, dtype, envelope_temperature):
+    # Rows of any norm, one of them zero: the kernels do not assume unit surrogates.
+    _, _, memory, anchors = make_case(device, dtype)
+    results = []
+    for impl in (tri, reference):
+        surrogates = memory.clone().requires_grad_()
+        loss = impl.enveloping_loss(surrogates, anchors, envelope_temperature)
+        (1.7 * loss).backward()
+        results.append((loss.detach(), surrogates.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+@pytest.mark.parametrize("num_bins", [2, 3, NUM_BINS])
+def test_homogeneity_matches_reference(device, dtype, sign, num_bins):
+    _, _, memory, _ = make_case(device, dtype)
+    results = []
+    for impl in (tri, reference):
+        surrogates = F.normalize(memory[:num_bins], dim=1).clone().requires_grad_()
+        loss = impl.homogeneity_loss(surrogates, sign, 0.25)
+        (1.7 * loss).backward()
+        results.append((loss.detach(), surrogates.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("envelope_temperature", ENVELOPES)
+def test_half_surrogates_in_envelope_and_homogeneity(device, dtype, envelope_temperature):
+    _, _, memory, anchors = make_case(device, dtype)
+    results = []
+    for impl, cast in ((tri, dtype), (reference, torch.float32)):
+        surrogates = memory.detach().to(cast).clone().requires_grad_()
+        envelope = impl.enveloping_loss(surrogates, anchors.to(cast), envelope_temperature)
+        homogeneity = impl.homogeneity_loss(surrogates, 1.0, 0.1)
+        (envelope + 2 * homogeneity).backward()
+        results.append((torch.stack([envelope.detach(), homogeneity.detach()]), surrogates.grad))
+    (got_losses, got_grad), (want_losses, want_grad) = results
+    assert got_losses.dtype == torch.float32 and got_grad.dtype == dtype
+    torch.testing.assert_close(got_losses, want_losses, **TOLERANCE[torch.float32])
+    torch.testing.assert_close(got_grad.float(), want_grad, rtol=2e-2, atol=2e-3)
+
+
+# -------------------------------------------------------------------------- arg-max ties
+
+
+def _grid_vectors(rows: int, dim: int, seed: int) -> torch.Tensor:
+    """Entries in {-1, -1/2, 0, 1/2, 1}: every dot product of two such rows is exact in every
+    dtype and summation order, so all backends see the same cosines, ties included."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(-2, 3, (rows, dim), generator=generator).to(torch.float64) / 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_hard_envelope_tie_goes_to_the_lowest_bin(device, dtype):
+    # Rows 1, 2 (same K tile of the interpreter's config) and 6 (a later tile) are equal, and
+    # the first anchors point along them: their maximum is tied between the three rows.
+    surrogates = _grid_vectors(NUM_BINS, 8, seed=2)
+    tied = torch.tensor([1.0, 0.5, 0, 0, 0, 0, 0, 1.0], dtype=torch.float64)
+    surrogates[[1, 2, 6]] = tied
+    anchors = torch.cat([tied.expand(4, 8), _grid_vectors(20, 8, seed=3)])
+    surrogates, anchors = surrogates.to(device, dtype), anchors.to(device, dtype)
+    results = []
+    for impl, cast in ((tri, dtype), (reference, torch.float32 if dtype == torch.bfloat16 else dtype)):
+        c = surrogates.to(cast).clone().requires_grad_()
+        loss = impl.enveloping_loss(c, anchors.to(cast), None)
+        loss.backward()
+        results.append((loss.detach(), c.grad.to(cast)))
+    (got_loss, got_grad), (want_loss, want_grad) = results
+    tolerance = TOLERANCE[want_loss.dtype]
+    torch.testing.assert_close(got_loss, want_loss, **tolerance)
+    torch.testing.assert_close(got_grad, want_grad.to(dtype), **tolerance)
+    assert got_grad[1].abs().sum() > 0
+    assert torch.equal(got_grad[[2, 6]], torch.zeros_like(got_grad[[2, 6]]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_hard_envelope_tie_through_the_table(device):
+    # Bins 1 and 6 hold one sample each, both (2, 0, ..., 0): both surrogates are exactly e_0,
+    # and the anchors e_0 are tied between them. Their gradient goes to bin 1, none to bin 6.
+    dim = 8
+    bins = torch.tensor([1, 6, 3, 3, 9], device=device)
+    features = _grid_vectors(len(bins), dim, seed=4)
+    features[:2] = 0
+    features[:2, 0] = 2
+    memory = _grid_vectors(NUM_BINS, dim, seed=5)
+    e0 = torch.zeros(1, dim, dtype=torch.float64)
+    e0[0, 0] = 1
+    anchors = torch.cat([e0.expand(3, dim), F.normalize(_grid_vectors(10, dim, seed=6), dim=1)])
+    features, memory, anchors = (x.to(device, torch.float32) for x in (features, memory, anchors))
+    results = []
+    for impl in (tri, reference):
+        h = features.clone().requires_grad_()
+        loss = impl.enveloping_loss(impl.surrogate_table(h, bins, memory), anchors, None)
+        loss.backward()
+        results.append((loss.detach(), h.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+    got_grad = results[0][1]
+    assert got_grad[0].abs().sum() > 0
+    assert torch.equal(got_grad[1], torch.zeros_like(got_grad[1]))
+
+
+# ---------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("envelope_temperature", ENVELOPES)
+def test_envelope_is_deterministic(device, envelope_temperature):
+    # The gradient is reduced over anchor splits in a fixed order, without atomics.
+    _, _, memory, anchors = make_case(device, torch.float32, num_anchors=40)
+    runs = []
+    for _ in range(2):
+        surrogates = memory.clone().requires_grad_()
+        tri.enveloping_loss(surrogates, anchors, envelope_temperature).backward()
+        runs.append(surrogates.grad)
+    assert torch.equal(runs[0], runs[1])
+
+
+# ------------------------------------------------ torch.compile and opcheck (compiled only)
+
+
+@CUDA_ONLY
+def test_opcheck():
+    features, bins, memory, anchors = make_case("cuda", torch.float32)
+    table = reference.surrogate_table(features, bins, memory)
+    cases = [
+        (torch.ops.srl_ext_triton.surrogate_table.default, (features.requires_grad_(), bins, memory)),
+        (torch.ops.srl_ext_triton.contrastive.default, (features, bins, table, TEMPERATURE, True)),
+        (torch.ops.srl_ext_triton.envelope.default, (table.requires_grad_(), anchors, None)),
+        (torch.ops.srl_ext_triton.envelope.default, (table, anchors, 0.2)),
+        (torch.ops.srl_ext_triton.homogeneity.default, (table, -1.0, 0.1)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("envelope_temperature", ENVELOPES)
+def test_torch_compile_traces_the_terms_without_graph_breaks(envelope_temperature):
+    features, bins, memory, anchors = make_case("cuda", torch.float32)
+
+    def terms(features):
+        surrogates = tri.surrogate_table(features, bins, memory)
+        return surrogates, torch.stack([
+            tri.contrastive_loss(features, bins, surrogates, TEMPERATURE, True),
+            tri.enveloping_loss(surrogates, anchors, envelope_temperature),
+            tri.homogeneity_loss(surrogates, -1.0, 0.1),
+        ])
+
+    torch._dynamo.reset()
+    results = []
+    for fn in (torch.compile(terms, fullgraph=True), terms):
+        h = features.clone().requires_grad_()
+        surrogates, values = fn(h)
+        (values * torch.tensor(TERM_WEIGHTS, device="cuda")).sum().backward()
+        results.append((surrogates.detach(), values.detach(), h.grad))
+    assert_chain_close(*results, TOLERANCE[torch.float32], TOLERANCE[torch.float32])
