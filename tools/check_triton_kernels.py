@@ -35,7 +35,7 @@ DTYPES = [("fp32", "fp32"), ("fp32", "bf16"), ("fp64", "fp64")]  # (accumulation
 
 def kernels():
     """name -> (autotuned kernel, its TuningSpace, arg types for (acc, feat), fixed constexprs)."""
-    table = importlib.import_module("srl_ext.kernels.triton.surrogate_table")
+    table = importlib.import_module("srl_ext.kernels.triton.table")
     con = importlib.import_module("srl_ext.kernels.triton.contrastive")
     env = importlib.import_module("srl_ext.kernels.triton.envelope")
     homo = importlib.import_module("srl_ext.kernels.triton.homogeneity")

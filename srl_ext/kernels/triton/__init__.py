@@ -13,7 +13,7 @@ from . import utils
 from .contrastive import contrastive_loss
 from .envelope import enveloping_loss
 from .homogeneity import homogeneity_loss
-from .surrogate_table import surrogate_table
+from .table import surrogate_table
 
 __all__ = ["contrastive_loss", "enveloping_loss", "homogeneity_loss", "surrogate_table", "unavailable_reason"]
 

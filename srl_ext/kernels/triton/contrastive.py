@@ -16,7 +16,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .surrogate_table import normalize_backward
+from .table import normalize_backward
 from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
 
 _CONFIGS = autotune_configs(
