@@ -47,7 +47,9 @@ std::tuple<at::Tensor, at::Tensor> envelope_cpu(
       scalar_t* gp = grad.data_ptr<scalar_t>();
       at::Tensor cosines = at::empty({num_bins, kAnchorsPerTile}, c.options());
       std::vector<scalar_t> best(kAnchorsPerTile);
-      std::vector<int64_t> best_bin(kAnchorsPerTile);
+      // An index as wide as the values, so the compare-and-select sweep below vectorises.
+      using index_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+      std::vector<index_t> best_bin(kAnchorsPerTile);
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t j0 = t * kAnchorsPerTile, cols = std::min(kAnchorsPerTile, num_anchors - j0);
         const at::Tensor anchor_tile = a.narrow(0, j0, cols);
@@ -57,13 +59,15 @@ std::tuple<at::Tensor, at::Tensor> envelope_cpu(
         const scalar_t* sp = cos_tile.data_ptr<scalar_t>();
         // Running max over k; strict '>' keeps the lowest k on ties, as torch.max.
         std::copy(sp, sp + cols, best.begin());
-        std::fill(best_bin.begin(), best_bin.begin() + cols, int64_t(0));
-        for (int64_t k = 1; k < num_bins; ++k) {
+        std::fill(best_bin.begin(), best_bin.begin() + cols, index_t(0));
+        scalar_t* bv = best.data();
+        index_t* bi = best_bin.data();
+        for (index_t k = 1; k < num_bins; ++k) {
           const scalar_t* row = sp + k * cols;
           for (int64_t j = 0; j < cols; ++j) {
-            const bool better = row[j] > best[j];
-            best[j] = better ? row[j] : best[j];
-            best_bin[j] = better ? k : best_bin[j];
+            const bool better = row[j] > bv[j];
+            bv[j] = better ? row[j] : bv[j];
+            bi[j] = better ? k : bi[j];
           }
         }
         scalar_t covered = 0;
@@ -71,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> envelope_cpu(
           for (int64_t j = 0; j < cols; ++j) {
             covered += best[j];
             const scalar_t* anchor = ap + (j0 + j) * dim;
-            scalar_t* g = gp + best_bin[j] * dim;
+            scalar_t* g = gp + static_cast<int64_t>(best_bin[j]) * dim;
             for (int64_t d = 0; d < dim; ++d) g[d] += neg_inv_n * anchor[d];
           }
         } else {
