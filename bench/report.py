@@ -81,6 +81,8 @@ def _ratio(numerator: float | None, denominator: float | None) -> str:
     if numerator is None or denominator is None or denominator <= 0 or numerator <= 0:
         return "-"
     r = numerator / denominator
+    if r < 0.1:
+        return f"{r:.2g}"
     return f"{r:.2f}" if r < 100 else f"{r:,.0f}"
 
 
@@ -160,7 +162,8 @@ def header(meta: dict, stat: str, source: Path) -> list[str]:
         f"- Peak memory: {meta.get('memory_method', '?')}. `<0.06` = below the 64 KiB resolution of that measure.",
         f"- Every row passed parity with the reference before it was timed ({meta.get('parity', '?')}).",
         "- Speed-up = baseline time / backend time (> 1 is faster); memory ratio = backend peak / baseline peak "
-        "(< 1 is less); time / matmul = the enveloping term over one K x D by D x N product, its floor.",
+        "(< 1 is less); time / matmul = the enveloping term over one K x D by D x N product into a "
+        "preallocated output, its floor (memory of that row: its output is allocated before the step).",
         "- Baselines: `reference` = srl_ext.reference (vectorised PyTorch, B x K and N x K matrices); "
         "`released` = bench/released.py, the way the released training code computes (a Python loop over the "
         "labels in the batch, the full K x N cosine matrix with a mask).",
