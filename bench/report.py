@@ -163,7 +163,7 @@ def header(meta: dict, stat: str, source: Path) -> list[str]:
         f"- Every row passed parity with the reference before it was timed ({meta.get('parity', '?')}).",
         "- Speed-up = baseline time / backend time (> 1 is faster); memory ratio = backend peak / baseline peak "
         "(< 1 is less); time / matmul = the enveloping term over one K x D by D x N product into a "
-        "preallocated output, its floor (memory of that row: its output is allocated before the step).",
+        "preallocated output, its floor (that row's memory is its K x N output, paged in by its first write).",
         "- Baselines: `reference` = srl_ext.reference (vectorised PyTorch, B x K and N x K matrices); "
         "`released` = bench/released.py, the way the released training code computes (a Python loop over the "
         "labels in the batch, the full K x N cosine matrix with a mask).",
