@@ -1,0 +1,154 @@
+"""Options of the bench, the device, and where the results go.
+
+Every run writes its pytest-benchmark JSON (timings, the peak memory and parity errors in each
+benchmark's extra_info, the machine) to bench/results/raw/<UTC time>.json unless
+--benchmark-json says otherwise; ``python bench/report.py`` reads the newest one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from . import _measure, cases
+
+RESULTS = Path(__file__).parent / "results"
+RAW_RESULTS = RESULTS / "raw"
+
+# Seconds of timed rounds per benchmark (at least MIN_ROUNDS, at most MAX_ROUNDS rounds).
+DEFAULT_TIME_S = 0.25
+FULL_TIME_S = 1.0
+MIN_ROUNDS = 3
+MAX_ROUNDS = 200
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("srl-bench", "srl-ext benchmark harness")
+    group.addoption(
+        "--bench-device",
+        default="auto",
+        help="device of the benchmarks: cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)",
+    )
+    group.addoption(
+        "--full",
+        action="store_true",
+        help="the full sweep (N to 10^6, K to 2000, B to 4096) and the issue2 cases "
+        "(about 10 GB per step at K = 1000, N = 10^6 for the baselines)",
+    )
+    group.addoption(
+        "--bench-time",
+        type=float,
+        default=None,
+        help=f"seconds of timed rounds per benchmark (default {DEFAULT_TIME_S}, {FULL_TIME_S} with --full)",
+    )
+    group.addoption(
+        "--bench-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for the run (default: torch's, one per core); "
+        "1 gives steadier numbers on a busy machine",
+    )
+    group.addoption(
+        "--bench-no-memory", action="store_true", help="skip the peak memory measurement (timings and parity only)"
+    )
+
+
+SKIPPED = pytest.StashKey[dict]()  # implementation -> why it was not benchmarked, for the report
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own configure reads the option
+def pytest_configure(config):
+    config.stash[SKIPPED] = {}
+    if config.getoption("bench_threads"):
+        torch.set_num_threads(config.getoption("bench_threads"))
+    if config.getoption("benchmark_json", None) is None and not config.getoption("collectonly"):
+        RAW_RESULTS.mkdir(parents=True, exist_ok=True)
+        config.option.benchmark_json = RAW_RESULTS / time.strftime("%Y%m%dT%H%M%SZ.json", time.gmtime())
+
+
+def pytest_generate_tests(metafunc):
+    if "bench" in metafunc.fixturenames:
+        params = cases.benchmarks(metafunc.config.getoption("full"))
+        metafunc.parametrize("bench", params, ids=[b.id for b in params])
+
+
+def bench_device_of(config) -> torch.device:
+    name = config.getoption("bench_device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@pytest.fixture(scope="session")
+def bench_device(pytestconfig) -> torch.device:
+    device = bench_device_of(pytestconfig)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.exit(f"--bench-device {device}: CUDA is not available here", returncode=4)
+    return device
+
+
+@pytest.fixture(scope="session")
+def bench_options(pytestconfig) -> dict:
+    full = pytestconfig.getoption("full")
+    seconds = pytestconfig.getoption("bench_time") or (FULL_TIME_S if full else DEFAULT_TIME_S)
+    return {
+        "full": full,
+        "time_s": seconds,
+        "min_rounds": MIN_ROUNDS,
+        "max_rounds": MAX_ROUNDS,
+        "memory": not pytestconfig.getoption("bench_no_memory"),
+    }
+
+
+@pytest.fixture(scope="session")
+def skipped_impls(pytestconfig) -> dict:
+    return pytestconfig.stash[SKIPPED]
+
+
+def _cpu_model() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    device = bench_device_of(config)
+    machine_info["srl_bench"] = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "full": config.getoption("full"),
+        "memory_method": _measure.CUDA_METHOD if device.type == "cuda" else _measure.CPU_METHOD,
+        "command": " ".join(["pytest", *config.invocation_params.args]),
+        "parity": f"float32; |error| <= {cases.RTOL} |reference| + {cases.ATOL} max|reference|",
+    }
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["srl_bench_skipped"] = config.stash.get(SKIPPED, {})

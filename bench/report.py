@@ -1,0 +1,263 @@
+"""Turn a bench run's JSON into a Markdown table and PNG plots.
+
+    python bench/report.py                      # newest bench/results/raw/*.json -> bench/results/latest.md + PNGs
+    python bench/report.py RUN.json --output bench/results/issue2.md --no-plots --group issue2
+    python bench/report.py --update-readme      # also put the preset table into bench/README.md
+
+Speed-up against a baseline = the baseline's time / the backend's time (> 1: faster). Memory
+ratio = the backend's peak / the baseline's peak (< 1: less memory). "/ matmul" = the enveloping
+term's time over one K x D by D x N matrix product: its floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RAW = RESULTS / "raw"
+README = HERE / "README.md"
+README_START, README_END = "<!-- latest-table:start -->", "<!-- latest-table:end -->"
+
+GROUP_TITLES = {
+    "preset": "Preset sizes",
+    "sweep_n": "Scaling in N (anchors), imdb_wiki otherwise (B 256, K 187)",
+    "sweep_k": "Scaling in K (bins), imdb_wiki otherwise (B 256, N 2000)",
+    "sweep_b": "Scaling in B (batch), imdb_wiki otherwise (K 187, N 2000)",
+    "issue2": "Issue 2 sizes",
+}
+IMPL_ORDER = ("released", "reference", "cpu", "triton", "cuda", "matmul")
+TERM_ORDER = ("srl", "contrastive", "enveloping", "homogeneity")
+MEMORY_RESOLUTION = 64 * 1024  # RSS counts pages, and small blocks come from memory malloc already holds
+SWEEP_AXES = {"sweep_n": ("num_anchors", "N"), "sweep_k": ("num_bins", "K"), "sweep_b": ("batch", "B")}
+
+
+def latest_json() -> Path:
+    runs = sorted(RAW.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        sys.exit(f"no bench results in {RAW}: run `pytest bench/` first")
+    return runs[-1]
+
+
+def load(path: Path, stat: str, groups: list[str] | None) -> tuple[dict, dict]:
+    """(run metadata, rows[(group, case, term)][impl] = {time_s, memory_bytes, sizes})."""
+    data = json.loads(path.read_text())
+    rows: dict[tuple, dict] = defaultdict(dict)
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if groups and info["group"] not in groups:
+            continue
+        rows[(info["group"], info["case"], info["term"])][info["impl"]] = {
+            "time_s": bench["stats"][stat],
+            "memory_bytes": info.get("peak_memory_bytes"),
+            **{k: info[k] for k in ("batch", "num_bins", "num_anchors", "dim")},
+        }
+    meta = dict(data["machine_info"].get("srl_bench", {}))
+    meta.update(datetime=data.get("datetime", "?"), commit=data.get("commit_info", {}).get("id", "?"))
+    meta["skipped"] = data.get("srl_bench_skipped", {})
+    return meta, rows
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 1000 else f"{ms:,.0f}"
+
+
+def _mib(value: int | None) -> str:
+    if value is None:
+        return "-"
+    if value < MEMORY_RESOLUTION:
+        return "<0.06"
+    mib = value / 2**20
+    return f"{mib:.3g}" if mib < 1000 else f"{mib:,.0f}"
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    if numerator is None or denominator is None or denominator <= 0 or numerator <= 0:
+        return "-"
+    r = numerator / denominator
+    if r < 0.1:
+        return f"{r:.2g}"
+    return f"{r:.2f}" if r < 100 else f"{r:,.0f}"
+
+
+def _memory_ratio(mine: int | None, baseline: int | None) -> str:
+    if mine is None or baseline is None or baseline < MEMORY_RESOLUTION:
+        return "-"
+    if mine < MEMORY_RESOLUTION:  # below resolution: an upper bound
+        return "<" + _ratio(MEMORY_RESOLUTION, baseline)
+    return _ratio(mine, baseline)
+
+
+def _sort_key(key: tuple) -> tuple:
+    group, case, term = key
+    group_rank = list(GROUP_TITLES).index(group) if group in GROUP_TITLES else 99
+    term_rank = TERM_ORDER.index(term) if term in TERM_ORDER else 99
+    return group_rank, term_rank, case
+
+
+def _case_sort(rows: dict, key: tuple) -> tuple:
+    first = next(iter(rows[key].values()))
+    return first["batch"], first["num_bins"], first["num_anchors"]
+
+
+def table(rows: dict, group: str) -> list[str]:
+    keys = [k for k in rows if k[0] == group]
+    keys.sort(key=lambda k: (_sort_key(k)[:2], _case_sort(rows, k)))
+    lines = [
+        "| case (B, K, N) | term | backend | time (ms) | speed-up vs reference | speed-up vs released "
+        "| peak memory (MiB) | memory / reference | memory / released | time / matmul |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in keys:
+        _, case, term = key
+        by_impl = rows[key]
+        ref, rel, floor = by_impl.get("reference"), by_impl.get("released"), by_impl.get("matmul")
+        for impl in sorted(by_impl, key=lambda i: IMPL_ORDER.index(i) if i in IMPL_ORDER else 99):
+            r = by_impl[impl]
+            sizes = f"{case} ({r['batch']}, {r['num_bins']}, {r['num_anchors']})"
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        sizes,
+                        term,
+                        "matmul (floor)" if impl == "matmul" else impl,
+                        _ms(r["time_s"]),
+                        _ratio(ref and ref["time_s"], r["time_s"]) if impl != "matmul" else "",
+                        _ratio(rel and rel["time_s"], r["time_s"]) if impl != "matmul" else "",
+                        _mib(r["memory_bytes"]),
+                        _memory_ratio(r["memory_bytes"], ref and ref["memory_bytes"]) if impl != "matmul" else "",
+                        _memory_ratio(r["memory_bytes"], rel and rel["memory_bytes"]) if impl != "matmul" else "",
+                        _ratio(r["time_s"], floor["time_s"]) if floor and impl != "matmul" else "",
+                    ]
+                )
+                + " |"
+            )
+    return lines
+
+
+def header(meta: dict, stat: str, source: Path) -> list[str]:
+    device = meta.get("device", "?")
+    machine = (
+        f"{meta.get('device_name', '?')}"
+        if device.startswith("cuda")
+        else f"CPU: {meta.get('cpu_model', '?')}, {meta.get('cpu_count', '?')} cores, {meta.get('memory_gib', '?')} GiB"
+    )
+    lines = [
+        "# srl-ext bench results",
+        "",
+        f"- Run: {meta.get('datetime', '?')}, commit {str(meta.get('commit', '?'))[:10]}, "
+        f"`{meta.get('command', 'pytest bench/')}`"
+        f" ({'full sweep' if meta.get('full') else 'plain run'}); source `{source.name}`.",
+        f"- Machine: {machine}; device `{device}`; torch {meta.get('torch', '?')}, "
+        f"{meta.get('torch_threads', '?')} threads.",
+        f"- Time: the {stat} over the timed rounds of one forward + backward step (float32). The machine is "
+        "shared, so noise only adds time: the minimum is the steadiest figure.",
+        f"- Peak memory: {meta.get('memory_method', '?')}. `<0.06` = below the 64 KiB resolution of that measure.",
+        f"- Every row passed parity with the reference before it was timed ({meta.get('parity', '?')}).",
+        "- Speed-up = baseline time / backend time (> 1 is faster); memory ratio = backend peak / baseline peak "
+        "(< 1 is less); time / matmul = the enveloping term over one K x D by D x N product into a "
+        "preallocated output, its floor (that row's memory is its K x N output, paged in by its first write).",
+        "- Baselines: `reference` = srl_ext.reference (vectorised PyTorch, B x K and N x K matrices); "
+        "`released` = bench/released.py, the way the released training code computes (a Python loop over the "
+        "labels in the batch, the full K x N cosine matrix with a mask).",
+    ]
+    for impl, reason in sorted(meta.get("skipped", {}).items()):
+        lines.append(f"- Not run: `{impl}`: {reason}.")
+    return lines
+
+
+def plots(rows: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for group, (size, letter) in SWEEP_AXES.items():
+        terms = sorted({k[2] for k in rows if k[0] == group}, key=lambda t: TERM_ORDER.index(t))
+        if not terms:
+            continue
+        for quantity, label, unit in (("time_s", "time", 1e3), ("memory_bytes", "memory", 1 / 2**20)):
+            fig, axes = plt.subplots(1, len(terms), figsize=(5.5 * len(terms), 4.2), squeeze=False)
+            for ax, term in zip(axes[0], terms):
+                series = defaultdict(list)
+                for key, by_impl in rows.items():
+                    if key[0] != group or key[2] != term:
+                        continue
+                    for impl, r in by_impl.items():
+                        if r[quantity] is None or (quantity != "time_s" and impl == "matmul"):
+                            continue
+                        value = r[quantity] if quantity == "time_s" else max(r[quantity], MEMORY_RESOLUTION)
+                        series[impl].append((r[size], value))
+                for impl in sorted(series, key=lambda i: IMPL_ORDER.index(i) if i in IMPL_ORDER else 99):
+                    xs, ys = zip(*sorted(series[impl]))
+                    style = "k--" if impl == "matmul" else "-o"
+                    ax.plot(xs, [y * unit for y in ys], style, label="matmul (floor)" if impl == "matmul" else impl)
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlabel(letter)
+                ax.set_ylabel("time per fwd+bwd step (ms)" if quantity == "time_s" else "peak memory (MiB)")
+                ax.set_title(f"{term}: {label} against {letter}")
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend()
+            fig.tight_layout()
+            path = out_dir / f"{label}_vs_{letter}.png"
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def render(meta: dict, rows: dict, stat: str, source: Path, pngs: list[Path]) -> str:
+    lines = header(meta, stat, source)
+    for group, title in GROUP_TITLES.items():
+        if any(k[0] == group for k in rows):
+            lines += ["", f"## {title}", "", *table(rows, group)]
+    if pngs:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(meta: dict, rows: dict, stat: str, source: Path) -> None:
+    text = README.read_text()
+    if README_START not in text or README_END not in text:
+        sys.exit(f"{README} has no {README_START} ... {README_END} markers")
+    block = "\n".join([*header(meta, stat, source)[2:], "", *table(rows, "preset")])
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    README.write_text(pattern.sub(lambda _: f"{README_START}\n{block}\n{README_END}", text))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "json", nargs="?", type=Path, help="a bench run's JSON (default: the newest in bench/results/raw)"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.md", help="the Markdown file to write")
+    parser.add_argument("--stat", choices=("min", "median", "mean"), default="min", help="time statistic (default min)")
+    parser.add_argument("--group", action="append", choices=list(GROUP_TITLES), help="only these groups (repeatable)")
+    parser.add_argument("--no-plots", action="store_true", help="write the table only")
+    parser.add_argument("--update-readme", action="store_true", help="also put the preset table into bench/README.md")
+    args = parser.parse_args(argv)
+
+    source = args.json or latest_json()
+    meta, rows = load(source, args.stat, args.group)
+    if not rows:
+        sys.exit(f"{source}: no benchmarks{' in groups ' + ', '.join(args.group) if args.group else ''}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    pngs = [] if args.no_plots else plots(rows, args.output.parent)
+    args.output.write_text(render(meta, rows, args.stat, source, pngs))
+    print(f"wrote {args.output}" + "".join(f", {p.name}" for p in pngs))
+    if args.update_readme:
+        update_readme(meta, rows, args.stat, source)
+        print(f"updated {README}")
+
+
+if __name__ == "__main__":
+    main()
