@@ -26,8 +26,15 @@ ENVIRONMENT_FLAGS = ("data_dir", "workers", "threads", "device", "progress")
 RESUME_FLAGS = ENVIRONMENT_FLAGS + ("epoch",)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows each flag's default, except for switches and
+    flags without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def build_parser(preset_name: str, description: str, default_data_dir: str) -> argparse.ArgumentParser:
@@ -186,3 +193,23 @@ def _merge(saved: dict, given: dict, explicit: set[str], changeable: Sequence[st
 
 def data_dir_path(config: dict) -> Path:
     return Path(config["data_dir"]).expanduser()
+
+
+def image_main(benchmark, description: str, argv: Sequence[str] | None = None, default_data_dir: str = "data") -> dict:
+    """The whole driver of an image benchmark (``srl_ext.data.images.AGEDB`` or ``IMDB_WIKI``)."""
+    from .data import images
+    from .models import IMAGE_BACKBONES, ImageRegressor
+
+    parser = build_parser(benchmark.preset, description, default_data_dir)
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", choices=IMAGE_BACKBONES, default="resnet50",
+                       help="trained from scratch: resnet50 (the benchmark's), resnet18, or tiny (a small conv net for "
+                            "quick runs and tests)")
+    model.add_argument("--img_size", type=int, default=images.IMAGE_SIZE, help="images are resized to this square size")
+
+    def build(config: dict):
+        task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"])
+        return task, ImageRegressor(config["backbone"]), datasets
+
+    config, explicit = parse(parser, benchmark.preset, argv)
+    return run(config, explicit, build)

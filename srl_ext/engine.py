@@ -300,7 +300,7 @@ class Engine:
         feed_memory = self.memory is not None and self.epoch + 1 >= s.warmup
         online = feed_memory and s.memory_update == "online"
         self.model.train()
-        sums = {"loss": 0.0, "regression": 0.0, "srl": 0.0, "contrastive": 0.0, "enveloping": 0.0, "homogeneity": 0.0}
+        sums = {"loss": 0.0, "regression": 0.0, "srl_total": 0.0, "contrastive": 0.0, "enveloping": 0.0, "homogeneity": 0.0}
         num_steps = 0
         started = time.perf_counter()
         batches = _progress(self.loader("train", shuffle=True), s.progress, f"epoch {self.epoch}")
@@ -315,7 +315,7 @@ class Engine:
                 loss = regression + terms.total
                 for key in ("contrastive", "enveloping", "homogeneity"):
                     sums[key] += float(getattr(terms, key).detach())
-                sums["srl"] += float(terms.total.detach())
+                sums["srl_total"] += float(terms.total.detach())
             if online:
                 self.memory.accumulate(features.detach(), bins)
             self.optimizer.zero_grad(set_to_none=True)
@@ -345,7 +345,7 @@ class Engine:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.epoch += 1
-        record = {"split": "train", "epoch": self.epoch, "step": self.global_step, "lr": lr, "srl": use_srl,
+        record = {"split": "train", "epoch": self.epoch, "step": self.global_step, "lr": lr, "srl_on": use_srl,
                   "train_seconds": train_seconds, "memory_seconds": memory_seconds}
         record.update({key: value / max(num_steps, 1) for key, value in sums.items()})
         self._log(record)
