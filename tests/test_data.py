@@ -66,6 +66,7 @@ def test_missing_image_names_its_path(tmp_path):
 
 
 def test_unreadable_image_names_its_path(tmp_path):
+    pytest.importorskip("torchvision")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     dataset = images.AgeImageDataset([("broken.jpg", 30)], tmp_path, images.transforms(False, 8))
     with pytest.raises(OSError, match=r"cannot read image .*broken\.jpg"):
@@ -73,6 +74,7 @@ def test_unreadable_image_names_its_path(tmp_path):
 
 
 def test_image_transforms_shape_and_range(tmp_path):
+    pytest.importorskip("torchvision")
     from PIL import Image
 
     Image.new("RGB", (40, 30), (255, 0, 128)).save(tmp_path / "a.png")

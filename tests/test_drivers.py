@@ -15,6 +15,7 @@ import torch
 from srl_ext import engine
 from srl_ext.data import MissingDataError, sts_b
 
+pytest.importorskip("torchvision")  # the image transforms and backbones of the drivers
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -41,8 +41,8 @@ BIN_EDGES = np.linspace(0.0, SCORE_MAX, NUM_BINS + 1, dtype=np.float32)
 
 def score_bins(scores: torch.Tensor | np.ndarray | Sequence[float]) -> torch.Tensor:
     """The bin of each score: k with edge_k <= s < edge_{k+1} in float32; s = 5.0 in bin 49."""
-    scores = torch.as_tensor(np.asarray(scores, dtype=np.float32))
-    inner_edges = torch.from_numpy(BIN_EDGES[1:-1])
+    scores = torch.as_tensor(scores).to(torch.float32)  # on the scores' device
+    inner_edges = torch.from_numpy(BIN_EDGES[1:-1]).to(scores.device)
     return torch.bucketize(scores, inner_edges, right=True).clamp_(0, NUM_BINS - 1).to(torch.int64)
 
 
