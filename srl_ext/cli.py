@@ -61,7 +61,7 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                            "the DIR table, write test_metrics.json and test_errors.png beside it")
 
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffling and augmentations")
+    train.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
     train.add_argument("--epoch", type=int, default=p.epochs,
                        help="number of training epochs" + (" (none: until early stopping)" if p.epochs is None else ""))
     train.add_argument("--batch_size", type=int, default=p.batch_size, help="batch size")

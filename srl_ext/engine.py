@@ -302,6 +302,7 @@ class Engine:
         self.model.train()
         sums = {"loss": 0.0, "regression": 0.0, "srl_total": 0.0, "contrastive": 0.0, "enveloping": 0.0, "homogeneity": 0.0}
         num_steps = 0
+        val_seconds = 0.0  # of the validations inside the epoch, kept out of train_seconds
         started = time.perf_counter()
         batches = _progress(self.loader("train", shuffle=True), s.progress, f"epoch {self.epoch}")
         for inputs, labels in batches:
@@ -330,11 +331,13 @@ class Engine:
             if hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
             if s.eval_every and self.global_step % s.eval_every == 0:
+                validation_started = time.perf_counter()
                 self.validate()
+                val_seconds += time.perf_counter() - validation_started
                 self.model.train()
                 if self.stopped:
                     break
-        train_seconds = time.perf_counter() - started
+        train_seconds = time.perf_counter() - started - val_seconds
         memory_seconds = 0.0
         if feed_memory and not self.stopped:
             started = time.perf_counter()
@@ -346,7 +349,7 @@ class Engine:
         self.scheduler.step()
         self.epoch += 1
         record = {"split": "train", "epoch": self.epoch, "step": self.global_step, "lr": lr, "srl_on": use_srl,
-                  "train_seconds": train_seconds, "memory_seconds": memory_seconds}
+                  "train_seconds": train_seconds, "memory_seconds": memory_seconds, "val_seconds": val_seconds}
         record.update({key: value / max(num_steps, 1) for key, value in sums.items()})
         self._log(record)
         if not s.eval_every and not self.stopped:
