@@ -232,3 +232,21 @@ def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     torch.save({"model": {}}, bogus)
     with pytest.raises(ValueError, match="not an srl-ext training checkpoint"):
         load_driver("sts_b").main(["--resume", str(bogus)])
+
+
+@pytest.mark.parametrize("name, words", [("agedb", "AgeDB-DIR"), ("imdb_wiki", "IMDB-WIKI-DIR"), ("sts_b", "STS-B-DIR")])
+def test_help_describes_the_driver_and_its_defaults(name, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_driver(name).main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert words in text and "Examples:" in text
+    assert "--memory_update {epoch_pass,online}" in text and "(default: epoch_pass)" in text
+    batch = {"agedb": "64", "imdb_wiki": "256", "sts_b": "16"}[name]
+    assert f"batch size (default: {batch})" in " ".join(text.split())
+
+
+def test_bad_flag_values_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        load_driver("sts_b").main(["--patience", "0"])  # neither epochs nor early stopping: would never end
+    assert "--epoch: expected a number of epochs when --patience is 0" in capsys.readouterr().err
