@@ -315,8 +315,8 @@ class Engine:
                 terms = self.srl_loss(features, bins, self.memory.table)
                 loss = regression + terms.total
                 for key in ("contrastive", "enveloping", "homogeneity"):
-                    sums[key] += float(getattr(terms, key).detach())
-                sums["srl_total"] += float(terms.total.detach())
+                    sums[key] += getattr(terms, key).detach()
+                sums["srl_total"] += terms.total.detach()
             if online:
                 self.memory.accumulate(features.detach(), bins)
             self.optimizer.zero_grad(set_to_none=True)
@@ -324,8 +324,8 @@ class Engine:
             if s.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
             self.optimizer.step()
-            sums["loss"] += float(loss.detach())
-            sums["regression"] += float(regression.detach())
+            sums["loss"] += loss.detach()  # tensors: no device sync per step
+            sums["regression"] += regression.detach()
             num_steps += 1
             self.global_step += 1
             if hasattr(batches, "set_postfix"):
@@ -350,7 +350,7 @@ class Engine:
         self.epoch += 1
         record = {"split": "train", "epoch": self.epoch, "step": self.global_step, "lr": lr, "srl_on": use_srl,
                   "train_seconds": train_seconds, "memory_seconds": memory_seconds, "val_seconds": val_seconds}
-        record.update({key: value / max(num_steps, 1) for key, value in sums.items()})
+        record.update({key: float(value) / max(num_steps, 1) for key, value in sums.items()})
         self._log(record)
         if not s.eval_every and not self.stopped:
             self.validate()
