@@ -1,0 +1,494 @@
+"""The one training engine of the DIR drivers: train, validate, select, test; checkpoint and resume.
+
+A run lives in its own folder (``make_run_dir``): ``config.json``, ``metrics.jsonl`` (one line
+per training epoch and per validation), ``last.pt`` (the whole state, written at the end of every
+epoch, from which ``--resume`` continues exactly), ``best.pt`` (the model selected on validation),
+``test_metrics.json`` and ``test_errors.png`` (the test set, evaluated once on ``best.pt``), and
+TensorBoard event files when tensorboard is installed.
+
+Exact resumption: the checkpoint holds the model, optimiser, scheduler, anchors, surrogate memory,
+early-stopping state, log history and every RNG state; the loaders' shuffling is seeded from
+(seed, epoch), so the epochs after a resume see the data in the same order as an unbroken run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import metrics as dir_metrics
+from .loss import SRLLoss
+from .memory import SurrogateMemory
+
+CHECKPOINT_FORMAT = 1
+LAST, BEST = "last.pt", "best.pt"
+METRICS_LOG, TEST_METRICS, TEST_PLOT = "metrics.jsonl", "test_metrics.json", "test_errors.png"
+REGRESSION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"l1": F.l1_loss, "mse": F.mse_loss}
+
+
+@dataclass
+class TrainConfig:
+    """The settings the engine reads (the drivers' flags of the same names fill them)."""
+
+    seed: int = 0
+    epoch: int | None = None  # number of epochs; None: until early stopping
+    warmup: int = 0  # first epochs with the regression loss only
+    batch_size: int = 64
+    lr: float = 2.5e-4
+    weight_decay: float = 0.0
+    lr_milestones: Sequence[int] = ()
+    lr_gamma: float = 0.1
+    grad_clip: float | None = None
+    eval_every: int | None = None  # validate every so many steps; None: at the end of each epoch
+    patience: int | None = None  # stop after so many validations without improvement
+    regression_loss: str = "l1"
+    srl: bool = True  # False: the plain regression baseline
+    w1: float = 1.0
+    w2: float = 1.0
+    w3: float = 1.0
+    temp: float = 0.1
+    num_anchors: int = 2000
+    homogeneity_sign: float = -1.0
+    homogeneity_beta: float = 0.1
+    envelope: str = "hard"
+    envelope_temperature: float | None = None
+    label_weighting: bool = False
+    anchor_seed: int = 0
+    backend: str = "auto"
+    memory_update: str = "epoch_pass"
+    memory_momentum: float = 0.9
+    memory_normalized: bool = False
+    workers: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in names})
+
+
+@dataclass
+class Task:
+    """What the engine needs to know about a benchmark.
+
+    Attributes:
+        name: the preset name ("agedb", "imdb_wiki", "sts_b").
+        num_bins: K.
+        label_bins: labels (label units) -> int64 bins in [0, K).
+        bin_groups: per bin, "many", "medium" or "few" (SPEC 9).
+        target_scale: the model regresses label / target_scale; predictions are multiplied back.
+        selection: (row, metric) of the validation table that selects the model, lower is better.
+        gm_floor, correlations: DIR metric options (STS-B: 1e-10 and Pearson/Spearman).
+        label_name: the x-axis name of the per-label error plot.
+    """
+
+    name: str
+    num_bins: int
+    label_bins: Callable[[torch.Tensor], torch.Tensor]
+    bin_groups: Sequence[str]
+    train_labels: np.ndarray
+    collate: Callable | None = None
+    target_scale: float = 1.0
+    selection: tuple[str, str] = ("all", "mae")
+    gm_floor: float | None = None
+    correlations: bool = False
+    label_name: str = "label"
+    bin_values: Sequence[float] = field(default_factory=tuple)  # the label value of each bin, for plots
+
+
+def make_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """A new folder ``runs_dir/name``; if that exists, ``name-2``, ``name-3``, ... (never reused)."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 10_000):
+        candidate = runs_dir / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        if attempt > 1:
+            print(f"run folder {runs_dir / name} exists; this run writes to {candidate}")
+        return candidate
+    raise RuntimeError(f"no free run folder name for {runs_dir / name}")
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: a crash leaves the old file whole."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | Path, default_name: str) -> tuple[dict, Path]:
+    """(checkpoint, its file); ``path`` is the file or a run folder holding ``default_name``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an srl-ext training checkpoint (format {CHECKPOINT_FORMAT})")
+    return checkpoint, path
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A seed for one loader in one epoch, independent of how the run got there."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+class Engine:
+    """Trains ``model`` on ``datasets["train"]``, selects it on ``datasets["val"]``, tests it once.
+
+    ``model(*inputs)`` returns ``(predictions, features)``; ``features`` (B x D) feed the SRL terms
+    and the surrogate memory.
+    """
+
+    def __init__(
+        self,
+        config: dict,
+        task: Task,
+        model: nn.Module,
+        datasets: dict[str, Dataset],
+        run_dir: str | Path,
+    ) -> None:
+        self.config = dict(config)
+        self.settings = TrainConfig.from_dict(config)
+        self.task = task
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(self.settings.device)
+        self.model = model.to(self.device)
+        self.datasets = datasets
+        s = self.settings
+        feature_dim = _feature_dim(self.model)
+        self.srl_loss: SRLLoss | None = None
+        self.memory: SurrogateMemory | None = None
+        if s.srl:
+            self.srl_loss = SRLLoss(
+                task.num_bins, feature_dim, w1=s.w1, w2=s.w2, w3=s.w3, temperature=s.temp, num_anchors=s.num_anchors,
+                homogeneity_sign=s.homogeneity_sign, homogeneity_beta=s.homogeneity_beta, envelope=s.envelope,
+                envelope_temperature=s.envelope_temperature, label_weighting=s.label_weighting,
+                anchor_seed=s.anchor_seed, backend=s.backend,
+            ).to(self.device)
+            self.memory = SurrogateMemory(
+                task.num_bins, feature_dim, momentum=s.memory_momentum, mode=s.memory_update, normalize=s.memory_normalized
+            ).to(self.device)
+        self.regression_loss = REGRESSION_LOSSES[s.regression_loss]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=s.lr, weight_decay=s.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(s.lr_milestones), gamma=s.lr_gamma)
+        self.epoch = 0  # epochs finished
+        self.global_step = 0
+        self.best: dict | None = None  # {"value", "epoch", "step"} of the selected model
+        self.bad_validations = 0
+        self.stopped = False
+        self.last_validated_step = -1
+        self.history: list[dict] = []
+        self.writer = _tensorboard(self.run_dir)
+
+    # ----- state -----
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "srl_loss": None if self.srl_loss is None else self.srl_loss.state_dict(),  # the anchors
+            "memory": None if self.memory is None else self.memory.state_dict(),
+            "best": self.best,
+            "bad_validations": self.bad_validations,
+            "stopped": self.stopped,
+            "last_validated_step": self.last_validated_step,
+            "history": self.history,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.srl_loss is not None:
+            self.srl_loss.load_state_dict(checkpoint["srl_loss"])
+            self.memory.load_state_dict(checkpoint["memory"])
+        self.epoch = checkpoint["epoch"]
+        self.global_step = checkpoint["global_step"]
+        self.best = checkpoint["best"]
+        self.bad_validations = checkpoint["bad_validations"]
+        self.stopped = checkpoint["stopped"]
+        self.last_validated_step = checkpoint["last_validated_step"]
+        self.history = list(checkpoint["history"])
+        set_rng_state(checkpoint["rng"])
+        # The log restarts from the checkpoint: lines written after it by the interrupted run go.
+        with (self.run_dir / METRICS_LOG).open("w") as handle:
+            for record in self.history:
+                handle.write(json.dumps(record) + "\n")
+
+    def save(self) -> None:
+        atomic_save(self.state_dict(), self.run_dir / LAST)
+
+    # ----- loaders -----
+    def loader(self, split: str, *, shuffle: bool = False, stream: int = 0) -> DataLoader:
+        dataset = self.datasets[split]
+        batch_size = self.settings.batch_size
+        generator = torch.Generator().manual_seed(epoch_seed(self.settings.seed, self.epoch, stream))
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.settings.workers,
+            collate_fn=self.task.collate, generator=generator, pin_memory=self.device.type == "cuda",
+            # A last batch of one sample cannot pass BatchNorm in train mode: drop only that one.
+            drop_last=split == "train" and len(dataset) % batch_size == 1,
+        )
+
+    def _to_device(self, inputs, labels):
+        return tuple(x.to(self.device, non_blocking=True) for x in inputs), labels.to(self.device, non_blocking=True)
+
+    # ----- training -----
+    def finished(self) -> bool:
+        return self.stopped or (self.settings.epoch is not None and self.epoch >= self.settings.epoch)
+
+    def fit(self) -> None:
+        while not self.finished():
+            self.train_epoch()
+            self.save()
+        if self.last_validated_step != self.global_step:
+            self.validate()
+            self.save()
+
+    def train_epoch(self) -> None:
+        s = self.settings
+        use_srl = self.srl_loss is not None and self.epoch >= s.warmup
+        # The memory is needed from the first SRL epoch on: fill it from the epoch before.
+        feed_memory = self.memory is not None and self.epoch + 1 >= s.warmup
+        online = feed_memory and s.memory_update == "online"
+        self.model.train()
+        sums = {"loss": 0.0, "regression": 0.0, "srl_total": 0.0, "contrastive": 0.0, "enveloping": 0.0, "homogeneity": 0.0}
+        num_steps = 0
+        val_seconds = 0.0  # of the validations inside the epoch, kept out of train_seconds
+        started = time.perf_counter()
+        batches = _progress(self.loader("train", shuffle=True), s.progress, f"epoch {self.epoch}")
+        for inputs, labels in batches:
+            inputs, labels = self._to_device(inputs, labels)
+            predictions, features = self.model(*inputs)
+            regression = self.regression_loss(predictions, labels / self.task.target_scale)
+            loss = regression
+            bins = self.task.label_bins(labels) if (use_srl or online) else None
+            if use_srl:
+                terms = self.srl_loss(features, bins, self.memory.table)
+                loss = regression + terms.total
+                for key in ("contrastive", "enveloping", "homogeneity"):
+                    sums[key] += getattr(terms, key).detach()
+                sums["srl_total"] += terms.total.detach()
+            if online:
+                self.memory.accumulate(features.detach(), bins)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+            self.optimizer.step()
+            sums["loss"] += loss.detach()  # tensors: no device sync per step
+            sums["regression"] += regression.detach()
+            num_steps += 1
+            self.global_step += 1
+            if hasattr(batches, "set_postfix"):
+                batches.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+            if s.eval_every and self.global_step % s.eval_every == 0:
+                validation_started = time.perf_counter()
+                self.validate()
+                val_seconds += time.perf_counter() - validation_started
+                self.model.train()
+                if self.stopped:
+                    break
+        train_seconds = time.perf_counter() - started - val_seconds
+        memory_seconds = 0.0
+        if feed_memory and not self.stopped:
+            started = time.perf_counter()
+            if s.memory_update == "epoch_pass":
+                self.memory_pass()
+            self.memory.update()
+            memory_seconds = time.perf_counter() - started
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.epoch += 1
+        record = {"split": "train", "epoch": self.epoch, "step": self.global_step, "lr": lr, "srl_on": use_srl,
+                  "train_seconds": train_seconds, "memory_seconds": memory_seconds, "val_seconds": val_seconds}
+        record.update({key: float(value) / max(num_steps, 1) for key, value in sums.items()})
+        self._log(record)
+        if not s.eval_every and not self.stopped:
+            self.validate()
+
+    @torch.no_grad()
+    def memory_pass(self) -> None:
+        """The released code's refill: one pass over the training set, train mode (augmentations
+        and dropout on), no gradient, every batch's features into the memory."""
+        self.model.train()
+        for inputs, labels in _progress(self.loader("train", stream=1), self.settings.progress, "memory pass"):
+            inputs, labels = self._to_device(inputs, labels)
+            _, features = self.model(*inputs)
+            self.memory.accumulate(features, self.task.label_bins(labels))
+
+    # ----- evaluation -----
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, labels) in label units over one split, eval mode."""
+        self.model.eval()
+        predictions, labels = [], []
+        for inputs, batch_labels in self.loader(split, stream=2):
+            inputs, _ = self._to_device(inputs, batch_labels)
+            batch_predictions, _ = self.model(*inputs)
+            predictions.append(batch_predictions.float().cpu() * self.task.target_scale)
+            labels.append(batch_labels.float())
+        return torch.cat(predictions).numpy(), torch.cat(labels).numpy()
+
+    def evaluate(self, split: str) -> tuple[dict, np.ndarray, np.ndarray]:
+        predictions, labels = self.predict(split)
+        bins = self.task.label_bins(torch.from_numpy(labels)).numpy()
+        table = dir_metrics.dir_metrics(
+            predictions, labels, bins, self.task.bin_groups, gm_floor=self.task.gm_floor, correlations=self.task.correlations
+        )
+        return table, predictions, labels
+
+    def validate(self) -> dict:
+        table, _, _ = self.evaluate("val")
+        row, metric = self.task.selection
+        value = table[row][metric]
+        improved = self.best is None or value < self.best["value"]
+        if improved:
+            self.best = {"value": value, "epoch": self.epoch, "step": self.global_step}
+            self.bad_validations = 0
+            atomic_save({"format": CHECKPOINT_FORMAT, "config": self.config, "model": self.model.state_dict(),
+                         "best": self.best, "val": table}, self.run_dir / BEST)
+        else:
+            self.bad_validations += 1
+        patience = self.settings.patience
+        if patience is not None and self.bad_validations >= patience:
+            self.stopped = True
+        self.last_validated_step = self.global_step
+        record = {"split": "val", "epoch": self.epoch, "step": self.global_step, "selected": improved}
+        record.update(dir_metrics.flatten(table))
+        self._log(record)
+        print(
+            f"val epoch {self.epoch} step {self.global_step}: {row} {metric.upper()} {value:.4f}"
+            f" (best {self.best['value']:.4f} at step {self.best['step']})" + (" - early stop" if self.stopped else ""),
+            flush=True,
+        )
+        return table
+
+    def test(self) -> dict:
+        """Load the selected model (best.pt), evaluate the test set once, write the report."""
+        checkpoint, _ = load_checkpoint(self.run_dir, BEST)
+        self.model.load_state_dict(checkpoint["model"])
+        return self.report(title=f"test, model selected at epoch {checkpoint['best']['epoch']} step {checkpoint['best']['step']}")
+
+    def report(self, title: str = "test", out_dir: Path | None = None) -> dict:
+        """Test table printed and saved as JSON, and the per-label error plot, in ``out_dir``."""
+        out_dir = Path(out_dir or self.run_dir)
+        table, predictions, labels = self.evaluate("test")
+        print(dir_metrics.format_table(table, title=f"{self.task.name} {title}"), flush=True)
+        (out_dir / TEST_METRICS).write_text(json.dumps({"title": title, "table": table}, indent=2) + "\n")
+        plot_errors_per_label(self.task, predictions, labels, out_dir / TEST_PLOT)
+        return table
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        with (self.run_dir / METRICS_LOG).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("epoch", "step"):
+                    self.writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
+            self.writer.flush()
+
+
+def plot_errors_per_label(task: Task, predictions: np.ndarray, labels: np.ndarray, path: Path) -> None:
+    """Mean absolute test error per bin (bars coloured by shot group), the training count per bin below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = task.label_bins(torch.from_numpy(labels)).numpy()
+    errors = np.abs(predictions - labels)
+    sums = np.bincount(bins, weights=errors, minlength=task.num_bins)
+    counts = np.bincount(bins, minlength=task.num_bins)
+    mean_errors = np.divide(sums, counts, out=np.full(task.num_bins, np.nan), where=counts > 0)
+    train_bins = task.label_bins(torch.from_numpy(np.asarray(task.train_labels, dtype=np.float32))).numpy()
+    train_counts = np.bincount(train_bins, minlength=task.num_bins)
+    x = np.asarray(task.bin_values) if len(task.bin_values) else np.arange(task.num_bins)
+    width = (x[1] - x[0]) * 0.9 if len(x) > 1 else 0.9
+    colours = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 6), gridspec_kw={"height_ratios": [2, 1]})
+    top.bar(x, np.nan_to_num(mean_errors), width=width, color=[colours[g] for g in task.bin_groups])
+    top.set_ylabel("test MAE")
+    top.set_title(f"{task.name}: test error per label (blue many-, orange medium-, red few-shot)")
+    bottom.bar(x, train_counts, width=width, color="grey")
+    bottom.set_ylabel("training samples")
+    bottom.set_xlabel(task.label_name)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _feature_dim(model: nn.Module) -> int:
+    """D of the model's projection head, read from its last Linear layer named 'projector'."""
+    projector = getattr(model, "projector", None)
+    linears = [m for m in projector.modules() if isinstance(m, nn.Linear)] if projector is not None else []
+    if not linears:
+        raise ValueError("model: expected a `projector` module ending in nn.Linear (the SRL feature head)")
+    return linears[-1].out_features
+
+
+def _progress(iterable, enabled: bool, description: str):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=description, leave=False, dynamic_ncols=True, disable=None)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

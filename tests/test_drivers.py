@@ -1,0 +1,252 @@
+"""The drivers in train/ end to end on tiny generated datasets in the real layouts.
+
+Each run takes seconds: the tiny conv net at 16 x 16 pixels, a BiLSTM of 8 units over 4-d
+word vectors from a fake GloVe file, few anchors.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from srl_ext import engine
+from srl_ext.data import MissingDataError, sts_b
+
+pytest.importorskip("torchvision")  # the image transforms and backbones of the drivers
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_driver(name):
+    spec = importlib.util.spec_from_file_location(f"driver_{name}", ROOT / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def image_data(tmp_path_factory):
+    """48 small JPEGs in the AgeDB-DIR layout (agedb.csv + AgeDB/...), ages 20..27, brightness ~ age."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("agedb")
+    (root / "AgeDB").mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["age,path,split"]
+    for i in range(48):
+        age = 20 + i % 8
+        split = "train" if i < 32 else "val" if i < 40 else "test"
+        pixels = rng.integers(0, 40, (20, 20, 3)) + 20 * (age - 20)
+        name = f"AgeDB/{i}_Person_{age}_f.jpg"
+        Image.fromarray(pixels.astype(np.uint8)).save(root / name)
+        lines.append(f"{age},{name},{split}")
+    (root / "agedb.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    """48 sentence pairs in the STS-B-DIR layout and a fake 4-d GloVe file."""
+    root = tmp_path_factory.mktemp("stsb")
+    words = ["a", "man", "woman", "is", "eating", "dancing", "playing", "guitar", "the", "dog", "runs", "."]
+    rng = np.random.default_rng(0)
+    header = "\t".join(sts_b.COLUMNS) + "\n"
+    rows = {"train_new.tsv": [], "dev_new.tsv": [], "test_new.tsv": []}
+    for i in range(48):
+        s1 = " ".join(rng.choice(words, 5)) + ' "quoted'
+        s2 = " ".join(rng.choice(words, 4))
+        score = round(float(rng.uniform(0, 5)), 3) if i % 12 else 5.0
+        name = "train_new.tsv" if i < 32 else "dev_new.tsv" if i < 40 else "test_new.tsv"
+        rows[name].append(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{s1}\t{s2}\t{score:.3f}\n")
+    for name, lines in rows.items():
+        (root / name).write_text(header + "".join(lines))
+    glove = root / "glove.txt"
+    glove.write_text("".join(f"{w} " + " ".join(f"{v:.4f}" for v in rng.normal(size=4)) + "\n" for w in words))
+    return root, glove
+
+
+def image_args(data, runs, *extra):
+    return ["--data_dir", str(data), "--runs_dir", str(runs), "--backbone", "tiny", "--img_size", "16",
+            "--batch_size", "8", "--lr", "0.01", "--num_anchors", "64", "--no_progress", "--threads", "1", *extra]
+
+
+def text_args(data, runs, *extra):
+    root, glove = data
+    return ["--data_dir", str(root), "--glove", str(glove), "--runs_dir", str(runs), "--hidden_size", "8",
+            "--batch_size", "8", "--eval_every", "3", "--patience", "50", "--num_anchors", "64", "--no_progress",
+            "--threads", "1", *extra]
+
+
+def interrupt_after_validations(monkeypatch, count):
+    """Make the run stop like a killed process right after its ``count``-th validation: the
+    validation's log line and best.pt are written, the epoch's checkpoint is not."""
+    original = engine.Engine.validate
+    calls = []
+
+    def validate(self):
+        table = original(self)
+        calls.append(1)
+        if len(calls) == count:
+            raise KeyboardInterrupt("simulated interruption")
+        return table
+
+    monkeypatch.setattr(engine.Engine, "validate", validate)
+    return monkeypatch
+
+
+def read_log(run_dir, timings=True):
+    """The metrics.jsonl records; without ``timings`` the wall-clock fields are dropped."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    if not timings:
+        records = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
+    return records
+
+
+def assert_complete_run(run_dir):
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "test_metrics.json", "test_errors.png"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "test_errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("memory_update", ["epoch_pass", "online"])
+def test_agedb_srl_runs_and_resumes_exactly(image_data, tmp_path, memory_update, monkeypatch):
+    agedb = load_driver("agedb")
+    args = ("--epoch", "3", "--memory_update", memory_update)
+    straight = agedb.main(image_args(image_data, tmp_path, *args, "--run_name", "straight"))
+    with monkeypatch.context() as patch:
+        interrupt_after_validations(patch, 2)  # killed at the end of epoch 2, before its checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            agedb.main(image_args(image_data, tmp_path, *args, "--run_name", "cut"))
+    assert len(read_log(tmp_path / "cut")) == 4  # 2 epochs logged (a train and a val line each), 1 saved
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["epoch"] == 1
+    resumed = agedb.main(["--resume", str(tmp_path / "cut"), "--no_progress"])
+    assert resumed == straight
+    assert read_log(tmp_path / "cut", timings=False) == read_log(tmp_path / "straight", timings=False)
+    assert_complete_run(tmp_path / "straight")
+    checkpoint = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    assert checkpoint["epoch"] == 3 and checkpoint["config"]["memory_update"] == memory_update
+    assert checkpoint["memory"]["num_updates"] == 3
+    assert checkpoint["memory"]["table"].abs().sum() > 0  # filled from the training features
+    assert checkpoint["srl_loss"]["anchors"].shape == (64, 128)
+    log = read_log(tmp_path / "straight")
+    train_lines = [r for r in log if r["split"] == "train"]
+    assert [r["epoch"] for r in train_lines] == [1, 2, 3] and all(r["contrastive"] > 0 for r in train_lines)
+    assert sum(r["split"] == "val" for r in log) == 3
+
+
+def test_agedb_evaluate_prints_the_table_and_plots(image_data, tmp_path, capsys):
+    agedb = load_driver("agedb")
+    tested = agedb.main(image_args(image_data, tmp_path, "--epoch", "1", "--vanilla", "--run_name", "run"))
+    (tmp_path / "run" / "test_errors.png").unlink()
+    capsys.readouterr()
+    evaluated = agedb.main(["--evaluate", str(tmp_path / "run"), "--no_progress"])
+    assert evaluated == tested
+    out = capsys.readouterr().out
+    assert "agedb test" in out and out.count("\n") >= 5
+    for row in ("all", "many", "medium", "few"):
+        assert any(line.split()[:1] == [row] for line in out.splitlines())
+    assert (tmp_path / "run" / "test_errors.png").is_file()
+    # the test set has ages 20..27 with 4 training images each: all few-shot
+    assert tested["few"]["count"] == 8 and tested["many"]["count"] == 0 and tested["many"]["mae"] is None
+
+
+def test_vanilla_has_no_srl_state_and_warmup_delays_srl(image_data, tmp_path):
+    agedb = load_driver("agedb")
+    agedb.main(image_args(image_data, tmp_path, "--epoch", "1", "--vanilla", "--run_name", "vanilla"))
+    checkpoint = torch.load(tmp_path / "vanilla" / "last.pt", weights_only=False)
+    assert checkpoint["memory"] is None and checkpoint["srl_loss"] is None
+    agedb.main(image_args(image_data, tmp_path, "--epoch", "2", "--warmup", "1", "--run_name", "warm"))
+    train_lines = [r for r in read_log(tmp_path / "warm") if r["split"] == "train"]
+    assert [r["srl_on"] for r in train_lines] == [False, True]
+    assert train_lines[0]["contrastive"] == 0 and train_lines[1]["contrastive"] > 0
+
+
+def test_run_folder_is_never_reused(image_data, tmp_path, capsys):
+    agedb = load_driver("agedb")
+    for _ in range(2):
+        agedb.main(image_args(image_data, tmp_path, "--epoch", "1", "--vanilla", "--run_name", "same"))
+    assert (tmp_path / "same").is_dir() and (tmp_path / "same-2").is_dir()
+    assert "exists; this run writes to" in capsys.readouterr().out
+
+
+def test_imdb_wiki_driver_runs(image_data, tmp_path):
+    # IMDB-WIKI-DIR has the same layout with imdb_wiki.csv
+    data = tmp_path / "imdb-data"
+    data.mkdir()
+    (data / "imdb_wiki.csv").write_text((image_data / "agedb.csv").read_text())
+    (data / "AgeDB").symlink_to(image_data / "AgeDB")
+    table = load_driver("imdb_wiki").main(image_args(data, tmp_path, "--epoch", "1", "--run_name", "imdb"))
+    assert table["all"]["count"] == 8
+    checkpoint = torch.load(tmp_path / "imdb" / "last.pt", weights_only=False)
+    assert checkpoint["memory"]["table"].shape == (187, 128)
+    assert checkpoint["config"]["homogeneity_sign"] == 1.0 and checkpoint["config"]["preset"] == "imdb_wiki"
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+    with pytest.raises(MissingDataError, match="agedb.csv"):
+        load_driver("agedb").main(["--data_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs"), "--no_progress"])
+    with pytest.raises(MissingDataError, match="train_new.tsv"):
+        load_driver("sts_b").main(["--data_dir", str(tmp_path), "--runs_dir", str(tmp_path / "runs"), "--no_progress"])
+
+
+@pytest.mark.parametrize("memory_update", ["epoch_pass", "online"])
+def test_sts_b_srl_runs_and_resumes_exactly(text_data, tmp_path, memory_update, monkeypatch):
+    driver = load_driver("sts_b")
+    options = ("--epoch", "3", "--memory_update", memory_update)
+    straight = driver.main(text_args(text_data, tmp_path, "--run_name", "straight", *options))
+    with monkeypatch.context() as patch:
+        interrupt_after_validations(patch, 2)  # killed in epoch 2, after its validation at step 6
+        with pytest.raises(KeyboardInterrupt):
+            driver.main(text_args(text_data, tmp_path, "--run_name", "cut", *options))
+    resumed = driver.main(["--resume", str(tmp_path / "cut" / "last.pt"), "--no_progress"])
+    assert resumed == straight
+    assert read_log(tmp_path / "cut", timings=False) == read_log(tmp_path / "straight", timings=False)
+    assert_complete_run(tmp_path / "straight")
+    assert set(straight["all"]) == {"count", "mse", "mae", "gm", "pearson", "spearman"}
+    log = read_log(tmp_path / "straight")
+    # 32 pairs, batch 8: 4 steps per epoch, validation every 3 steps, and after the last step
+    assert [r["step"] for r in log if r["split"] == "val"] == [3, 6, 9, 12]
+    checkpoint = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    assert checkpoint["memory"]["table"].shape == (50, 128)
+    norms = checkpoint["memory"]["table"].norm(dim=1)
+    assert torch.all((norms <= 1 + 1e-5))  # STS-B memory averages unit vectors
+
+
+def test_sts_b_vanilla_and_early_stopping(text_data, tmp_path):
+    driver = load_driver("sts_b")
+    driver.main(text_args(text_data, tmp_path, "--vanilla", "--epoch", "20", "--patience", "1", "--lr", "1e-30",
+                          "--run_name", "stop"))
+    log = read_log(tmp_path / "stop")
+    validations = [r for r in log if r["split"] == "val"]
+    # lr 1e-30 leaves the float32 weights as they are: the second validation is no better (ties do
+    # not count as better), and patience 1 stops there, in the first of the 20 epochs
+    assert [r["selected"] for r in validations] == [True, False]
+    assert [r["step"] for r in validations] == [3, 6] and log[-1]["split"] == "train" and log[-1]["epoch"] == 2
+    assert torch.load(tmp_path / "stop" / "last.pt", weights_only=False)["stopped"] is True
+
+
+def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "last.pt"
+    torch.save({"model": {}}, bogus)
+    with pytest.raises(ValueError, match="not an srl-ext training checkpoint"):
+        load_driver("sts_b").main(["--resume", str(bogus)])
+
+
+@pytest.mark.parametrize("name, words", [("agedb", "AgeDB-DIR"), ("imdb_wiki", "IMDB-WIKI-DIR"), ("sts_b", "STS-B-DIR")])
+def test_help_describes_the_driver_and_its_defaults(name, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_driver(name).main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert words in text and "Examples:" in text
+    assert "--memory_update {epoch_pass,online}" in text and "(default: epoch_pass)" in text
+    batch = {"agedb": "64", "imdb_wiki": "256", "sts_b": "16"}[name]
+    assert f"batch size (default: {batch})" in " ".join(text.split())
+
+
+def test_bad_flag_values_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        load_driver("sts_b").main(["--patience", "0"])  # neither epochs nor early stopping: would never end
+    assert "--epoch: expected a number of epochs when --patience is 0" in capsys.readouterr().err
