@@ -475,10 +475,15 @@ class Engine:
 
     def test(self) -> dict:
         """Load the selected model (best.pt), evaluate the test set once, write the report."""
-        distributed.barrier()  # rank 0 has written best.pt
-        checkpoint, _ = load_checkpoint(self.run_dir, BEST)
-        self.model.load_state_dict(checkpoint["model"])
-        return self.report(title=f"test, model selected at epoch {checkpoint['best']['epoch']} step {checkpoint['best']['step']}")
+        title = None
+        if self.main:  # rank 0 reads its best.pt and sends the weights: no shared file system needed
+            checkpoint, _ = load_checkpoint(self.run_dir, BEST)
+            self.model.load_state_dict(checkpoint["model"])
+            title = f"test, model selected at epoch {checkpoint['best']['epoch']} step {checkpoint['best']['step']}"
+        if self.distributed:
+            for tensor in self.model.state_dict().values():
+                distributed.broadcast_(tensor)
+        return self.report(title=distributed.broadcast_object(title))
 
     def report(self, title: str = "test", out_dir: Path | None = None) -> dict:
         """Test table printed and saved as JSON, and the per-label error plot, in ``out_dir``."""
