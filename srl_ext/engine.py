@@ -247,6 +247,10 @@ class Engine:
         self.last_validated_step = -1
         self.history: list[dict] = []
         self.writer = _tensorboard(self.run_dir) if self.main else None
+        if self.distributed:
+            # The model is built (and DDP has sent rank 0's weights): from here on each rank draws
+            # its own augmentations and dropout masks. A resume then restores each rank's stream.
+            seed_everything(epoch_seed(s.seed, 0, 1000 + distributed.rank()))
 
     # ----- state -----
     def state_dict(self) -> dict:
@@ -266,6 +270,8 @@ class Engine:
             "last_validated_step": self.last_validated_step,
             "history": self.history,
             "rng": rng_state(),
+            # under torch.distributed (a collective: every rank calls state_dict), every rank's
+            "rng_per_rank": _gather_objects(rng_state()) if self.distributed else None,
         }
 
     def load_state_dict(self, checkpoint: dict) -> None:
@@ -282,7 +288,11 @@ class Engine:
         self.stopped = checkpoint["stopped"]
         self.last_validated_step = checkpoint["last_validated_step"]
         self.history = list(checkpoint["history"])
-        set_rng_state(checkpoint["rng"])
+        per_rank = checkpoint.get("rng_per_rank")
+        if self.distributed and per_rank is not None and len(per_rank) == distributed.world_size():
+            set_rng_state(per_rank[distributed.rank()])
+        else:  # same or no world size as when saved: rank 0's stream
+            set_rng_state(checkpoint["rng"])
         # The log restarts from the checkpoint: lines written after it by the interrupted run go.
         if self.main:
             with (self.run_dir / METRICS_LOG).open("w") as handle:
@@ -290,8 +300,9 @@ class Engine:
                     handle.write(json.dumps(record) + "\n")
 
     def save(self) -> None:
+        state = self.state_dict()  # on every rank: it gathers the ranks' RNG states
         if self.main:
-            atomic_save(self.state_dict(), self.run_dir / LAST)
+            atomic_save(state, self.run_dir / LAST)
 
     # ----- loaders -----
     def loader(self, split: str, *, shuffle: bool = False, stream: int = 0) -> DataLoader:
@@ -302,7 +313,9 @@ class Engine:
         dataset = self.datasets[split]
         batch_size = self.settings.batch_size
         seed = epoch_seed(self.settings.seed, self.epoch, stream)
-        generator = torch.Generator().manual_seed(seed)
+        # the loader's generator seeds its workers' augmentations: one stream per rank
+        worker_seed = epoch_seed(self.settings.seed, self.epoch, stream + 1000 * distributed.rank())
+        generator = torch.Generator().manual_seed(worker_seed)
         sampler = None
         if self.distributed and shuffle:
             sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)  # epoch 0: the seed is per epoch
@@ -535,6 +548,13 @@ def plot_errors_per_label(task: Task, predictions: np.ndarray, labels: np.ndarra
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    gathered = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
 
 
 def _feature_dim(model: nn.Module) -> int:

@@ -253,26 +253,31 @@ def test_bad_flag_values_are_refused(capsys):
     assert "--epoch: expected a number of epochs when --patience is 0" in capsys.readouterr().err
 
 
+def torchrun_driver(name, args, processes=2):
+    """Run train/<name>.py under ``torchrun --standalone`` with gloo on the CPU; the finished process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+         str(ROOT / "train" / f"{name}.py"), *args, "--device", "cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
 def test_sts_b_data_parallel_under_torchrun(text_data, tmp_path):
     """Two gloo processes on the CPU (``torchrun --standalone --nproc_per_node 2``), one epoch:
     one run folder, written by rank 0 alone; the log of one run; the global loss is that of one
     process; the test table, computed on the predictions gathered from both ranks, is that of
     the checkpoint evaluated by one process."""
-    import os
-    import subprocess
-    import sys
-
     runs = tmp_path / "runs"
     # 32 training pairs, 8 per rank and step: 2 steps; validation at the end of the epoch
-    args = text_args(text_data, runs, "--epoch", "1", "--eval_every", "0", "--run_name", "ddp")
-    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(ROOT / "train" / "sts_b.py"), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    completed = torchrun_driver("sts_b", text_args(text_data, runs, "--epoch", "1", "--eval_every", "0", "--run_name", "ddp"))
     assert [p.name for p in runs.iterdir()] == ["ddp"]
     run_dir = runs / "ddp"
     assert_complete_run(run_dir)
@@ -291,3 +296,18 @@ def test_sts_b_data_parallel_under_torchrun(text_data, tmp_path):
         for metric, value in ddp_table[row].items():
             if value is not None:
                 assert evaluated[row][metric] == pytest.approx(value, rel=1e-4, abs=1e-6), (row, metric)
+
+
+@pytest.mark.slow
+def test_sts_b_data_parallel_resumes_exactly(text_data, tmp_path):
+    """Under torchrun, 1 epoch then --resume to 2 gives the log and test table of 2 epochs straight
+    (every rank resumes its own random stream and the samplers are seeded per epoch)."""
+    options = ("--epoch", "2", "--eval_every", "0")
+    torchrun_driver("sts_b", text_args(text_data, tmp_path, *options, "--run_name", "straight"))
+    torchrun_driver("sts_b", text_args(text_data, tmp_path, "--epoch", "1", "--eval_every", "0", "--run_name", "cut"))
+    torchrun_driver("sts_b", ["--resume", str(tmp_path / "cut"), "--epoch", "2", "--no_progress"])
+    assert read_log(tmp_path / "cut", timings=False) == read_log(tmp_path / "straight", timings=False)
+    assert [r["epoch"] for r in read_log(tmp_path / "cut")] == [1, 1, 2, 2]
+    tables = [json.loads((tmp_path / run / "test_metrics.json").read_text())["table"] for run in ("cut", "straight")]
+    assert tables[0] == tables[1]
+    assert len(torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["rng_per_rank"]) == 2
