@@ -261,7 +261,8 @@ def init_from_env(device: str | torch.device = "cpu") -> torch.device:
     """Join the process group that ``torchrun`` describes in the environment; returns this rank's device.
 
     Under torchrun (WORLD_SIZE > 1) and not yet initialised: gloo for a CPU `device`, nccl for a
-    CUDA one, whose index becomes LOCAL_RANK (``torch.cuda.set_device``). Otherwise nothing is
+    CUDA one, whose index becomes LOCAL_RANK (``torch.cuda.set_device``; an index given in
+    `device` is overridden: one GPU per process). Otherwise nothing is
     initialised and `device` comes back as it is, so single-process runs are unchanged.
     """
     device = torch.device(device)

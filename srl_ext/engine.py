@@ -206,11 +206,12 @@ class Engine:
         self.task = task
         self.run_dir = Path(run_dir)
         self.device = torch.device(self.settings.device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())  # under torchrun: LOCAL_RANK's
+        self.distributed = distributed.is_distributed()
+        if self.device.type == "cuda" and (self.device.index is None or self.distributed):
+            # under torchrun every rank uses its own GPU, LOCAL_RANK's (distributed.init_from_env set it)
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.model = model.to(self.device)  # the plain module: checkpoints, the memory pass, evaluation
         self.datasets = datasets
-        self.distributed = distributed.is_distributed()
         self.main = distributed.is_main_process()  # rank 0 (always, without torch.distributed)
         s = self.settings
         # The training steps' forward: DDP averages the gradients over the ranks. Without SRL (or
