@@ -67,9 +67,12 @@ def pytest_configure(config):
     config.stash[SKIPPED] = {}
     if config.getoption("bench_threads"):
         torch.set_num_threads(config.getoption("bench_threads"))
-    if config.getoption("benchmark_json", None) is None and not config.getoption("collectonly"):
-        RAW_RESULTS.mkdir(parents=True, exist_ok=True)
+    if config.getoption("collectonly"):
+        return
+    if config.getoption("benchmark_json", None) is None:
         config.option.benchmark_json = RAW_RESULTS / time.strftime("%Y%m%dT%H%M%SZ.json", time.gmtime())
+    # pytest-benchmark writes the JSON only at the very end: a missing folder would lose the run.
+    Path(config.option.benchmark_json).parent.mkdir(parents=True, exist_ok=True)
 
 
 def pytest_generate_tests(metafunc):
