@@ -160,7 +160,11 @@ def run(config: dict, explicit: set[str], build: Build) -> dict:
     joined = distributed.launched_by_torchrun() and not torch.distributed.is_initialized()
     distributed.init_from_env(config["device"])
     try:
-        return _run(config, explicit, build)
+        table = _run(config, explicit, build)
+        # Rank 0 still writes files when the others are done: tearing gloo down on one rank while
+        # another is busy can abort the process at exit, so every rank waits for all first.
+        distributed.barrier()
+        return table
     finally:
         if joined:
             torch.distributed.destroy_process_group()
