@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import backends, distributed, presets
-from .engine import BEST, LAST, Engine, load_checkpoint, make_run_dir, seed_everything
+from .engine import BEST, EARLY_STOP_RULES, LAST, Engine, load_checkpoint, make_run_dir, seed_everything
 from .memory import MODES as MEMORY_MODES
 
 # Flags that a --resume or --evaluate may change: where the data is and how to run, not what is trained.
@@ -80,7 +80,13 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
     train.add_argument("--eval_every", type=int, default=p.eval_every_steps or 0,
                        help="validate every so many training steps (0: at the end of every epoch)")
     train.add_argument("--patience", type=int, default=p.early_stop_patience or 0,
-                       help="stop after so many validations without a better model (0: no early stopping)")
+                       help="early stopping, read by --early_stop (0: no early stopping)")
+    train.add_argument("--early_stop", choices=EARLY_STOP_RULES, default="released",
+                       help="released: stop when the validation score is the worst of the last --patience + 1 "
+                            "(the released STS-B trainer); no_improvement: stop after --patience validations "
+                            "without a better model")
+    train.add_argument("--max_vals", dest="max_validations", type=int, default=p.max_validations or 0,
+                       help="stop after so many validations (0: no limit)")
 
     srl = parser.add_argument_group("SRL loss (SPEC sections 3-8)")
     srl.add_argument("--vanilla", dest="srl", action="store_false",
@@ -129,11 +135,15 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
     config = vars(args)
     p = presets.get(preset_name)
     config.update(preset=preset_name, regression_loss=p.regression_loss, memory_normalized=p.memory_normalized)
-    for key in ("grad_clip", "eval_every", "patience"):
+    for key in ("grad_clip", "eval_every", "patience", "max_validations"):
         if not config[key]:
             config[key] = None
     checks = [
-        (config["epoch"] is None and config["patience"] is None, "--epoch", "a number of epochs when --patience is 0", "none"),
+        (config["epoch"] is None and config["patience"] is None and config["max_validations"] is None, "--epoch",
+         "a number of epochs when --patience and --max_vals are 0", "none"),
+        (config["max_validations"] is not None and config["max_validations"] < 0, "--max_vals", "0 or more",
+         config["max_validations"]),
+        (config["patience"] is not None and config["patience"] < 0, "--patience", "0 or more", config["patience"]),
         (config["epoch"] is not None and config["epoch"] < 1, "--epoch", "at least 1", config["epoch"]),
         (config["batch_size"] < 2, "--batch_size", "at least 2", config["batch_size"]),
         (config["lr"] <= 0, "--lr", "a positive number", config["lr"]),
@@ -208,6 +218,7 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
 def _merge(saved: dict, given: dict, explicit: set[str], changeable: Sequence[str]) -> dict:
     """The checkpoint's config, with the changeable flags given on this command line."""
     merged = dict(saved)
+    merged.setdefault("early_stop", "no_improvement")  # the only rule of runs saved before --early_stop
     ignored = sorted(key for key in explicit - set(changeable) if key not in ("resume", "evaluate") and given[key] != saved.get(key))
     if ignored:
         print(f"note: the checkpoint's config is used; ignored: {', '.join('--' + key for key in ignored)}", file=sys.stderr)

@@ -46,6 +46,7 @@ from .memory import SurrogateMemory
 CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
 METRICS_LOG, TEST_METRICS, TEST_PLOT = "metrics.jsonl", "test_metrics.json", "test_errors.png"
+EARLY_STOP_RULES = ("released", "no_improvement")
 REGRESSION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
@@ -63,7 +64,9 @@ class TrainConfig:
     lr_gamma: float = 0.1
     grad_clip: float | None = None
     eval_every: int | None = None  # validate every so many steps; None: at the end of each epoch
-    patience: int | None = None  # stop after so many validations without improvement
+    patience: int | None = None  # early stopping after so many validations (see `early_stop`)
+    early_stop: str = "released"  # the rule that reads `patience`: one of EARLY_STOP_RULES
+    max_validations: int | None = None  # stop after so many validations
     regression_loss: str = "l1"
     srl: bool = True  # False: the plain regression baseline
     w1: float = 1.0
@@ -104,6 +107,9 @@ class Task:
         selection: (row, metric) of the validation table that selects the model, lower is better.
         gm_floor, correlations: DIR metric options (STS-B: 1e-10 and Pearson/Spearman).
         label_name: the x-axis name of the per-label error plot.
+        table_rule: None for the library's surrogate table on ``label_bins``; else
+            ``(features, labels, memory) -> (table, positive rows)``, a table built another way
+            (``srl_ext.released``), single process only.
     """
 
     name: str
@@ -118,6 +124,26 @@ class Task:
     correlations: bool = False
     label_name: str = "label"
     bin_values: Sequence[float] = field(default_factory=tuple)  # the label value of each bin, for plots
+    table_rule: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def out_of_patience(scores: Sequence[float], patience: int | None, rule: str = "released") -> bool:
+    """Whether training stops after the validation scores ``scores`` (lower is better, the
+    current one last).
+
+    - "released" (the released STS-B trainer): the current score is the worst of the last
+      ``patience + 1``, which needs more than ``patience + 1`` validations.
+    - "no_improvement": ``patience`` validations in a row without a new best.
+    """
+    if patience is None or not scores:
+        return False
+    if rule == "released":
+        window = patience + 1
+        return len(scores) > window and max(scores[-window:]) <= scores[-1]
+    if rule == "no_improvement":
+        best = min(range(len(scores)), key=lambda i: (scores[i], i))  # the first of equal bests
+        return len(scores) - 1 - best >= patience
+    raise ValueError(f"early stop rule must be one of {', '.join(map(repr, EARLY_STOP_RULES))}, got {rule!r}")
 
 
 def make_run_dir(runs_dir: str | Path, name: str) -> Path:
@@ -222,6 +248,8 @@ class Engine:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=not s.srl or s.warmup > 0,
             )
+        if task.table_rule is not None and self.distributed:
+            raise ValueError(f"{task.name}: a surrogate table built by the task's own rule runs in one process only")
         feature_dim = _feature_dim(self.model)
         self.srl_loss: SRLLoss | None = None
         self.memory: SurrogateMemory | None = None
@@ -244,6 +272,7 @@ class Engine:
         self.global_step = 0
         self.best: dict | None = None  # {"value", "epoch", "step"} of the selected model
         self.bad_validations = 0
+        self.val_scores: list[float] = []  # the selection metric of every validation, in order
         self.stopped = False
         self.last_validated_step = -1
         self.history: list[dict] = []
@@ -267,6 +296,7 @@ class Engine:
             "memory": None if self.memory is None else self.memory.state_dict(),
             "best": self.best,
             "bad_validations": self.bad_validations,
+            "val_scores": self.val_scores,
             "stopped": self.stopped,
             "last_validated_step": self.last_validated_step,
             "history": self.history,
@@ -286,6 +316,7 @@ class Engine:
         self.global_step = checkpoint["global_step"]
         self.best = checkpoint["best"]
         self.bad_validations = checkpoint["bad_validations"]
+        self.val_scores = list(checkpoint.get("val_scores", []))
         self.stopped = checkpoint["stopped"]
         self.last_validated_step = checkpoint["last_validated_step"]
         self.history = list(checkpoint["history"])
@@ -365,7 +396,11 @@ class Engine:
             loss = regression
             bins = self.task.label_bins(labels) if (use_srl or online) else None
             if use_srl:
-                terms = self.srl_loss(features, bins, self.memory.table)
+                if self.task.table_rule is None:
+                    terms = self.srl_loss(features, bins, self.memory.table)
+                else:
+                    surrogates, positives = self.task.table_rule(features, labels, self.memory.table)
+                    terms = self.srl_loss.terms_from_table(features, positives, surrogates)
                 loss = regression + terms.total
                 for key in ("contrastive", "enveloping", "homogeneity"):
                     sums[key] += getattr(terms, key).detach()
@@ -472,8 +507,11 @@ class Engine:
                              "best": self.best, "val": table}, self.run_dir / BEST)
         else:
             self.bad_validations += 1
-        patience = self.settings.patience
-        if patience is not None and self.bad_validations >= patience:
+        self.val_scores.append(value)
+        s = self.settings
+        if out_of_patience(self.val_scores, s.patience, s.early_stop) or (
+            s.max_validations is not None and len(self.val_scores) >= s.max_validations
+        ):
             self.stopped = True
         self.last_validated_step = self.global_step
         record = {"split": "val", "epoch": self.epoch, "step": self.global_step, "selected": improved}

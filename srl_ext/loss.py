@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import backends, presets
+from . import backends, functional, presets
 from . import validation as check
 from .distributed import srl_terms as global_batch_srl_terms
 from .functional import srl_terms
@@ -113,6 +113,27 @@ class SRLLoss(nn.Module):
             envelope_temperature=self.envelope_temperature, label_weighting=self.label_weighting,
             backend=self.backend,
         )
+        return self._weighted(contrastive, enveloping, homogeneity)
+
+    def terms_from_table(self, features: torch.Tensor, positives: torch.Tensor, surrogates: torch.Tensor) -> SRLTerms:
+        """The weighted terms on a surrogate table built elsewhere (``srl_ext.released``):
+        ``positives`` are the table rows of the contrastive positives. Single process only."""
+        if self.distributed:
+            check.fail("SRLLoss.terms_from_table", "distributed", "False (a table built elsewhere is not global)", True)
+        contrastive = functional.contrastive_loss(
+            features, positives, surrogates, temperature=self.temperature, label_weighting=self.label_weighting,
+            backend=self.backend,
+        )
+        enveloping = functional.enveloping_loss(
+            surrogates, self.anchors, envelope=self.envelope, envelope_temperature=self.envelope_temperature,
+            backend=self.backend,
+        )
+        homogeneity = functional.homogeneity_loss(
+            surrogates, sign=self.homogeneity_sign, beta=self.homogeneity_beta, backend=self.backend
+        )
+        return self._weighted(contrastive, enveloping, homogeneity)
+
+    def _weighted(self, contrastive: torch.Tensor, enveloping: torch.Tensor, homogeneity: torch.Tensor) -> SRLTerms:
         total = self.w1 * contrastive + self.w2 * enveloping + self.w3 * homogeneity
         return SRLTerms(total, contrastive, enveloping, homogeneity)
 

@@ -60,13 +60,18 @@ class ImageRegressor(nn.Module):
 
 
 class SentenceEncoder(nn.Module):
-    """Frozen word vectors, embedding dropout, a bidirectional LSTM, max-pooled over the tokens."""
+    """Frozen word vectors, dropout, a bidirectional LSTM, dropout on its outputs, max-pooled over
+    the tokens. The released encoder drops both the word vectors and the LSTM outputs (0.2 each)."""
 
-    def __init__(self, embeddings: torch.Tensor, hidden_size: int, num_layers: int, embedding_dropout: float) -> None:
+    def __init__(
+        self, embeddings: torch.Tensor, hidden_size: int, num_layers: int, embedding_dropout: float,
+        output_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding.from_pretrained(embeddings, freeze=True, padding_idx=0)
         self.dropout = nn.Dropout(embedding_dropout)
         self.lstm = nn.LSTM(embeddings.shape[1], hidden_size, num_layers=num_layers, batch_first=True, bidirectional=True)
+        self.output_dropout = nn.Dropout(output_dropout)
         self.out_features = 2 * hidden_size
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -74,8 +79,12 @@ class SentenceEncoder(nn.Module):
         packed = nn.utils.rnn.pack_padded_sequence(words, lengths.cpu(), batch_first=True, enforce_sorted=False)
         states, _ = self.lstm(packed)
         states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True, total_length=ids.shape[1])
+        states = self.output_dropout(states)
         padding = torch.arange(ids.shape[1], device=ids.device)[None, :] >= lengths.to(ids.device)[:, None]
         return states.masked_fill(padding.unsqueeze(2), float("-inf")).amax(dim=1)
+
+
+REGRESSOR_HEADS = ("linear", "mlp")
 
 
 class SentencePairRegressor(nn.Module):
@@ -83,8 +92,9 @@ class SentencePairRegressor(nn.Module):
     (8 x hidden wide: 12000 for hidden 1500) feeds the regressor and the projection head
     Linear(8H -> 128), ReLU, Linear(128 -> 128).
 
-    The regressor is a one-hidden-layer MLP on the pair feature (dropout, Linear(8H -> 512), tanh,
-    LayerNorm, dropout, Linear(512 -> 1)); the SPEC fixes the encoder and the projection head, not this.
+    ``regressor="linear"`` is the released model's head, one Linear(8H -> 1). ``"mlp"`` is a
+    one-hidden-layer head this project used before (dropout, Linear(8H -> 512), tanh, LayerNorm,
+    dropout, Linear(512 -> 1)), kept to compare against.
     """
 
     def __init__(
@@ -93,17 +103,24 @@ class SentencePairRegressor(nn.Module):
         hidden_size: int = 1500,
         num_layers: int = 2,
         embedding_dropout: float = 0.2,
+        lstm_dropout: float = 0.2,
+        regressor: str = "linear",
         regressor_hidden: int = 512,
         regressor_dropout: float = 0.2,
         feature_dim: int = FEATURE_DIM,
     ) -> None:
         super().__init__()
-        self.encoder = SentenceEncoder(embeddings, hidden_size, num_layers, embedding_dropout)
+        if regressor not in REGRESSOR_HEADS:
+            raise ValueError(f"regressor must be one of {', '.join(map(repr, REGRESSOR_HEADS))}, got {regressor!r}")
+        self.encoder = SentenceEncoder(embeddings, hidden_size, num_layers, embedding_dropout, lstm_dropout)
         width = 4 * self.encoder.out_features
-        self.regressor = nn.Sequential(
-            nn.Dropout(regressor_dropout), nn.Linear(width, regressor_hidden), nn.Tanh(),
-            nn.LayerNorm(regressor_hidden), nn.Dropout(regressor_dropout), nn.Linear(regressor_hidden, 1),
-        )
+        if regressor == "linear":
+            self.regressor = nn.Linear(width, 1)
+        else:
+            self.regressor = nn.Sequential(
+                nn.Dropout(regressor_dropout), nn.Linear(width, regressor_hidden), nn.Tanh(),
+                nn.LayerNorm(regressor_hidden), nn.Dropout(regressor_dropout), nn.Linear(regressor_hidden, 1),
+            )
         self.projector = nn.Sequential(nn.Linear(width, feature_dim), nn.ReLU(inplace=True), nn.Linear(feature_dim, feature_dim))
 
     def forward(self, ids1, lengths1, ids2, lengths2) -> tuple[torch.Tensor, torch.Tensor]:

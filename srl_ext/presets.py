@@ -31,6 +31,7 @@ class Preset:
     grad_clip_norm: float | None = None
     eval_every_steps: int | None = None  # validation every so many steps instead of every epoch
     early_stop_patience: int | None = None  # in validations
+    max_validations: int | None = None  # training stops after so many validations
 
 
 PRESETS: dict[str, Preset] = {
@@ -45,7 +46,7 @@ PRESETS: dict[str, Preset] = {
     "sts_b": Preset(
         name="sts_b", num_bins=50, regression_loss="mse", w1=1e-4, w2=1e-2, w3=1e-4, temperature=0.1,
         num_anchors=1000, homogeneity_sign=+1.0, memory_normalized=True, lr=2.5e-4, weight_decay=1e-5, batch_size=16, epochs=None,
-        grad_clip_norm=5.0, eval_every_steps=400, early_stop_patience=30,
+        grad_clip_norm=5.0, eval_every_steps=400, early_stop_patience=30, max_validations=300,
     ),
 }
 

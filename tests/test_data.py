@@ -169,7 +169,7 @@ def test_glove_text_and_embeddings(tmp_path):
     assert set(vectors) == {"a", "cat", ". .", "zebra"}
     np.testing.assert_array_equal(vectors[". ."], [9, 9, 9])
     pairs = [sts_b.Pair("A cat.", "a dog", 1.0)]
-    vocabulary, embeddings, unknown = sts_b.build_embeddings(pairs, glove)
+    vocabulary, embeddings, unknown = sts_b.build_embeddings(pairs, glove, oov="zero")
     assert vocabulary.words == ["<pad>", "<unk>", "a", "cat"]
     assert unknown == 2  # "dog" and "."
     assert embeddings.shape == (4, 3)
@@ -177,6 +177,27 @@ def test_glove_text_and_embeddings(tmp_path):
     np.testing.assert_array_equal(embeddings[vocabulary.ids["cat"]].numpy(), [0.5, 0.5, 0.5])
     assert vocabulary.encode(["a", "dog", "cat"], max_tokens=2) == [2, 1]
     assert vocabulary.encode([]) == [1]  # an empty sentence is one unknown token, never length 0
+
+
+def test_oov_words_get_their_own_seeded_random_vectors(tmp_path):
+    glove = tmp_path / "glove.txt"
+    glove.write_text("a 1 2 3\ncat 0.5 0.5 0.5\n")
+    pairs = [sts_b.Pair("A cat.", "a dog", 1.0)]
+    vocabulary, embeddings, unknown = sts_b.build_embeddings(pairs, glove, oov="random", seed=3)
+    assert vocabulary.words == ["<pad>", "<unk>", ".", "a", "cat", "dog"]  # every word, with a vector or not
+    assert unknown == 2
+    assert embeddings[0].abs().sum() == 0  # padding stays zero
+    np.testing.assert_array_equal(embeddings[vocabulary.ids["cat"]].numpy(), [0.5, 0.5, 0.5])
+    dog, dot = embeddings[vocabulary.ids["dog"]], embeddings[vocabulary.ids["."]]
+    assert dog.abs().min() > 0 and not torch.equal(dog, dot)  # each its own N(0, 1) draw
+    # the draw is the seeded generator's, in vocabulary order
+    expected = torch.randn(len(vocabulary), 3, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(dog, expected[vocabulary.ids["dog"]]) and torch.equal(embeddings[1], expected[1])
+    again = sts_b.build_embeddings(pairs, glove, oov="random", seed=3)[1]
+    other = sts_b.build_embeddings(pairs, glove, oov="random", seed=4)[1]
+    assert torch.equal(again, embeddings) and not torch.equal(other[vocabulary.ids["dog"]], dog)
+    with pytest.raises(ValueError, match="oov must be one of 'random', 'zero', got 'mean'"):
+        sts_b.build_embeddings(pairs, glove, oov="mean")
 
 
 def test_bad_glove_file(tmp_path):

@@ -214,17 +214,102 @@ def test_sts_b_srl_runs_and_resumes_exactly(text_data, tmp_path, memory_update, 
     assert torch.all((norms <= 1 + 1e-5))  # STS-B memory averages unit vectors
 
 
-def test_sts_b_vanilla_and_early_stopping(text_data, tmp_path):
+def test_sts_b_same_seed_same_metrics_and_released_model(text_data, tmp_path):
+    driver = load_driver("sts_b")
+    first = driver.main(text_args(text_data, tmp_path, "--epoch", "2", "--run_name", "one"))
+    second = driver.main(text_args(text_data, tmp_path, "--epoch", "2", "--run_name", "two"))
+    assert first == second  # the whole test table, to the last bit
+    assert read_log(tmp_path / "one", timings=False) == read_log(tmp_path / "two", timings=False)
+    other = driver.main(text_args(text_data, tmp_path, "--epoch", "2", "--run_name", "three", "--seed", "1"))
+    assert other != first
+    # the released model: one Linear head, dropout on the LSTM outputs, frozen OOV vectors saved
+    state = torch.load(tmp_path / "one" / "last.pt", weights_only=False)["model"]
+    assert state["regressor.weight"].shape == (1, 8 * 8)
+    config = json.loads((tmp_path / "one" / "config.json").read_text())
+    assert (config["regressor"], config["lstm_dropout"], config["oov"]) == ("linear", 0.2, "random")
+    root, glove = text_data
+    pairs = [pair for name in sts_b.SPLIT_FILES.values() for pair in sts_b.read_pairs(root / name)]
+    vocabulary, embeddings, unknown = sts_b.build_embeddings(pairs, glove, oov="random", seed=0)
+    assert unknown == 2  # '"' and 'quoted' of '"quoted': each its own random vector
+    # frozen: the trained run's embeddings are the seeded draw, unchanged by training
+    assert torch.equal(state["encoder.embedding.weight"], embeddings)
+    assert torch.equal(torch.load(tmp_path / "one" / "best.pt", weights_only=False)["model"]["encoder.embedding.weight"],
+                       embeddings)
+
+
+def test_sentence_encoder_drops_lstm_outputs_in_training_only():
+    from srl_ext.models import SentencePairRegressor
+
+    torch.manual_seed(0)
+    model = SentencePairRegressor(torch.randn(10, 4), hidden_size=6, embedding_dropout=0.0, lstm_dropout=0.5)
+    assert isinstance(model.regressor, torch.nn.Linear) and model.regressor.in_features == 48
+    ids, lengths = torch.tensor([[2, 3, 4], [5, 6, 0]]), torch.tensor([3, 2])
+    model.train()
+    assert not torch.equal(model(ids, lengths, ids, lengths)[0], model(ids, lengths, ids, lengths)[0])
+    model.eval()
+    assert torch.equal(model(ids, lengths, ids, lengths)[0], model(ids, lengths, ids, lengths)[0])
+    without = SentencePairRegressor(torch.randn(10, 4), hidden_size=6, embedding_dropout=0.0, lstm_dropout=0.0).train()
+    assert torch.equal(without(ids, lengths, ids, lengths)[0], without(ids, lengths, ids, lengths)[0])
+    assert isinstance(SentencePairRegressor(torch.randn(10, 4), hidden_size=6, regressor="mlp").regressor,
+                      torch.nn.Sequential)
+
+
+def test_sts_b_released_table_trains(text_data, tmp_path, monkeypatch):
+    from srl_ext import released
+
+    calls = []
+    table_of = released.sts_b_table_and_positives
+    monkeypatch.setattr(released, "sts_b_table_and_positives", lambda *a: calls.append(a[1]) or table_of(*a))
+    driver = load_driver("sts_b")
+    table = driver.main(text_args(text_data, tmp_path, "--epoch", "2", "--released_table", "--run_name", "rt"))
+    assert len(calls) == 8  # every SRL step: 2 epochs of 4
+    assert all(scores.dtype == torch.float32 and (scores <= 5).all() for scores in calls)  # raw scores, not bins
+    plain = driver.main(text_args(text_data, tmp_path, "--epoch", "2", "--run_name", "plain"))
+    assert table != plain  # the table rule changes training
+    assert json.loads((tmp_path / "rt" / "config.json").read_text())["released_table"] is True
+
+
+@pytest.mark.parametrize("rule, selected, last_epoch", [
+    ("no_improvement", [True, False], 2),  # 1 validation without a better model
+    ("released", [True, False, False], 3),  # the third is the worst (tied) of the last 2; needs 3
+])
+def test_sts_b_vanilla_and_early_stopping(text_data, tmp_path, rule, selected, last_epoch):
     driver = load_driver("sts_b")
     driver.main(text_args(text_data, tmp_path, "--vanilla", "--epoch", "20", "--patience", "1", "--lr", "1e-30",
-                          "--run_name", "stop"))
+                          "--early_stop", rule, "--run_name", "stop"))
     log = read_log(tmp_path / "stop")
     validations = [r for r in log if r["split"] == "val"]
-    # lr 1e-30 leaves the float32 weights as they are: the second validation is no better (ties do
-    # not count as better), and patience 1 stops there, in the first of the 20 epochs
-    assert [r["selected"] for r in validations] == [True, False]
-    assert [r["step"] for r in validations] == [3, 6] and log[-1]["split"] == "train" and log[-1]["epoch"] == 2
-    assert torch.load(tmp_path / "stop" / "last.pt", weights_only=False)["stopped"] is True
+    # lr 1e-30 leaves the float32 weights as they are: every validation scores the same (ties do
+    # not count as better), and each rule stops in one of the first epochs of the 20
+    assert [r["selected"] for r in validations] == selected
+    assert [r["step"] for r in validations] == [3, 6, 9][: len(selected)]
+    assert log[-1]["split"] == "train" and log[-1]["epoch"] == last_epoch
+    checkpoint = torch.load(tmp_path / "stop" / "last.pt", weights_only=False)
+    assert checkpoint["stopped"] is True and len(checkpoint["val_scores"]) == len(selected)
+
+
+def test_sts_b_stops_after_max_vals(text_data, tmp_path):
+    load_driver("sts_b").main(text_args(text_data, tmp_path, "--vanilla", "--epoch", "20", "--max_vals", "4",
+                                        "--run_name", "capped"))
+    log = read_log(tmp_path / "capped")
+    assert [r["step"] for r in log if r["split"] == "val"] == [3, 6, 9, 12]
+    assert log[-1]["epoch"] == 3  # the fourth validation (step 12) ends epoch 3
+
+
+@pytest.mark.parametrize("scores, patience, rule, stops", [
+    ([3.0, 2.0, 2.5], 2, "released", False),  # the worst of the last 3, but more than 3 are needed
+    ([3.0, 2.0, 1.0, 2.0], 2, "released", True),  # 2.0 ties the worst of [2.0, 1.0, 2.0]
+    ([3.0, 2.0, 1.0, 2.0, 2.5], 2, "released", True),  # 2.5 is the worst of the last 3
+    ([3.0, 2.0, 1.0, 2.0, 1.5], 2, "released", False),  # 1.5 beats 2.0 in the window
+    ([1.0, 2.0, 3.0, 3.0], 2, "released", True),  # a tie with the worst counts
+    ([5.0, 1.0, 4.0, 3.0, 2.0], 2, "released", False),  # never the worst: runs on without a new best
+    ([5.0, 1.0, 4.0, 3.0, 2.0], 2, "no_improvement", True),  # 3 validations without a new best
+    ([2.0, 1.0, 1.0], 2, "no_improvement", False),  # a tie is not a new best: 1 without
+    ([2.0, 1.0, 1.0, 1.0], 2, "no_improvement", True),
+    ([9.0] * 50, None, "released", False),  # no patience: no early stop
+])
+def test_early_stopping_rules(scores, patience, rule, stops):
+    assert engine.out_of_patience(scores, patience, rule) is stops
 
 
 def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
@@ -249,8 +334,12 @@ def test_help_describes_the_driver_and_its_defaults(name, words, capsys):
 
 def test_bad_flag_values_are_refused(capsys):
     with pytest.raises(SystemExit):
-        load_driver("sts_b").main(["--patience", "0"])  # neither epochs nor early stopping: would never end
-    assert "--epoch: expected a number of epochs when --patience is 0" in capsys.readouterr().err
+        # neither epochs nor early stopping nor a validation limit: would never end
+        load_driver("sts_b").main(["--patience", "0", "--max_vals", "0"])
+    assert "--epoch: expected a number of epochs when --patience and --max_vals are 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load_driver("sts_b").main(["--max_vals", "-1"])
+    assert "--max_vals: expected 0 or more, got -1" in capsys.readouterr().err
 
 
 def torchrun_driver(name, args, processes=2):

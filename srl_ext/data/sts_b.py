@@ -156,13 +156,25 @@ def read_glove_text(path: str | Path, keep: set[str] | None = None) -> dict[str,
     return vectors
 
 
-def build_embeddings(pairs: Iterable[Pair], glove_path: str | Path | None = None) -> tuple[Vocabulary, torch.Tensor, int]:
-    """The vocabulary of the words in ``pairs`` that have a GloVe vector, its embedding matrix
-    (row 0 and 1, pad and unknown, are zero) and the number of distinct words left unknown.
+OOV_MODES = ("random", "zero")
+
+
+def build_embeddings(
+    pairs: Iterable[Pair], glove_path: str | Path | None = None, *, oov: str = "random", seed: int = 0
+) -> tuple[Vocabulary, torch.Tensor, int]:
+    """The vocabulary, its frozen embedding matrix and the number of distinct words without a
+    GloVe vector.
+
+    ``oov="random"`` (the released code): every word of the data is in the vocabulary, and a word
+    without a GloVe vector gets its own vector drawn from N(0, 1) by a generator seeded with
+    ``seed`` (so do the unknown id and nothing else; padding is zero). ``oov="zero"``: only words
+    with a vector are in the vocabulary, the others share the zero vector of the unknown id.
 
     The words of every split are looked up, as the released code did: the embeddings are frozen
-    pretrained vectors, so this uses no label.
+    (pretrained or random) vectors, so this uses no label.
     """
+    if oov not in OOV_MODES:
+        raise ValueError(f"oov must be one of {', '.join(map(repr, OOV_MODES))}, got {oov!r}")
     words = {token for pair in pairs for sentence in (pair.sentence1, pair.sentence2) for token in tokenize(sentence)}
     if glove_path is None:
         glove_words, matrix = glove_package_vectors()
@@ -174,8 +186,15 @@ def build_embeddings(pairs: Iterable[Pair], glove_path: str | Path | None = None
         if not found:
             raise ValueError(f"--glove {str(glove_path)!r}: none of the {len(words)} dataset words has a vector")
         dim = len(next(iter(found.values())))
-    vocabulary = Vocabulary(found)
-    embeddings = torch.zeros(len(vocabulary), dim)
+    vocabulary = Vocabulary(words if oov == "random" else found)
+    if oov == "random":
+        # One draw for the whole matrix, in vocabulary order (sorted words): the same seed gives
+        # the same vector to the same word whatever the GloVe file holds.
+        generator = torch.Generator().manual_seed(seed)
+        embeddings = torch.randn(len(vocabulary), dim, generator=generator)
+        embeddings[vocabulary.ids[PAD]] = 0.0
+    else:
+        embeddings = torch.zeros(len(vocabulary), dim)
     for word, vector in found.items():
         embeddings[vocabulary.ids[word]] = torch.from_numpy(vector)
     return vocabulary, embeddings, len(words) - len(found)
