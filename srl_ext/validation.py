@@ -91,6 +91,13 @@ def table(function: str, argument: str, x: object, dim: int, features_: torch.Te
     return x
 
 
+def columns(function: str, argument: str, x: torch.Tensor) -> None:
+    """At least one feature column: D = 0 has no direction to normalise (and the CUDA envelope
+    divides by D when it plans its shared memory)."""
+    if x.shape[1] < 1:
+        fail(function, argument, "a K x D tensor with D >= 1", f"shape {tuple(x.shape)}")
+
+
 def num_bins(function: str, argument: str, x: torch.Tensor) -> int:
     if x.shape[0] < 2:
         fail(function, argument, "at least K = 2 rows (bins)", f"shape {tuple(x.shape)}")

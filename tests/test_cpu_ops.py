@@ -184,6 +184,22 @@ def test_torch_compile_fullgraph_matches_eager():
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-6, atol=1e-6)
 
 
+def test_kernels_refuse_zero_feature_columns():
+    # The CUDA envelope divided by D on the host (SIGFPE at D = 0): every device's op refuses it.
+    features, bins, memory, anchors = make_inputs(4, 3, 5, 2)
+    empty, table = features.detach()[:, :0], memory[:, :0]
+    calls = {
+        "'features'": [lambda: torch.ops.srl_ext.surrogate_table(empty, bins, table),
+                       lambda: torch.ops.srl_ext.contrastive(empty, bins, table, 0.1, False)],
+        "'surrogates'": [lambda: torch.ops.srl_ext.envelope(table, anchors[:, :0], None),
+                         lambda: torch.ops.srl_ext.homogeneity(table, -1.0, 0.1)],
+    }
+    for argument, ops_calls in calls.items():
+        for call in ops_calls:
+            with pytest.raises(ValueError, match=f"{argument} must have D >= 1 columns, got 0"):
+                call()
+
+
 def test_kernels_check_bins_when_python_checks_are_bypassed():
     features, _, memory, anchors = make_inputs(4, 3, 5, 2)
     bad = torch.tensor([0, 1, 3, 0])

@@ -280,6 +280,16 @@ def test_opcheck(op):
     torch.library.opcheck(getattr(torch.ops.srl_ext, op).default, args)
 
 
+def test_zero_feature_columns_are_refused():
+    # The envelope plans its shared memory per column: D = 0 divided by zero on the host.
+    backend_or_skip("cuda")
+    surrogates, anchors = torch.zeros(3, 0, device=DEVICE), torch.zeros(5, 0, device=DEVICE)
+    with pytest.raises(ValueError, match="'surrogates' must have D >= 1 columns"):
+        torch.ops.srl_ext.envelope(surrogates, anchors, None)
+    with pytest.raises(ValueError, match="'surrogates' must have D >= 1 columns"):
+        torch.ops.srl_ext.homogeneity(surrogates, -1.0, 0.1)
+
+
 def training_step(loss_fn: SRLLoss, features, bins, memory) -> torch.Tensor:
     total = loss_fn(features, bins, memory).total
     total.backward()

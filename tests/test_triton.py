@@ -120,6 +120,10 @@ def test_bad_arguments_raise_value_errors():
         tri.enveloping_loss(torch.zeros(3, 4), torch.zeros(5, 4), 0.0)
     with pytest.raises(ValueError, match="K >= 2"):
         tri.homogeneity_loss(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="'surrogates' must have D >= 1 columns, got 0"):
+        tri.enveloping_loss(torch.zeros(3, 0), torch.zeros(5, 0), None)
+    with pytest.raises(ValueError, match="'features' must have D >= 1 columns, got 0"):
+        tri.contrastive_loss(torch.zeros(2, 0), torch.zeros(2, dtype=torch.int64), torch.zeros(3, 0), 0.1)
 
 
 # ------------------------------------------------------------- the whole chain, every option

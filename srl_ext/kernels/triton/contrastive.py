@@ -109,7 +109,7 @@ def contrastive_op(
     """(loss, d loss / d features), as ``srl_ext::contrastive``."""
     batch, dim = features.shape
     num_bins = surrogates.shape[0]
-    check_feature_dim("contrastive_loss", dim)
+    check_feature_dim("contrastive_loss", "features", dim)
     acc = accumulation_dtype(features.dtype)
     features = features.contiguous()
     bins = bins.contiguous()

@@ -194,7 +194,7 @@ def envelope_op(
     """(loss, d loss / d surrogates), as ``srl_ext::envelope``."""
     num_bins, dim = surrogates.shape
     num_anchors = anchors.shape[0]
-    check_feature_dim("enveloping_loss", dim)
+    check_feature_dim("enveloping_loss", "surrogates", dim)
     if temperature is not None and not temperature > 0:
         raise ValueError(f"enveloping_loss: argument 'temperature' must be > 0 or None, got {temperature}")
     soft = temperature is not None

@@ -81,7 +81,7 @@ def _homogeneity_kernel(
 def homogeneity_op(surrogates: torch.Tensor, sign: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d surrogates), as ``srl_ext::homogeneity``."""
     num_bins, dim = surrogates.shape
-    check_feature_dim("homogeneity_loss", dim)
+    check_feature_dim("homogeneity_loss", "surrogates", dim)
     if num_bins < 2:
         raise ValueError(f"homogeneity_loss: argument 'surrogates' must have K >= 2 rows, got {num_bins}")
     acc = accumulation_dtype(surrogates.dtype)

@@ -125,7 +125,7 @@ def surrogate_table_op(
     """(surrogates K x D, mean norms K, counts K), as ``srl_ext::surrogate_table``."""
     batch, dim = features.shape
     num_bins = memory.shape[0]
-    check_feature_dim("surrogate_table", dim)
+    check_feature_dim("surrogate_table", "features", dim)
     acc = accumulation_dtype(features.dtype)
     features = features.contiguous()
     bins = bins.contiguous()

@@ -56,7 +56,9 @@ def block_dim(dim: int) -> int:
     return max(16, triton.next_power_of_2(int(dim)))
 
 
-def check_feature_dim(function: str, dim: int) -> None:
+def check_feature_dim(function: str, argument: str, dim: int) -> None:
+    if dim < 1:
+        raise ValueError(f"{function}: argument '{argument}' must have D >= 1 columns, got {dim}")
     if dim > MAX_FEATURE_DIM:
         raise ValueError(
             f"{function}: the feature dimension D must be at most {MAX_FEATURE_DIM} for the Triton "
