@@ -265,12 +265,17 @@ def test_out_of_range_bins_give_nan_not_a_crash():
     assert bool(torch.isfinite(grad[valid]).all())
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("op", ["contrastive", "envelope", "homogeneity", "surrogate_table"])
-def test_opcheck(op):
-    """Schema, fake kernels and autograd registration, with CUDA tensors."""
+def test_opcheck(op, layout):
+    """Schema, fake kernels and autograd registration, with CUDA tensors; column-major inputs
+    too, for which the kernels (and so the fake kernels) return contiguous outputs."""
     backend_or_skip("cuda")
     features, bins, memory, anchors = make_inputs(8, 6, 300, 16)
     surrogates = reference.surrogate_table(features.detach(), bins, memory)
+    if layout == "transposed":
+        features = features.detach().t().contiguous().t().requires_grad_()
+        memory, surrogates, anchors = (x.t().contiguous().t() for x in (memory, surrogates, anchors))
     args = {
         "contrastive": (features, bins, surrogates, 0.3, True),
         "envelope": (surrogates.clone().requires_grad_(), anchors, None),

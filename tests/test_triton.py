@@ -334,10 +334,37 @@ def test_envelope_is_deterministic(device, envelope_temperature):
 # ------------------------------------------------ torch.compile and opcheck (compiled only)
 
 
+def column_major(x: torch.Tensor) -> torch.Tensor:
+    """The same values with strides (1, rows), as a transposed tensor has them."""
+    return x.detach().t().contiguous().t().requires_grad_(x.requires_grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_column_major_inputs_give_contiguous_outputs(device):
+    # The op bodies are also the ops' fake kernels (triton_op), so this is what opcheck and
+    # inductor see as well: contiguous outputs whatever the inputs' strides.
+    features, bins, memory, anchors = (column_major(x) if x.dim() == 2 else x for x in make_case(device, torch.float32))
+    assert not features.is_contiguous()
+    table, norms, counts = torch.ops.srl_ext_triton.surrogate_table(features, bins, memory)
+    outputs = [
+        table,
+        torch.ops.srl_ext_triton.surrogate_table_backward(column_major(table), features, bins, table, norms, counts),
+        torch.ops.srl_ext_triton.contrastive(features, bins, column_major(table), TEMPERATURE, True)[1],
+        torch.ops.srl_ext_triton.envelope(column_major(table), anchors, 0.2)[1],
+        torch.ops.srl_ext_triton.homogeneity(column_major(table), -1.0, 0.1)[1],
+    ]
+    assert all(out.is_contiguous() for out in outputs)
+    want = reference.surrogate_table(features, bins, memory)
+    torch.testing.assert_close(table, want, **TOLERANCE[torch.float32])
+
+
 @CUDA_ONLY
-def test_opcheck():
+@pytest.mark.parametrize("layout", ["contiguous", "column-major"])
+def test_opcheck(layout):
     features, bins, memory, anchors = make_case("cuda", torch.float32)
     table = reference.surrogate_table(features, bins, memory)
+    if layout == "column-major":
+        features, memory, anchors, table = (column_major(x) for x in (features, memory, anchors, table))
     cases = [
         (torch.ops.srl_ext_triton.surrogate_table.default, (features.requires_grad_(), bins, memory)),
         (torch.ops.srl_ext_triton.contrastive.default, (features, bins, table, TEMPERATURE, True)),
