@@ -254,6 +254,68 @@ def test_half_surrogates_in_envelope_and_homogeneity(device, dtype, envelope_tem
     torch.testing.assert_close(got_grad.float(), want_grad, rtol=2e-2, atol=2e-3)
 
 
+# --------------------------------------------- bad inputs the GPU does not check (host sync)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_out_of_range_bins_give_nan_rows_as_the_cuda_kernels(device):
+    # Such a sample belongs to no bin; its contrastive loss and its gradient rows are NaN, the
+    # other samples are untouched.
+    features, bins, memory, _ = make_case(device, torch.float32)
+    bad = bins.clone()
+    bad[2], bad[9] = -1, NUM_BINS
+    valid = torch.ones(len(BINS), dtype=torch.bool, device=device)
+    valid[[2, 9]] = False
+    h = features.clone().requires_grad_()
+    table = tri.surrogate_table(h, bad, memory)
+    torch.testing.assert_close(table, reference.surrogate_table(features[valid], bins[valid], memory),
+                               **TOLERANCE[torch.float32])
+    table.sum().backward()
+    assert bool(torch.isnan(h.grad[~valid]).all()) and bool(torch.isfinite(h.grad[valid]).all())
+
+    loss, grad = torch.ops.srl_ext_triton.contrastive(features, bad, table.detach(), TEMPERATURE, True)
+    assert torch.isnan(loss)
+    assert bool(torch.isnan(grad[~valid]).all())
+    # The valid rows' gradients are those of their share of the batch mean.
+    share = features[valid].clone().requires_grad_()
+    want = reference.contrastive_loss(share, bins[valid], table.detach(), TEMPERATURE, True) * valid.sum() / len(BINS)
+    want.backward()
+    torch.testing.assert_close(grad[valid], share.grad, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_non_finite_feature_spoils_only_its_own_bin(device):
+    # As the reference: one NaN (or inf) feature makes its bin's mean NaN; the one-hot GEMM must
+    # not spread it (0 * NaN) to the other bins of its tile.
+    features, bins, memory, _ = make_case(device, torch.float64)
+    features[0, 1] = float("nan")  # bin 3
+    features[6, 0] = float("inf")  # bin 7
+    upstream = torch.randn(memory.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
+    results = []
+    for impl in (tri, reference):
+        h = features.clone().requires_grad_()
+        table = impl.surrogate_table(h, bins, memory)
+        (table * upstream).sum().backward()
+        results.append((table.detach(), h.grad))
+    (got_table, got_grad), (want_table, want_grad) = results
+    torch.testing.assert_close(got_table, want_table, equal_nan=True, **TOLERANCE[torch.float64])
+    spoiled = torch.isnan(got_table).all(dim=1)
+    assert spoiled.nonzero().flatten().tolist() == [3, 7]
+    # The samples of the other bins keep their gradients. (Those sharing a spoiled bin get no
+    # meaningful one: NaN in the reference, finite in the fused kernels, CUDA's included.)
+    clean = ~spoiled[bins]
+    torch.testing.assert_close(got_grad[clean], want_grad[clean], **TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("envelope_temperature", ENVELOPES)
+def test_envelope_gradient_without_anchors_is_zero(device, envelope_temperature):
+    # -1/N at N = 0 would make it 0 * -inf = NaN; the CUDA kernels return zeros.
+    _, _, memory, anchors = make_case(device, torch.float32)
+    _, grad = torch.ops.srl_ext_triton.envelope(memory, anchors[:0], envelope_temperature)
+    assert torch.equal(grad, torch.zeros_like(memory))
+
+
 # -------------------------------------------------------------------------- arg-max ties
 
 

@@ -178,7 +178,9 @@ def _gradient_partials_kernel(
 @autotune(_REDUCE_CONFIGS, key=["size"])
 @triton.jit
 def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl.constexpr):
-    scale = -1.0 / tl.cast(N, partial_ptr.dtype.element_ty)  # dL/dc = -(1/N) sum_j w_jk p_j
+    # dL/dc = -(1/N) sum_j w_jk p_j; with no anchors the partials are zero and so is the gradient
+    # (as in the CUDA kernel), not 0 * -inf.
+    scale = -1.0 / tl.cast(tl.maximum(N, 1), partial_ptr.dtype.element_ty)
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < size
     total = tl.zeros((BLOCK,), dtype=partial_ptr.dtype.element_ty)
