@@ -3,8 +3,9 @@ and the actual value. Nothing here mutates its inputs.
 
 Shape, dtype and device checks are free (metadata only). The checks that read data (bins in
 range, finite features) would force a host-device synchronisation on a GPU and a graph break under
-``torch.compile``, so they run on CPU tensors in eager mode only; the compiled kernels check
-bins themselves, since an out-of-range bin would index out of bounds.
+``torch.compile``, so they run on CPU tensors in eager mode only. Elsewhere an out-of-range bin
+never indexes out of bounds: the C++ kernels raise, and on the GPU (fused kernels, reference,
+``SurrogateMemory``) the sample belongs to no bin and its contrastive loss is NaN.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srl_ext import SRLLoss, backends, functional, ops, reference
+from srl_ext import SRLLoss, SurrogateMemory, backends, functional, ops, reference
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device: these tests need a GPU (see bench/gpu_check.sh)"
@@ -263,6 +263,24 @@ def test_out_of_range_bins_give_nan_not_a_crash():
     assert torch.isnan(loss)
     assert bool(torch.isnan(grad[3]).all()) and bool(torch.isnan(grad[5]).all())
     assert bool(torch.isfinite(grad[valid]).all())
+
+
+@pytest.mark.parametrize("backend", ("reference", "triton"))
+def test_out_of_range_bins_outside_the_cuda_ops_give_nan_not_a_device_assert(backend):
+    """Backend "reference" and "triton", and SurrogateMemory, leave such samples out of every bin
+    (a device-side assert would leave the process unusable) and give them a NaN contrastive loss."""
+    backend = backend_or_skip(backend)
+    features, bins, memory, anchors = make_inputs(16, 10, 50, 32)
+    bins = bins.clone()
+    bins[3], bins[5] = 10, -1
+    terms = functional.srl_terms(features, bins, memory, anchors, temperature=0.3, backend=backend)
+    (grad,) = torch.autograd.grad(terms[0], features)
+    surrogate_memory = SurrogateMemory(10, 32).to(DEVICE)
+    surrogate_memory.accumulate(features.detach(), bins)
+    torch.cuda.synchronize()  # a device-side assert would surface here
+    assert torch.isnan(terms[0]) and bool(torch.isfinite(torch.stack(terms[1:])).all())
+    assert bool(torch.isnan(grad[[3, 5]]).all())
+    assert int(surrogate_memory.counts.sum()) == 14
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
