@@ -98,6 +98,26 @@ def test_unavailable_reason_explains_the_interpreter(monkeypatch):
     assert tri.unavailable_reason(torch.device("cpu")) is None
 
 
+def test_device_of_makes_a_gpu_current_and_leaves_the_cpu_alone():
+    # Built without touching CUDA: entering it is what makes cuda:1 current.
+    guard = tri_utils.device_of(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert not isinstance(tri_utils.device_of(torch.device("cpu")), torch.cuda.device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_op_runs_on_its_inputs_device(device, monkeypatch):
+    # Triton launches on the current device; the inputs may be on another GPU (cuda:1 while 0
+    # is current), so each op makes its inputs' device current while it runs.
+    entered = []
+    device_of = tri_utils.device_of
+    monkeypatch.setattr(tri_utils, "device_of", lambda d: entered.append(d) or device_of(d))
+    case = make_case(device, torch.float32, bins=[1, 1, 0], num_bins=3, dim=4, num_anchors=5)
+    run_chain(tri, *case)
+    ops = ["surrogate_table", "contrastive", "envelope", "homogeneity", "surrogate_table_backward"]
+    assert entered == [case[0].device] * len(ops)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_backend_resolves_to_the_triton_module(device):
     assert backends.resolve("triton", torch.device(device)) is tri

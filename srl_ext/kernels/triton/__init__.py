@@ -5,6 +5,8 @@ registered, so ``torch.compile`` traces it; the functions here have the signatur
 ``srl_ext.reference``. On CUDA tensors the kernels are compiled; on CPU tensors they run only in
 Triton's interpreter (``TRITON_INTERPRET=1`` set before this package is imported), which is slow
 and meant for tests.
+
+Each op runs on its inputs' GPU (the current device while it runs) and its current stream.
 """
 
 import torch

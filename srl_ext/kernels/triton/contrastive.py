@@ -17,7 +17,17 @@ from torch.library import triton_op
 
 from ...reference import accumulation_dtype
 from .table import normalize_backward
-from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
+from .utils import (
+    EPS,
+    autotune,
+    autotune_configs,
+    block_dim,
+    check_feature_dim,
+    joined,
+    launch,
+    on_inputs_device,
+    split_float,
+)
 
 _CONFIGS = autotune_configs(
     hopper=[
@@ -107,6 +117,7 @@ def _contrastive_kernel(
 
 
 @triton_op("srl_ext_triton::contrastive", mutates_args=())
+@on_inputs_device
 def contrastive_op(
     features: torch.Tensor, bins: torch.Tensor, surrogates: torch.Tensor, temperature: float, label_weighting: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:

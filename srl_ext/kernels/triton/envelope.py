@@ -37,6 +37,7 @@ from .utils import (
     check_feature_dim,
     joined,
     launch,
+    on_inputs_device,
     split_float,
 )
 
@@ -190,6 +191,7 @@ def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl
 
 
 @triton_op("srl_ext_triton::envelope", mutates_args=())
+@on_inputs_device
 def envelope_op(
     surrogates: torch.Tensor, anchors: torch.Tensor, temperature: Optional[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,16 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .utils import autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
+from .utils import (
+    autotune,
+    autotune_configs,
+    block_dim,
+    check_feature_dim,
+    joined,
+    launch,
+    on_inputs_device,
+    split_float,
+)
 
 _CONFIGS = autotune_configs(
     hopper=[{"BLOCK_K": 16, "num_warps": 4}, {"BLOCK_K": 32, "num_warps": 4}, {"BLOCK_K": 64, "num_warps": 8}],
@@ -78,6 +87,7 @@ def _homogeneity_kernel(
 
 
 @triton_op("srl_ext_triton::homogeneity", mutates_args=())
+@on_inputs_device
 def homogeneity_op(surrogates: torch.Tensor, sign: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d surrogates), as ``srl_ext::homogeneity``."""
     num_bins, dim = surrogates.shape

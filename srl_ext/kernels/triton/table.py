@@ -16,7 +16,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch
+from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch, on_inputs_device
 
 _TABLE_CONFIGS = autotune_configs(
     hopper=[
@@ -126,6 +126,7 @@ def _surrogate_table_backward_kernel(
 
 
 @triton_op("srl_ext_triton::surrogate_table", mutates_args=())
+@on_inputs_device
 def surrogate_table_op(
     features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,6 +150,7 @@ def surrogate_table_op(
 
 
 @triton_op("srl_ext_triton::surrogate_table_backward", mutates_args=())
+@on_inputs_device
 def surrogate_table_backward_op(
     grad_surrogates: torch.Tensor,
     features: torch.Tensor,

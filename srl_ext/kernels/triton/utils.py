@@ -1,4 +1,5 @@
-"""What the Triton kernel modules share: interpreter detection, autotune configs, launches.
+"""What the Triton kernel modules share: interpreter detection, autotune configs, launches on
+the inputs' device.
 
 Kept apart from the op modules so that the one concept each (when the interpreter runs, which
 configs a GPU generation tries) lives in one place.
@@ -6,6 +7,8 @@ configs a GPU generation tries) lives in one place.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -96,7 +99,8 @@ def autotune_configs(hopper: list[dict], ampere: list[dict], fallback: dict, int
     }
 
     def for_this_gpu(configs, named_args, **kwargs):
-        # The current device: simple enough for torch.compile to trace through this function.
+        # The current device, which is the inputs' one (on_inputs_device); simple enough for
+        # torch.compile to trace through this function.
         major, _minor = torch.cuda.get_device_capability()
         return by_gpu["hopper"] if major >= 9 else by_gpu["ampere"]
 
@@ -118,4 +122,26 @@ def _config(spec: dict) -> triton.Config:
 def launch(kernel):
     """The kernel, wrapped so torch.compile traces it inside a ``torch.library.triton_op``."""
     return wrap_triton(kernel)
+
+
+def on_inputs_device(op):
+    """`op` run with its first argument's GPU as the current device.
+
+    Triton launches on the current device and its current stream, and the autotuner reads the
+    current device's generation: inputs on cuda:1 while cuda:0 is current (nothing called
+    set_device) would make a launch fail or, with peer access, race with the stream that
+    produced them. Nothing changes for CPU tensors (the interpreter).
+    """
+
+    @functools.wraps(op)
+    def on_device(*args, **kwargs):
+        with device_of(args[0].device):
+            return op(*args, **kwargs)
+
+    return on_device
+
+
+def device_of(device: torch.device):
+    """A context in which `device` is the current CUDA device (nothing for other devices)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
