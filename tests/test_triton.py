@@ -413,6 +413,65 @@ def test_envelope_is_deterministic(device, envelope_temperature):
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.fixture
+def timed_mode_after(monkeypatch):
+    """The deterministic mode is back off after the test."""
+    monkeypatch.delenv(tri_utils.DETERMINISTIC_ENV, raising=False)
+    yield
+    tri.set_deterministic(False)
+
+
+def test_deterministic_mode_pins_the_last_config_of_each_gpu(monkeypatch, timed_mode_after):
+    # Timing picks the tiles, which set the summation order: not reproducible across processes.
+    # The pinned config is the one every list ends with, small enough for every dtype and D.
+    monkeypatch.setattr(tri_utils, "INTERPRETING", False)  # the GPU lists (the interpreter has one config)
+    space = tri_utils.autotune_configs(
+        hopper=[{"BLOCK": 64}, {"BLOCK": 32}], ampere=[{"BLOCK": 32}], fallback={"BLOCK": 8}, interpreter={"BLOCK": 4}
+    )
+    prune = space.prune_configs_by["early_config_prune"]
+    for capability, gpu in (((9, 0), "hopper"), ((8, 0), "ampere")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device, c=capability: c)
+        assert prune(space.configs, {}) == space.by_gpu[gpu]
+        assert len(space.by_gpu[gpu]) > 1
+        tri.set_deterministic(True)
+        assert tri.deterministic()
+        assert [c.kwargs for c in prune(space.configs, {})] == [{"BLOCK": 8}]
+        tri.set_deterministic(False)
+        monkeypatch.setenv(tri_utils.DETERMINISTIC_ENV, "1")
+        assert prune(space.configs, {}) == space.by_gpu[gpu][-1:]
+        monkeypatch.delenv(tri_utils.DETERMINISTIC_ENV)
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            assert prune(space.configs, {}) == space.by_gpu[gpu][-1:]
+        finally:
+            torch.use_deterministic_algorithms(previous)
+        assert not tri.deterministic()
+
+
+def test_switching_the_mode_keeps_the_autotuned_choices_apart(timed_mode_after):
+    # An autotuner only asks for configs on a shape it has no choice for yet: a choice timed
+    # before the switch must not be used in deterministic mode, and comes back after it.
+    kernel = importlib.import_module("srl_ext.kernels.triton.contrastive")._contrastive_kernel
+    tri_utils.launch(kernel)
+    kernel.cache["shape"] = "timed choice"
+    tri.set_deterministic(True)
+    tri_utils.launch(kernel)
+    assert "shape" not in kernel.cache
+    tri.set_deterministic(False)
+    tri_utils.launch(kernel)
+    assert kernel.cache.pop("shape") == "timed choice"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_mode_matches_the_reference(device, timed_mode_after):
+    tri.set_deterministic(True)
+    case = make_case(device, torch.float32)
+    got = run_chain(tri, *case, 0.2, label_weighting=True)
+    want = run_chain(reference, *case, 0.2, label_weighting=True)
+    assert_chain_close(got, want, TOLERANCE[torch.float32], TOLERANCE[torch.float32])
+
+
 # ------------------------------------------------ torch.compile and opcheck (compiled only)
 
 

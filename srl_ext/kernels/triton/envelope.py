@@ -17,7 +17,8 @@ Three launches in the forward, which returns the loss and the gradient the backw
    nothing more), where one partial per anchor tile would grow with N.
 3. Reduction: a small kernel sums the S partials in split order and scales by -1/N.
 
-No float atomics anywhere: the result is deterministic, run to run. Anchor rows are addressed
+No float atomics anywhere: the result is deterministic, run to run (across processes in the
+deterministic mode only, utils.set_deterministic: the tiles are timed). Anchor rows are addressed
 with 64-bit offsets (N x D passes 2^31 from N = 1.7 x 10^7 at D = 128).
 """
 
