@@ -189,18 +189,23 @@ def test_half_features_match_reference_on_float32(device, dtype, envelope_temper
 # ------------------------------------------------------------------------------- per term
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FULL_DTYPES)
-def test_surrogate_table_matches_reference(device, dtype):
-    features, bins, memory, _ = make_case(device, dtype)
-    upstream = torch.randn(memory.shape, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+def tables_and_grads(features, bins, memory, seed):
+    """[(table, d <table, upstream> / d features)] of the Triton backend and of the reference."""
+    generator = torch.Generator().manual_seed(seed)
+    upstream = torch.randn(memory.shape, generator=generator, dtype=memory.dtype).to(memory.device)
     results = []
     for impl in (tri, reference):
         h = features.clone().requires_grad_()
         table = impl.surrogate_table(h, bins, memory)
         (table * upstream).sum().backward()
         results.append((table.detach(), h.grad))
-    (got_table, got_grad), (want_table, want_grad) = results
+    return results
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_surrogate_table_matches_reference(device, dtype):
+    (got_table, got_grad), (want_table, want_grad) = tables_and_grads(*make_case(device, dtype)[:3], seed=1)
     torch.testing.assert_close(got_table, want_table, **TOLERANCE[dtype])
     torch.testing.assert_close(got_grad, want_grad, **TOLERANCE[dtype])
     assert torch.equal(got_table[ZERO_MEMORY_ROWS], torch.zeros_like(got_table[ZERO_MEMORY_ROWS]))
@@ -310,14 +315,7 @@ def test_a_non_finite_feature_spoils_only_its_own_bin(device):
     features, bins, memory, _ = make_case(device, torch.float64)
     features[0, 1] = float("nan")  # bin 3
     features[6, 0] = float("inf")  # bin 7
-    upstream = torch.randn(memory.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
-    results = []
-    for impl in (tri, reference):
-        h = features.clone().requires_grad_()
-        table = impl.surrogate_table(h, bins, memory)
-        (table * upstream).sum().backward()
-        results.append((table.detach(), h.grad))
-    (got_table, got_grad), (want_table, want_grad) = results
+    (got_table, got_grad), (want_table, want_grad) = tables_and_grads(features, bins, memory, seed=2)
     torch.testing.assert_close(got_table, want_table, equal_nan=True, **TOLERANCE[torch.float64])
     spoiled = torch.isnan(got_table).all(dim=1)
     assert spoiled.nonzero().flatten().tolist() == [3, 7]

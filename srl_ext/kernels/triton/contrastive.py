@@ -17,17 +17,8 @@ from torch.library import triton_op
 
 from ...reference import accumulation_dtype
 from .table import normalize_backward
-from .utils import (
-    EPS,
-    autotune,
-    autotune_configs,
-    block_dim,
-    check_feature_dim,
-    joined,
-    launch,
-    on_inputs_device,
-    split_float,
-)
+from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch,
+                    on_inputs_device, split_float)
 
 _CONFIGS = autotune_configs(
     hopper=[

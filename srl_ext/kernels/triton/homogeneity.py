@@ -15,16 +15,8 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .utils import (
-    autotune,
-    autotune_configs,
-    block_dim,
-    check_feature_dim,
-    joined,
-    launch,
-    on_inputs_device,
-    split_float,
-)
+from .utils import (autotune, autotune_configs, block_dim, check_feature_dim, joined, launch,
+                    on_inputs_device, split_float)
 
 _CONFIGS = autotune_configs(
     hopper=[{"BLOCK_K": 16, "num_warps": 4}, {"BLOCK_K": 32, "num_warps": 4}, {"BLOCK_K": 64, "num_warps": 8}],
