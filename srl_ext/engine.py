@@ -201,6 +201,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def training_device(name: str, data_parallel: bool) -> torch.device:
+    """The device to train on, made the current one if it is a GPU: whatever runs on the current
+    device (Triton launches, torch.cuda calls without a device) would stay on cuda:0 for
+    `--device cuda:1` otherwise."""
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if device.index is None or data_parallel:
+        # under torchrun every rank uses its own GPU, LOCAL_RANK's (distributed.init_from_env set it)
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
+    return device
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -231,11 +245,8 @@ class Engine:
         self.settings = TrainConfig.from_dict(config)
         self.task = task
         self.run_dir = Path(run_dir)
-        self.device = torch.device(self.settings.device)
         self.distributed = distributed.is_distributed()
-        if self.device.type == "cuda" and (self.device.index is None or self.distributed):
-            # under torchrun every rank uses its own GPU, LOCAL_RANK's (distributed.init_from_env set it)
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = training_device(self.settings.device, self.distributed)
         self.model = model.to(self.device)  # the plain module: checkpoints, the memory pass, evaluation
         self.datasets = datasets
         self.main = distributed.is_main_process()  # rank 0 (always, without torch.distributed)

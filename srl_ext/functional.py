@@ -112,6 +112,7 @@ def homogeneity_loss(
 def _check_surrogates(function: str, surrogates: object) -> torch.Tensor:
     surrogates = check.tensor(function, "surrogates", surrogates, 2, "K x D")
     check.floating(function, "surrogates", surrogates)
+    check.columns(function, "surrogates", surrogates)
     check.num_bins(function, "surrogates", surrogates)
     return surrogates
 
