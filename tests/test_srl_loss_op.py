@@ -1,0 +1,236 @@
+"""The whole-loss CPU op (torch.ops.srl_ext.srl_loss, csrc/cpu/srl_loss.cpp) against the reference:
+the four losses and the four gradients it returns, float32 and float64, hard and soft envelope,
+label weighting, absent bins, zero memory rows; its input checks; its BLAS fallback."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpers import make_inputs
+from srl_ext import ops, presets, reference
+
+pytestmark = pytest.mark.skipif(not ops.available(), reason=str(ops.LOAD_ERROR))
+
+PRESET_SIZES = {  # (B, K, N, D)
+    "agedb": (64, 102, 2000, 128),
+    "imdb_wiki": (256, 187, 2000, 128),
+    "sts_b": (16, 50, 1000, 128),
+}
+WEIGHTS = (10.0, 100.0, 0.01)
+
+
+def fused(features, bins, memory, anchors, *, weights=WEIGHTS, temperature=0.3, sign=-1.0, beta=0.1,
+          envelope_temperature=None, label_weighting=False):
+    """The raw op: (losses: total, contrastive, enveloping, homogeneity; grads 4 x B x D)."""
+    total, contrastive, enveloping, homogeneity, grads = torch.ops.srl_ext.srl_loss(
+        features.detach(), bins, memory, anchors, *weights, temperature, sign, beta, envelope_temperature,
+        label_weighting,
+    )
+    return torch.stack([total, contrastive, enveloping, homogeneity]), grads
+
+
+def expected(features, bins, memory, anchors, *, weights=WEIGHTS, temperature=0.3, sign=-1.0, beta=0.1,
+             envelope_temperature=None, label_weighting=False):
+    """The same from the reference: each loss, and its gradient by autograd."""
+    h = features.detach().to(reference.accumulation_dtype(features.dtype)).requires_grad_()
+    terms = reference.srl_terms(
+        h, bins, memory, anchors, temperature=temperature, homogeneity_sign=sign, homogeneity_beta=beta,
+        envelope="hard" if envelope_temperature is None else "soft", envelope_temperature=envelope_temperature,
+        label_weighting=label_weighting,
+    )
+    total = weights[0] * terms[0] + weights[1] * terms[1] + weights[2] * terms[2]
+    losses = (total, *terms)
+    grads = [torch.autograd.grad(loss, h, retain_graph=True)[0] for loss in losses]
+    return torch.stack([loss.detach() for loss in losses]), torch.stack(grads)
+
+
+def assert_matches(actual, wanted, rtol, atol):
+    """Each loss to rtol (and atol), each gradient to atol times its largest entry."""
+    (losses, grads), (wanted_losses, wanted_grads) = actual, wanted
+    torch.testing.assert_close(losses, wanted_losses, rtol=rtol, atol=atol)
+    for name, grad, wanted_grad in zip(("total", "contrastive", "enveloping", "homogeneity"), grads, wanted_grads):
+        scale = 1 + float(wanted_grad.abs().max())
+        torch.testing.assert_close(grad, wanted_grad, rtol=rtol, atol=atol * scale, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("preset", PRESET_SIZES)
+@pytest.mark.parametrize("envelope_temperature", [None, 0.1])
+@pytest.mark.parametrize("label_weighting", [False, True])
+def test_float32_parity_at_preset_sizes(preset, envelope_temperature, label_weighting):
+    batch, num_bins, num_anchors, dim = PRESET_SIZES[preset]
+    p = presets.get(preset)
+    # Half the bins present, a few never seen: absent rows come from memory, some are zero.
+    inputs = make_inputs(batch, num_bins, num_anchors, dim, present_bins=num_bins // 2, zero_memory_rows=3)
+    options = dict(weights=(p.w1, p.w2, p.w3), temperature=p.temperature, sign=p.homogeneity_sign,
+                   envelope_temperature=envelope_temperature, label_weighting=label_weighting)
+    assert_matches(fused(*inputs, **options), expected(*inputs, **options), rtol=1e-5, atol=1e-5)
+
+
+bins_mix = st.sampled_from(["spread", "crowded", "singletons", "few_present"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 40),
+    num_bins=st.integers(2, 30),
+    num_anchors=st.integers(1, 300),
+    dim=st.integers(2, 24),  # D = 1 is degenerate: the sphere is two points, every gradient is round-off
+    mix=bins_mix,
+    zero_rows=st.integers(0, 3),
+    envelope_temperature=st.sampled_from([None, 0.05, 1.0]),
+    label_weighting=st.booleans(),
+    weights=st.sampled_from([WEIGHTS, (1.0, 1.0, 1.0), (1e-4, 1e-2, 1e-4), (0.0, 1.0, -2.0)]),
+    sign=st.sampled_from([-1.0, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_float64_property_matches_reference(batch, num_bins, num_anchors, dim, mix, zero_rows, envelope_temperature,
+                                            label_weighting, weights, sign, seed):
+    features, _, memory, anchors = make_inputs(batch, num_bins, num_anchors, dim, dtype=torch.float64, seed=seed,
+                                               zero_memory_rows=min(zero_rows, num_bins))
+    generator = torch.Generator().manual_seed(seed)
+    if mix == "spread":
+        bins = torch.randint(0, num_bins, (batch,), generator=generator)
+    elif mix == "crowded":  # every sample in one bin
+        bins = torch.full((batch,), int(torch.randint(0, num_bins, (1,), generator=generator)))
+    elif mix == "singletons":  # one sample per bin where possible
+        bins = torch.arange(batch) % num_bins
+    else:  # at most two bins present, the rest from memory (zero rows included)
+        bins = torch.randint(0, min(2, num_bins), (batch,), generator=generator)
+    options = dict(weights=weights, temperature=0.2, sign=sign, envelope_temperature=envelope_temperature,
+                   label_weighting=label_weighting)
+    # Bin means of few unit vectors can be short, and 1/||mean|| scales the gradient's round-off.
+    assert_matches(fused(features, bins, memory, anchors, **options),
+                   expected(features, bins, memory, anchors, **options), rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_counts_split_the_work_alike(threads):
+    """Parts follow the thread count (also an odd one, and more parts than rows); the numbers agree."""
+    inputs = make_inputs(5, 40, 3001, 64, present_bins=20, zero_memory_rows=2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        result = fused(*inputs, envelope_temperature=0.2)
+    finally:
+        torch.set_num_threads(before)
+    assert_matches(result, expected(*inputs, envelope_temperature=0.2), rtol=1e-5, atol=1e-5)
+
+
+def test_repeated_calls_reuse_buffers_without_stale_state():
+    """The kept buffers hold the previous call's sums and gradients: a smaller call after a larger
+    one, and the same call twice, give the same numbers as fresh."""
+    large = make_inputs(64, 30, 500, 32, present_bins=20, seed=1)
+    small = make_inputs(3, 4, 9, 5, present_bins=2, seed=2)
+    first = fused(*small)
+    fused(*large, envelope_temperature=0.3, label_weighting=True)
+    again = fused(*small)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_features_accumulate_in_float32(dtype):
+    features, bins, memory, anchors = make_inputs(32, 20, 300, 16, dtype=dtype, present_bins=12, zero_memory_rows=2)
+    losses, grads = fused(features, bins, memory, anchors, envelope_temperature=0.1)
+    assert losses.dtype == torch.float32 and grads.dtype == torch.float32
+    # The kernel reads the same half values as the upcast reference.
+    assert_matches((losses, grads), expected(features.float(), bins, memory, anchors, envelope_temperature=0.1),
+                   rtol=1e-5, atol=1e-5)
+
+
+def test_exact_argmax_ties_go_to_the_lowest_bin():
+    # Memory rows 1 and 3 are equal (all bins absent but 0), so anchors that prefer them see an
+    # exact tie; as torch.max, the lowest bin wins, and the gradient is the reference's.
+    memory = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    anchors = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.5, 0.5], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+    features = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    bins = torch.tensor([0, 0])
+    losses, grads = fused(features, bins, memory, anchors)
+    assert losses[2].item() == pytest.approx(1 - (1.0 + 0.5 + 0.0 + 0.0) / 4)
+    assert_matches((losses, grads), expected(features, bins, memory, anchors), rtol=1e-6, atol=1e-6)
+
+
+def test_million_anchors():
+    """N = 10^6 anchors: the kernel never holds the K x N matrix; float64 against the reference."""
+    features, bins, memory, _ = make_inputs(24, 8, 1, 16, dtype=torch.float64, present_bins=5, zero_memory_rows=1)
+    anchors = reference.normalize(torch.randn(10**6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    for envelope_temperature in (None, 0.1):
+        options = dict(envelope_temperature=envelope_temperature)
+        assert_matches(fused(features, bins, memory, anchors, **options),
+                       expected(features, bins, memory, anchors, **options), rtol=1e-10, atol=1e-10)
+
+
+def test_inputs_of_other_layouts_and_dtypes():
+    """Transposed (non-contiguous) inputs, and float64 memory and anchors with float32 features."""
+    features, bins, memory, anchors = make_inputs(9, 6, 40, 5, present_bins=4, zero_memory_rows=1)
+    wanted = expected(features, bins, memory, anchors)
+    transposed = [x.detach().t().contiguous().t() for x in (features, memory, anchors)]
+    assert_matches(fused(transposed[0], bins, transposed[1], transposed[2]), wanted, rtol=1e-6, atol=1e-6)
+    assert_matches(fused(features, bins, memory.double(), anchors.double()), wanted, rtol=1e-6, atol=1e-6)
+
+
+def test_aten_gemm_fallback_gives_the_same_numbers():
+    """SRL_EXT_GEMM=aten: the products through ATen instead of the BLAS that torch exports."""
+    script = (
+        "import torch, srl_ext.ops\n"
+        "from helpers import make_inputs\n"
+        "f, b, m, a = make_inputs(40, 12, 700, 16, dtype=torch.float64, present_bins=8, zero_memory_rows=1)\n"
+        "for t in (None, 0.2):\n"
+        "    out = torch.ops.srl_ext.srl_loss(f.detach(), b, m, a, 1.0, 2.0, 3.0, 0.3, -1.0, 0.1, t, True)\n"
+        "    print(repr(torch.stack(out[:4]).tolist()), float(out[4].abs().sum()))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]))
+    runs = [
+        subprocess.run([sys.executable, "-c", script], env={**env, "SRL_EXT_GEMM": choice}, capture_output=True,
+                       text=True, check=True).stdout.splitlines()
+        for choice in ("blas", "aten")
+    ]
+    for blas_line, aten_line in zip(*runs, strict=True):
+        blas_values, aten_values = eval(blas_line.rsplit(" ", 1)[0]), eval(aten_line.rsplit(" ", 1)[0])
+        assert blas_values == pytest.approx(aten_values, rel=1e-12, abs=1e-12)
+        assert float(blas_line.rsplit(" ", 1)[1]) == pytest.approx(float(aten_line.rsplit(" ", 1)[1]), rel=1e-12)
+
+
+def _call(features, bins, memory, anchors, temperature=0.3, envelope_temperature=None):
+    return torch.ops.srl_ext.srl_loss(features, bins, memory, anchors, 1.0, 1.0, 1.0, temperature, -1.0, 0.1,
+                                      envelope_temperature, False)
+
+
+def test_kernel_checks_bins_and_finite_features():
+    """The range of the bins and the finiteness of the features are checked in the table's sweep:
+    the Python layer need not read the data first."""
+    features, _, memory, anchors = make_inputs(4, 3, 5, 2, requires_grad=False)
+    for bad, position in ((torch.tensor([0, 1, 3, 0]), 2), (torch.tensor([0, -1, 2, 0]), 1)):
+        with pytest.raises(ValueError, match=rf"'bins' must hold bin indices in \[0, 3\), got {int(bad[position])} "
+                                             rf"at position {position}"):
+            _call(features, bad, memory, anchors)
+    for value in (float("nan"), float("inf")):
+        broken = features.clone()
+        broken[2, 1] = value
+        with pytest.raises(ValueError, match="'features' must be finite, got a non-finite value in row 2"):
+            _call(broken, torch.tensor([0, 1, 2, 0]), memory, anchors)
+
+
+def test_kernel_checks_shapes_and_settings():
+    features, bins, memory, anchors = make_inputs(4, 3, 5, 2, requires_grad=False)
+    bad_calls = {
+        "'features' must have D >= 1 columns, got 0": lambda: _call(features[:, :0], bins, memory[:, :0], anchors[:, :0]),
+        "'features' must have B >= 1 rows": lambda: _call(features[:0], bins[:0], memory, anchors),
+        "'features' must be 2-D": lambda: _call(features[0], bins, memory, anchors),
+        "'bins' must be an int64 tensor of shape \\(4,\\)": lambda: _call(features, bins[:3], memory, anchors),
+        "'bins' must be an int64 tensor": lambda: _call(features, bins.int(), memory, anchors),
+        "'memory' must have 2 columns": lambda: _call(features, bins, torch.zeros(3, 3), anchors),
+        "'memory' must have K >= 2 rows, got 1": lambda: _call(features, torch.zeros(4, dtype=torch.long),
+                                                               memory[:1], anchors),
+        "'anchors' must have N >= 1 rows, got 0": lambda: _call(features, bins, memory, anchors[:0]),
+        "'anchors' must have 2 columns": lambda: _call(features, bins, memory, torch.zeros(5, 3)),
+        "'temperature' must be > 0": lambda: _call(features, bins, memory, anchors, temperature=0.0),
+        "'envelope_temperature' must be > 0": lambda: _call(features, bins, memory, anchors, envelope_temperature=-1.0),
+    }
+    for message, call in bad_calls.items():
+        with pytest.raises(ValueError, match=message):
+            call()
