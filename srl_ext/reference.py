@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .settings import SRLSettings
+
 # The same floor as torch.nn.functional.normalize: a row whose norm is below it is divided by
 # EPS instead, so an all-zero row stays zero (and its gradient stays finite).
 EPS = 1e-12
@@ -117,17 +119,15 @@ def srl_terms(
     bins: torch.Tensor,
     memory: torch.Tensor,
     anchors: torch.Tensor,
-    *,
-    temperature: float,
-    homogeneity_sign: float = -1.0,
-    homogeneity_beta: float = 0.1,
-    envelope: str = "hard",
-    envelope_temperature: float | None = None,
-    label_weighting: bool = False,
+    settings: SRLSettings | None = None,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(contrastive, enveloping, homogeneity) for one batch, all from the same surrogate table."""
+    """(contrastive, enveloping, homogeneity) for one batch, all from the same surrogate table;
+    the settings as in ``srl_ext.functional.srl_terms``."""
+    s = SRLSettings.resolve("reference.srl_terms", settings, **options)
     surrogates = surrogate_table(features, bins, memory)
-    contrastive = contrastive_loss(features, bins, surrogates, temperature, label_weighting)
-    enveloping = enveloping_loss(surrogates, anchors, envelope_temperature if envelope == "soft" else None)
-    homogeneity = homogeneity_loss(surrogates, homogeneity_sign, homogeneity_beta)
-    return contrastive, enveloping, homogeneity
+    return (
+        contrastive_loss(features, bins, surrogates, s.temperature, s.label_weighting),
+        enveloping_loss(surrogates, anchors, s.soft_envelope_temperature),
+        homogeneity_loss(surrogates, s.homogeneity_sign, s.homogeneity_beta),
+    )

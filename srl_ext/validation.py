@@ -115,3 +115,12 @@ def envelope(function: str, mode: object, temperature: object) -> float | None:
     if temperature is None:
         fail(function, "envelope_temperature", "a number > 0 with envelope='soft'", "None")
     return positive(function, "envelope_temperature", temperature)
+
+
+
+def srl_inputs(function: str, h: object, y: object, memory: object, p: object):
+    """The checked (features, bins, memory, anchors) of the SRL terms (errors name `function`)."""
+    h = features(function, h)
+    memory = table(function, "memory", memory, h.shape[1], h, "K x D")
+    y = bins(function, y, h.shape[0], num_bins(function, "memory", memory), h)
+    return h, y, memory, anchors(function, p, h.shape[1], h)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from srl_ext import engine
-from srl_ext.data import MissingDataError, sts_b
+from srl_ext.training import checkpoint as ckpt
+from srl_ext.training import engine
+from srl_ext.training.data import MissingDataError, sts_b
 
 pytest.importorskip("torchvision")  # the image transforms and backbones of the drivers
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,7 +239,7 @@ def test_sts_b_same_seed_same_metrics_and_released_model(text_data, tmp_path):
 
 
 def test_sentence_encoder_drops_lstm_outputs_in_training_only():
-    from srl_ext.models import SentencePairRegressor
+    from srl_ext.training.models import SentencePairRegressor
 
     torch.manual_seed(0)
     model = SentencePairRegressor(torch.randn(10, 4), hidden_size=6, embedding_dropout=0.0, lstm_dropout=0.5)
@@ -375,7 +376,7 @@ def test_sts_b_data_parallel_under_torchrun(text_data, tmp_path):
     assert [(r["split"], r["epoch"], r["step"]) for r in log] == [("train", 1, 2), ("val", 1, 2)]
     assert log[0]["srl_on"] and log[0]["contrastive"] > 0 and log[1]["selected"]
     assert log[1]["all/count"] == 8  # the 8 validation pairs, each counted once (4 per rank, gathered)
-    checkpoint, _ = engine.load_checkpoint(run_dir, engine.LAST)
+    checkpoint, _ = ckpt.load_checkpoint(run_dir, ckpt.LAST)
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 2
     assert not any(key.startswith("module.") for key in checkpoint["model"])  # the plain model, not DDP's
     ddp_table = json.loads((run_dir / "test_metrics.json").read_text())["table"]

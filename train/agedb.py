@@ -1,40 +1,15 @@
 """Train and evaluate a ResNet-50 on AgeDB-DIR with SRL (or the plain regression baseline).
 
-Run `python train/agedb.py --help` for the flags.
+Run `python train/agedb.py --help` for the flags; what it does: srl_ext.training.cli.image_main
+(parse the flags, load the data and build the model, then train, select and test).
 """
 
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from srl_ext import cli  # noqa: E402
-from srl_ext.data import images  # noqa: E402
-
-DESCRIPTION = """\
-AgeDB-DIR: predict a person's age (0-101) from a face image. A ResNet-50 trained from scratch at
-224 x 224, a regressor trained with L1 and, by default, the SRL terms on a 128-d projection head
-(one bin per age). Validation after every epoch selects the model (lowest validation MAE); the
-test set is evaluated once, on it, in the DIR protocol (All / Many / Medium / Few shots).
-
-Data: --data_dir holds agedb.csv (columns age, path, split) and the images at the CSV's paths
-(AgeDB/...).
-
-Examples:
-  python train/agedb.py --data_dir path/to/agedb                   # SRL, released settings
-  python train/agedb.py --data_dir path/to/agedb --vanilla         # regression baseline
-  python train/agedb.py --data_dir path/to/agedb --backbone resnet18 --epoch 10 --img_size 112
-  torchrun --standalone --nproc_per_node 4 train/agedb.py --data_dir path/to/agedb --batch_size 16
-                                             # 4 GPUs, global batch 64 (docs/distributed.md)
-  python train/agedb.py --resume runs/agedb-srl-20260101-120000    # continue a run
-  python train/agedb.py --evaluate runs/agedb-srl-20260101-120000  # test table of its best model
-"""
+from srl_ext.training import cli
+from srl_ext.training.data import images
 
 
 def main(argv=None) -> dict:
-    return cli.image_main(images.AGEDB, DESCRIPTION, argv, default_data_dir="data/agedb-dir")
+    return cli.image_main(images.AGEDB, argv)
 
 
 if __name__ == "__main__":
