@@ -1,0 +1,161 @@
+"""Summarise a series of STS-B-DIR runs: mean +- std over seeds per arm and split, the per-seed
+paired differences against vanilla, the epoch wall time, and one figure.
+
+    python tools/sts_b_summary.py runs/* --markdown summary.md --figure docs/sts_b_shot_mse.png
+
+Each argument is a run folder of ``train/sts_b.py`` that finished (``test_metrics.json``). Its
+arm is read from its saved config: the split (the last folder of ``--data_dir``) and the method
+(vanilla, SRL, SRL with ``--released_table``, SRL with ``--memory_update online``). Runs of one arm
+must differ only in their seed; a difference in any other setting is refused, so that a table
+never mixes recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GROUPS = ("all", "many", "medium", "few")
+# Settings that may differ between the runs of one arm.
+PER_RUN = {"seed", "run_name", "resume", "evaluate", "workers", "threads", "device", "progress", "runs_dir", "data_dir"}
+
+
+def arm_of(config: dict) -> str:
+    if not config["srl"]:
+        return "vanilla"
+    if config.get("released_table"):
+        return "SRL, released table"
+    if config.get("memory_update") == "online":
+        return "SRL, online memory"
+    return "SRL"
+
+
+def load_run(folder: Path) -> dict:
+    """Config (as trained: the last checkpoint's, so an extended run shows its final --epoch),
+    test table, and the per-epoch wall times of the run in ``folder``."""
+    config = torch.load(folder / "last.pt", map_location="cpu", weights_only=False)["config"]
+    table = json.loads((folder / "test_metrics.json").read_text())["table"]
+    log = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in log if r["split"] == "train"]
+    selected = [r for r in log if r["split"] == "val" and r["selected"]][-1]
+    return {
+        "folder": folder, "config": config, "table": table, "split": Path(config["data_dir"]).name,
+        "arm": arm_of(config), "seed": config["seed"], "epochs": len(epochs), "selected_step": selected["step"],
+        "steps_seconds": np.mean([r["train_seconds"] for r in epochs]),
+        "memory_seconds": np.mean([r["memory_seconds"] for r in epochs]),
+    }
+
+
+def check_same_recipe(runs: list[dict]) -> None:
+    first = runs[0]
+    for run in runs[1:]:
+        keys = (set(first["config"]) | set(run["config"])) - PER_RUN
+        differ = sorted(k for k in keys if first["config"].get(k) != run["config"].get(k))
+        if differ:
+            raise SystemExit(
+                f"error: {run['folder']} and {first['folder']} are both '{run['arm']}' on {run['split']} but differ in "
+                + ", ".join(f"{k} ({first['config'].get(k)!r} vs {run['config'].get(k)!r})" for k in differ)
+            )
+
+
+def mean_std(values) -> str:
+    values = np.asarray(values, dtype=float)
+    std = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return f"{values.mean():.3f} ± {std:.3f}"
+
+
+def markdown(arms: dict[tuple[str, str], list[dict]]) -> str:
+    lines = []
+    for metric in ("mse", "pearson"):
+        lines += [f"Test {metric.upper() if metric == 'mse' else 'Pearson'}, mean ± std over seeds (sample std):", "",
+                  "| split | arm | seeds | " + " | ".join(g.capitalize() for g in GROUPS) + " |",
+                  "|---|---|---|" + "---|" * len(GROUPS)]
+        for (split, arm), runs in sorted(arms.items()):
+            cells = [mean_std([r["table"][g][metric] for r in runs]) for g in GROUPS]
+            lines.append(f"| {split} | {arm} | {len(runs)} seeds | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Paired differences, arm minus vanilla on the same split and seed (test MSE; negative: the arm is "
+              "better):", "", "| split | arm | seed | " + " | ".join(g.capitalize() for g in GROUPS) + " |",
+              "|---|---|---|" + "---|" * len(GROUPS)]
+    for (split, arm), runs in sorted(arms.items()):
+        if arm == "vanilla":
+            continue
+        baseline = {r["seed"]: r for r in arms.get((split, "vanilla"), [])}
+        diffs = []
+        for run in sorted(runs, key=lambda r: r["seed"]):
+            if run["seed"] not in baseline:
+                continue
+            d = [run["table"][g]["mse"] - baseline[run["seed"]]["table"][g]["mse"] for g in GROUPS]
+            diffs.append(d)
+            lines.append(f"| {split} | {arm} | {run['seed']} | " + " | ".join(f"{x:+.3f}" for x in d) + " |")
+        if diffs:
+            lines.append(f"| {split} | {arm} | mean ± std | "
+                         + " | ".join(mean_std(col) for col in np.asarray(diffs).T) + " |")
+    lines += ["", "Runs (selected step, epochs, mean seconds per epoch: training steps + memory refill):", "",
+              "| split | arm | seed | selected at step | epochs | steps s/epoch | refill s/epoch |", "|---|---|---|---|---|---|---|"]
+    for (split, arm), runs in sorted(arms.items()):
+        for r in sorted(runs, key=lambda r: r["seed"]):
+            lines.append(f"| {split} | {arm} | {r['seed']} | {r['selected_step']} | {r['epochs']} | "
+                         f"{r['steps_seconds']:.1f} | {r['memory_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(arms: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = sorted({split for split, _ in arms})
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4), squeeze=False, sharey=True)
+    for ax, split in zip(axes[0], splits):
+        names = sorted(arm for s, arm in arms if s == split)
+        width = 0.8 / len(names)
+        for i, arm in enumerate(names):
+            values = np.array([[r["table"][g]["mse"] for g in GROUPS] for r in arms[(split, arm)]])
+            std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(GROUPS))
+            ax.bar(np.arange(len(GROUPS)) + i * width, values.mean(axis=0), width, yerr=std, capsize=3,
+                   label=f"{arm} ({len(values)} seeds)")
+        ax.set_xticks(np.arange(len(GROUPS)) + 0.4 - width / 2, [g.capitalize() for g in GROUPS])
+        ax.set_title(f"STS-B-DIR, {split}")
+        ax.set_ylabel("test MSE (mean ± std over seeds)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders of train/sts_b.py")
+    parser.add_argument("--markdown", type=Path, help="write the tables here (default: print them)")
+    parser.add_argument("--figure", type=Path, help="write the per-shot-group MSE figure (PNG) here")
+    args = parser.parse_args(argv)
+    finished = [f for f in args.runs if (f / "test_metrics.json").is_file()]
+    for folder in sorted(set(args.runs) - set(finished)):
+        print(f"skipped {folder}: no test_metrics.json (not finished)", file=sys.stderr)
+    if not finished:
+        raise SystemExit("error: none of the given run folders has finished (no test_metrics.json)")
+    arms: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for folder in finished:
+        run = load_run(folder)
+        arms[(run["split"], run["arm"])].append(run)
+    for runs in arms.values():
+        check_same_recipe(runs)
+    text = markdown(arms)
+    if args.markdown:
+        args.markdown.write_text(text)
+    else:
+        print(text)
+    if args.figure:
+        figure(arms, args.figure)
+
+
+if __name__ == "__main__":
+    main()
