@@ -25,9 +25,10 @@ from srl_ext import backends, functional, presets, reference, sample_anchors
 
 from . import released
 
-DIM = 128  # the projector output of every preset (SPEC 1)
+DIM = 128  # the projector output of every preset (docs/method.md, "Where the terms act")
 SEED = 0  # one fixed seed for every input: the same numbers in every run and in the memory child
-ZERO_ROW_EVERY = 20  # every 20th memory row is zero: a bin never seen yet (SPEC 3), as in training
+# Every 20th memory row is zero: a bin never seen yet, as in training (docs/method.md, "The surrogate table").
+ZERO_ROW_EVERY = 20
 
 TERMS = ("contrastive", "enveloping", "homogeneity", "srl")
 BASELINES = ("reference", "released")

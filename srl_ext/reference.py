@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of every SRL term (SPEC sections 3 to 6).
+"""Pure-PyTorch reference of every SRL term (docs/method.md).
 
 Each function is the plain math, vectorised, with autograd doing the backward. The fused
 backends (``srl_ext.kernels``, ``csrc/``) are tested against these functions, so keep them
@@ -30,7 +30,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def surrogate_table(features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """The K x D table of unit surrogates c_b for one step (SPEC section 3).
+    """The K x D table of unit surrogates c_b for one step (docs/method.md, "The surrogate table").
 
     Row b is the normalised mean of z_i = h_i/||h_i|| over the batch samples in bin b when the
     bin is present (keeps its gradient), else the normalised, detached memory row. Zero rows
@@ -75,7 +75,8 @@ def contrastive_loss(
     temperature: float,
     label_weighting: bool = False,
 ) -> torch.Tensor:
-    """L_con = -(1/B) sum_i log(exp(<z_i,c_{y_i}>/tau) / sum_k w_ik exp(<z_i,c_k>/tau)) (SPEC 4).
+    """L_con = -(1/B) sum_i log(exp(<z_i,c_{y_i}>/tau) / sum_k w_ik exp(<z_i,c_k>/tau))
+    (docs/method.md, "Contrastive").
 
     The surrogates are detached: the gradient reaches the features only.
     """
@@ -102,7 +103,8 @@ def enveloping_loss(
 
 
 def homogeneity_loss(surrogates: torch.Tensor, sign: float = -1.0, beta: float = 0.1) -> torch.Tensor:
-    """L_homo = sign * sum_k a_k + beta * Var(a), a_k = <c_{k+1}, c_k> (SPEC 6).
+    """L_homo = sign * sum_k a_k + beta * Var(a), a_k = <c_{k+1}, c_k> (docs/method.md,
+    "Homogeneity").
 
     Var is unbiased (divides by K-2); with K = 2 there is a single a_k and the variance term
     is taken as 0.

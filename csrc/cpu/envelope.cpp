@@ -1,4 +1,4 @@
-// Enveloping term (SPEC section 5), CPU, fused forward and backward.
+// Enveloping term (docs/method.md, "Enveloping"), CPU, fused forward and backward.
 //
 // The anchors are cut into tiles. For each tile one GEMM gives its K x tile block of cosines
 // (surrogates x anchors: the tile's anchors run along the contiguous axis, so the sweeps over K
