@@ -63,20 +63,10 @@ def homogeneity_loss(surrogates: torch.Tensor, sign: float, beta: float) -> torc
     return loss
 
 
-def srl_terms(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    memory: torch.Tensor,
-    anchors: torch.Tensor,
-    *,
-    temperature: float,
-    homogeneity_sign: float,
-    homogeneity_beta: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(contrastive, enveloping, homogeneity) from one surrogate table, as one training step does."""
+def srl_terms(features, bins, memory, anchors, settings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(contrastive, enveloping, homogeneity) from one surrogate table, as one training step does,
+    with the ``SRLSettings`` `settings` (hard envelope: the released code has no other)."""
     surrogates = surrogate_table(features, bins, memory)
-    return (
-        contrastive_loss(features, bins, surrogates, temperature),
-        enveloping_loss(surrogates, anchors),
-        homogeneity_loss(surrogates, homogeneity_sign, homogeneity_beta),
-    )
+    contrastive = contrastive_loss(features, bins, surrogates, settings.temperature)
+    homogeneity = homogeneity_loss(surrogates, settings.homogeneity_sign, settings.homogeneity_beta)
+    return contrastive, enveloping_loss(surrogates, anchors), homogeneity
