@@ -101,26 +101,15 @@ def surrogate_table(
     rank computes the same loss of the table; see ``srl_terms`` for why that is what DDP needs.
     """
     name = "distributed.surrogate_table"
-    features = check.features(name, features)
-    memory = check.table(name, "memory", memory, features.shape[1], features, "K x D")
-    bins = check.bins(name, bins, features.shape[0], check.num_bins(name, "memory", memory), features)
+    features, bins, memory = check.table_inputs(name, features, bins, memory)
     if not is_distributed(group):
         return reference.surrogate_table(features, bins, memory)
     sums, counts = _global_sums_and_counts(features, bins, memory.shape[0], group)
     return reference.surrogates_from_sums(sums, counts, memory)
 
 
-def srl_terms(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    memory: torch.Tensor,
-    anchors: torch.Tensor,
-    settings: SRLSettings | None = None,
-    *,
-    backend: str = "auto",
-    group: dist.ProcessGroup | None = None,
-    **options,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def srl_terms(features, bins, memory, anchors, settings: SRLSettings | None = None, *, backend: str = "auto",
+              group: dist.ProcessGroup | None = None, **options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``srl_ext.functional.srl_terms`` on the global batch of a data-parallel step.
 
     Call it on every rank with that rank's features and bins; `memory` and `anchors` must be

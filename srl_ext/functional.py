@@ -6,23 +6,15 @@ same numbers. ``srl_terms`` takes an ``SRLSettings`` and/or any of its fields as
 
 from __future__ import annotations
 
-import torch
+from torch import Tensor
 
 from . import backends
 from . import validation as check
 from .settings import SRLSettings
 
 
-def srl_terms(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    memory: torch.Tensor,
-    anchors: torch.Tensor,
-    settings: SRLSettings | None = None,
-    *,
-    backend: str = "auto",
-    **options,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def srl_terms(features: Tensor, bins: Tensor, memory: Tensor, anchors: Tensor, settings: SRLSettings | None = None,
+              *, backend: str = "auto", **options) -> tuple[Tensor, Tensor, Tensor]:
     """The three SRL terms ``(contrastive, enveloping, homogeneity)`` for one batch.
 
     Args:
@@ -46,69 +38,40 @@ def srl_terms(
     return backends.apply_terms(impl, features, bins, surrogates, anchors, settings)
 
 
-def terms_from_table(
-    features: torch.Tensor,
-    positives: torch.Tensor,
-    surrogates: torch.Tensor,
-    anchors: torch.Tensor,
-    settings: SRLSettings | None = None,
-    *,
-    backend: str = "auto",
-    **options,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def terms_from_table(features: Tensor, positives: Tensor, surrogates: Tensor, anchors: Tensor,
+                     settings: SRLSettings | None = None, *, backend: str = "auto", **options) -> tuple:
     """The three terms on a K x D surrogate table built elsewhere (``srl_ext.released``);
     ``positives`` are the table rows of the contrastive positives (B int64)."""
     name = "terms_from_table"
-    features = check.features(name, features)
-    surrogates = check.table(name, "surrogates", surrogates, features.shape[1], features, "K x D")
-    positives = check.bins(name, positives, features.shape[0], check.num_bins(name, "surrogates", surrogates), features)
+    features, positives, surrogates = check.table_inputs(name, features, positives, surrogates, "surrogates")
     anchors = check.anchors(name, anchors, features.shape[1], features)
     settings = SRLSettings.resolve(name, settings, **options)
     impl = backends.resolve(backend, features.device, name)
     return backends.apply_terms(impl, features, positives, surrogates, anchors, settings)
 
 
-def surrogate_table(
-    features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor, *, backend: str = "auto"
-) -> torch.Tensor:
+def surrogate_table(features: Tensor, bins: Tensor, memory: Tensor, *, backend: str = "auto") -> Tensor:
     """The K x D table of unit surrogates (docs/method.md, "The surrogate table"): bin means of the
     normalised features for bins in the batch, memory rows for the others, normalised; zero rows
     stay zero."""
     name = "surrogate_table"
-    features = check.features(name, features)
-    memory = check.table(name, "memory", memory, features.shape[1], features, "K x D")
-    bins = check.bins(name, bins, features.shape[0], check.num_bins(name, "memory", memory), features)
+    features, bins, memory = check.table_inputs(name, features, bins, memory)
     return backends.resolve(backend, features.device, name).surrogate_table(features, bins, memory)
 
 
-def contrastive_loss(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    surrogates: torch.Tensor,
-    *,
-    temperature: float,
-    label_weighting: bool = False,
-    backend: str = "auto",
-) -> torch.Tensor:
+def contrastive_loss(features: Tensor, bins: Tensor, surrogates: Tensor, *, temperature: float,
+                     label_weighting: bool = False, backend: str = "auto") -> Tensor:
     """L_con (docs/method.md, "Contrastive"): cross-entropy of each sample against the K
     surrogates, which are detached."""
     name = "contrastive_loss"
-    features = check.features(name, features)
-    surrogates = check.table(name, "surrogates", surrogates, features.shape[1], features, "K x D")
-    bins = check.bins(name, bins, features.shape[0], check.num_bins(name, "surrogates", surrogates), features)
+    features, bins, surrogates = check.table_inputs(name, features, bins, surrogates, "surrogates")
     temperature = check.positive(name, "temperature", temperature)
     impl = backends.resolve(backend, features.device, name)
     return impl.contrastive_loss(features, bins, surrogates, temperature, bool(label_weighting))
 
 
-def enveloping_loss(
-    surrogates: torch.Tensor,
-    anchors: torch.Tensor,
-    *,
-    envelope: str = "hard",
-    envelope_temperature: float | None = None,
-    backend: str = "auto",
-) -> torch.Tensor:
+def enveloping_loss(surrogates: Tensor, anchors: Tensor, *, envelope: str = "hard",
+                    envelope_temperature: float | None = None, backend: str = "auto") -> Tensor:
     """L_env (docs/method.md, "Enveloping"): 1 - mean over anchors of the (hard or smooth) max
     cosine to the surrogates."""
     name = "enveloping_loss"
@@ -118,9 +81,7 @@ def enveloping_loss(
     return backends.resolve(backend, surrogates.device, name).enveloping_loss(surrogates, anchors, envelope_temperature)
 
 
-def homogeneity_loss(
-    surrogates: torch.Tensor, *, sign: float = -1.0, beta: float = 0.1, backend: str = "auto"
-) -> torch.Tensor:
+def homogeneity_loss(surrogates: Tensor, *, sign: float = -1.0, beta: float = 0.1, backend: str = "auto") -> Tensor:
     """L_homo (docs/method.md, "Homogeneity"): sign * sum of neighbouring cosines + beta * their variance."""
     name = "homogeneity_loss"
     surrogates = _check_surrogates(name, surrogates)

@@ -11,6 +11,7 @@ the losses come back in that accumulation dtype.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .settings import SRLSettings
 
@@ -68,13 +69,8 @@ def label_distance_log_weights(bins: torch.Tensor, num_bins: int, dtype: torch.d
     return torch.log(distance.to(dtype) / distance.max().to(dtype))
 
 
-def contrastive_loss(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    surrogates: torch.Tensor,
-    temperature: float,
-    label_weighting: bool = False,
-) -> torch.Tensor:
+def contrastive_loss(features: Tensor, bins: Tensor, surrogates: Tensor, temperature: float,
+                     label_weighting: bool = False) -> Tensor:
     """L_con = -(1/B) sum_i log(exp(<z_i,c_{y_i}>/tau) / sum_k w_ik exp(<z_i,c_k>/tau))
     (docs/method.md, "Contrastive").
 
@@ -116,14 +112,8 @@ def homogeneity_loss(surrogates: torch.Tensor, sign: float = -1.0, beta: float =
     return loss
 
 
-def srl_terms(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    memory: torch.Tensor,
-    anchors: torch.Tensor,
-    settings: SRLSettings | None = None,
-    **options,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def srl_terms(features: Tensor, bins: Tensor, memory: Tensor, anchors: Tensor, settings: SRLSettings | None = None,
+              **options) -> tuple[Tensor, Tensor, Tensor]:
     """(contrastive, enveloping, homogeneity) for one batch, all from the same surrogate table;
     the settings as in ``srl_ext.functional.srl_terms``."""
     s = SRLSettings.resolve("reference.srl_terms", settings, **options)

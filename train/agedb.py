@@ -1,16 +1,16 @@
 """Train and evaluate a ResNet-50 on AgeDB-DIR with SRL (or the plain regression baseline).
 
-Run `python train/agedb.py --help` for the flags; what it does: srl_ext.training.cli.image_main
-(parse the flags, load the data and build the model, then train, select and test).
+`python train/agedb.py --help` lists the flags. The driver is srl_ext.training.cli.image_main
+on the AgeDB-DIR benchmark: parse the flags, load the data, build the model and the loss, train
+with validation and model selection, test the selected model.
 """
 
-from srl_ext.training import cli
-from srl_ext.training.data import images
+from functools import partial
 
+from srl_ext.training.cli import image_main
+from srl_ext.training.data.images import AGEDB
 
-def main(argv=None) -> dict:
-    return cli.image_main(images.AGEDB, argv)
-
+main = partial(image_main, AGEDB)  # main(argv=None) -> the test table
 
 if __name__ == "__main__":
     main()
