@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_layout import pickled_names
 
 from srl_ext.training import checkpoint as ckpt
 from srl_ext.training import engine
@@ -131,6 +132,8 @@ def test_agedb_srl_runs_and_resumes_exactly(image_data, tmp_path, memory_update,
     assert checkpoint["memory"]["num_updates"] == 3
     assert checkpoint["memory"]["table"].abs().sum() > 0  # filled from the training features
     assert checkpoint["srl_loss"]["anchors"].shape == (64, 128)
+    for name in ("last.pt", "best.pt"):  # plain dicts: moving a class of this package never breaks loading
+        assert not any(n.startswith("srl_ext") for n in pickled_names(tmp_path / "straight" / name))
     log = read_log(tmp_path / "straight")
     train_lines = [r for r in log if r["split"] == "train"]
     assert [r["epoch"] for r in train_lines] == [1, 2, 3] and all(r["contrastive"] > 0 for r in train_lines)
