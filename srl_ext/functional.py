@@ -91,5 +91,6 @@ def homogeneity_loss(surrogates: Tensor, *, sign: float = -1.0, beta: float = 0.
 def _check_surrogates(function: str, surrogates: object) -> torch.Tensor:
     surrogates = check.tensor(function, "surrogates", surrogates, 2, "K x D")
     check.floating(function, "surrogates", surrogates)
+    check.columns(function, "surrogates", surrogates)
     check.num_bins(function, "surrogates", surrogates)
     return surrogates

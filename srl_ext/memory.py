@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import reference
 from . import validation as check
 
 MODES = ("epoch_pass", "online")
@@ -67,7 +68,11 @@ class SurrogateMemory(nn.Module):
 
     @torch.no_grad()
     def accumulate(self, features: torch.Tensor, bins: torch.Tensor) -> None:
-        """Add a batch's detached features to the per-bin sums (nothing changes if the input is bad)."""
+        """Add a batch's detached features to the per-bin sums (nothing changes if the input is bad).
+
+        Bins outside [0, K) raise on CPU tensors; on GPU tensors they are not checked (a host
+        sync) and their samples are left out, as the surrogate table leaves them out of every bin.
+        """
         name = "SurrogateMemory.accumulate"
         features = check.features(name, features)
         if features.shape[1] != self.table.shape[1]:
@@ -76,9 +81,9 @@ class SurrogateMemory(nn.Module):
         x = features.detach().to(self.sums.device, torch.float64)
         if self.normalize:
             x = torch.nn.functional.normalize(x, dim=1)
-        bins = bins.to(self.sums.device)
-        self.sums.index_add_(0, bins, x)
-        self.counts += torch.bincount(bins, minlength=self.num_bins)
+        sums, counts = reference.sum_by_bin(x, bins.to(self.sums.device), self.num_bins)
+        self.sums += sums
+        self.counts += counts
 
     @torch.no_grad()
     def update(self, group: dist.ProcessGroup | None = None) -> None:

@@ -45,13 +45,15 @@ if available():
             bins.new_empty((num_bins,)),
         )
 
+    # Outputs are contiguous, as the kernels return them: empty_like would keep the strides of a
+    # transposed input, and opcheck and inductor compare strides.
     @torch.library.register_fake("srl_ext::surrogate_table_backward")
     def _surrogate_table_backward_fake(grad_surrogates, features, bins, surrogates, mean_norms, counts):
-        return torch.empty_like(features)
+        return features.new_empty(features.shape)
 
     @torch.library.register_fake("srl_ext::contrastive")
     def _contrastive_fake(features, bins, surrogates, temperature, label_weighting):
-        return features.new_empty((), dtype=accumulation_dtype(features.dtype)), torch.empty_like(features)
+        return features.new_empty((), dtype=accumulation_dtype(features.dtype)), features.new_empty(features.shape)
 
     @torch.library.register_fake("srl_ext::envelope")
     def _envelope_fake(surrogates, anchors, temperature):

@@ -48,8 +48,20 @@ def bin_sums(features: torch.Tensor, bins: torch.Tensor, num_bins: int) -> tuple
     counts of every rank in between (``srl_ext.distributed``).
     """
     z = normalize(features.to(accumulation_dtype(features.dtype)))
-    counts = torch.bincount(bins, minlength=num_bins)
-    sums = z.new_zeros(num_bins, z.shape[1]).index_add(0, bins, z)
+    return sum_by_bin(z, bins, num_bins)
+
+
+def sum_by_bin(x: torch.Tensor, bins: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin sums of the rows of x (K x D) and the counts (K).
+
+    Bins are checked on CPU tensors only (``srl_ext.validation``: a check on the GPU needs a host
+    sync). A bin outside [0, K) goes to an extra row that is dropped, so its sample belongs to
+    no bin, as in the fused kernels, instead of indexing out of range (a device-side assert on
+    CUDA, which leaves the process unusable).
+    """
+    routed = torch.where((bins >= 0) & (bins < num_bins), bins, num_bins)
+    counts = torch.bincount(routed, minlength=num_bins + 1)[:num_bins]
+    sums = x.new_zeros(num_bins + 1, x.shape[1]).index_add(0, routed, x)[:num_bins]
     return sums, counts
 
 
@@ -74,12 +86,16 @@ def contrastive_loss(features: Tensor, bins: Tensor, surrogates: Tensor, tempera
     """L_con = -(1/B) sum_i log(exp(<z_i,c_{y_i}>/tau) / sum_k w_ik exp(<z_i,c_k>/tau))
     (docs/method.md, "Contrastive").
 
-    The surrogates are detached: the gradient reaches the features only.
+    The surrogates are detached: the gradient reaches the features only. A sample whose bin is
+    outside [0, K) (unchecked on the GPU) gets a NaN loss and gradient row, as in the fused kernels.
     """
     acc = accumulation_dtype(features.dtype)
-    z = normalize(features.to(acc))
+    num_bins = surrogates.shape[0]
+    in_range = (bins >= 0) & (bins < num_bins)
+    # Added rather than selected, so that the NaN also reaches the sample's gradient.
+    z = normalize(features.to(acc)) + torch.where(in_range, 0.0, float("nan")).to(acc).unsqueeze(1)
     logits = z @ surrogates.detach().to(acc).T / temperature
-    positive = logits.gather(1, bins.unsqueeze(1)).squeeze(1)
+    positive = logits.gather(1, bins.clamp(0, num_bins - 1).unsqueeze(1)).squeeze(1)
     if label_weighting:
         logits = logits + label_distance_log_weights(bins, surrogates.shape[0], acc)
     return (torch.logsumexp(logits, dim=1) - positive).mean()

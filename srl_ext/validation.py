@@ -3,8 +3,9 @@ and the actual value. Nothing here mutates its inputs.
 
 Shape, dtype and device checks are free (metadata only). The checks that read data (bins in
 range, finite features) would force a host-device synchronisation on a GPU and a graph break under
-``torch.compile``, so they run on CPU tensors in eager mode only; the compiled kernels check
-bins themselves, since an out-of-range bin would index out of bounds.
+``torch.compile``, so they run on CPU tensors in eager mode only. Elsewhere an out-of-range bin
+never indexes out of bounds: the C++ kernels raise, and on the GPU (fused kernels, reference,
+``SurrogateMemory``) the sample belongs to no bin and its contrastive loss is NaN.
 """
 
 from __future__ import annotations
@@ -89,6 +90,13 @@ def table(function: str, argument: str, x: object, dim: int, features_: torch.Te
         fail(function, argument, f"{dim} columns (D of 'features')", f"shape {tuple(x.shape)}")
     same_device(function, argument, x, features_)
     return x
+
+
+def columns(function: str, argument: str, x: torch.Tensor) -> None:
+    """At least one feature column: D = 0 has no direction to normalise (and the CUDA envelope
+    divides by D when it plans its shared memory)."""
+    if x.shape[1] < 1:
+        fail(function, argument, "a K x D tensor with D >= 1", f"shape {tuple(x.shape)}")
 
 
 def num_bins(function: str, argument: str, x: torch.Tensor) -> int:

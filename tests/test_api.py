@@ -19,6 +19,7 @@ BAD_INPUTS = [
     (lambda f, b, m, a: dict(features=f[0]), ["'features'", "2-D", "shape (3,)"]),
     (lambda f, b, m, a: dict(features=f.detach().to(torch.int64)), ["'features'", "float32", "torch.int64"]),
     (lambda f, b, m, a: dict(features=[[1.0]]), ["'features'", "tensor", "list"]),
+    (lambda f, b, m, a: dict(features=f[:, :0]), ["'features'", "non-empty", "shape (6, 0)"]),
     (lambda f, b, m, a: dict(features=torch.full((6, 3), float("nan"))), ["'features'", "finite", "row 0"]),
     (lambda f, b, m, a: dict(features=torch.cat([f.detach()[:2], torch.tensor([[0.0, float("inf"), 0.0]])])),
      ["'features'", "finite", "row 2"]),
@@ -74,6 +75,9 @@ def test_devices_must_match():
         (functional.contrastive_loss, lambda f, b, m, a: (f, b.clone().fill_(9), m), ["contrastive_loss", "'bins'"]),
         (functional.enveloping_loss, lambda f, b, m, a: (m, a[:, :2]), ["enveloping_loss", "'anchors'"]),
         (functional.homogeneity_loss, lambda f, b, m, a: (m[:1],), ["homogeneity_loss", "'surrogates'", "K = 2"]),
+        (functional.enveloping_loss, lambda f, b, m, a: (m[:, :0], a[:, :0]),
+         ["enveloping_loss", "'surrogates'", "D >= 1", "shape (4, 0)"]),
+        (functional.homogeneity_loss, lambda f, b, m, a: (m[:, :0],), ["homogeneity_loss", "'surrogates'", "D >= 1"]),
     ],
 )
 def test_term_functions_check_their_inputs(function, arguments, words):

@@ -148,16 +148,25 @@ def test_million_anchors():
         torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
 
 
+def transposed(x: torch.Tensor) -> torch.Tensor:
+    """The same values in a column-major layout (strides (1, rows)): the kernels return contiguous
+    outputs for it, and the fake kernels must say so."""
+    return x.detach().t().contiguous().t().requires_grad_(x.requires_grad)
+
+
 def _sample_op_inputs():
     features, bins, memory, anchors = make_inputs(9, 6, 40, 5, present_bins=4, zero_memory_rows=1)
     surrogates = reference.surrogate_table(features, bins, memory).detach().requires_grad_()
     table, norms, counts = torch.ops.srl_ext.surrogate_table(features.detach(), bins, memory)
+    features_t, surrogates_t = transposed(features), transposed(surrogates)
     return {
-        "surrogate_table": [(features, bins, memory)],
-        "surrogate_table_backward": [(torch.randn(6, 5), features.detach(), bins, table, norms, counts)],
-        "contrastive": [(features, bins, surrogates.detach(), 0.3, False), (features, bins, surrogates.detach(), 0.3, True)],
-        "envelope": [(surrogates, anchors, None), (surrogates, anchors, 0.1)],
-        "homogeneity": [(surrogates, -1.0, 0.1), (surrogates, 1.0, 0.0)],
+        "surrogate_table": [(features, bins, memory), (features_t, bins, transposed(memory))],
+        "surrogate_table_backward": [(torch.randn(6, 5), features.detach(), bins, table, norms, counts),
+                                     (torch.randn(6, 5), features_t.detach(), bins, table, norms, counts)],
+        "contrastive": [(features, bins, surrogates.detach(), 0.3, False), (features, bins, surrogates.detach(), 0.3, True),
+                        (features_t, bins, surrogates_t.detach(), 0.3, True)],
+        "envelope": [(surrogates, anchors, None), (surrogates, anchors, 0.1), (surrogates_t, transposed(anchors), None)],
+        "homogeneity": [(surrogates, -1.0, 0.1), (surrogates_t, 1.0, 0.0)],
     }
 
 
@@ -182,6 +191,22 @@ def test_torch_compile_fullgraph_matches_eager():
     (compiled_grad,) = torch.autograd.grad(compiled_value, features)
     torch.testing.assert_close(compiled_value, eager_value, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_kernels_refuse_zero_feature_columns():
+    # The CUDA envelope divided by D on the host (SIGFPE at D = 0): every device's op refuses it.
+    features, bins, memory, anchors = make_inputs(4, 3, 5, 2)
+    empty, table = features.detach()[:, :0], memory[:, :0]
+    calls = {
+        "'features'": [lambda: torch.ops.srl_ext.surrogate_table(empty, bins, table),
+                       lambda: torch.ops.srl_ext.contrastive(empty, bins, table, 0.1, False)],
+        "'surrogates'": [lambda: torch.ops.srl_ext.envelope(table, anchors[:, :0], None),
+                         lambda: torch.ops.srl_ext.homogeneity(table, -1.0, 0.1)],
+    }
+    for argument, ops_calls in calls.items():
+        for call in ops_calls:
+            with pytest.raises(ValueError, match=f"{argument} must have D >= 1 columns, got 0"):
+                call()
 
 
 def test_kernels_check_bins_when_python_checks_are_bypassed():

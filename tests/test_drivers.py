@@ -404,3 +404,20 @@ def test_sts_b_data_parallel_resumes_exactly(text_data, tmp_path):
     tables = [json.loads((tmp_path / run / "test_metrics.json").read_text())["table"] for run in ("cut", "straight")]
     assert tables[0] == tables[1]
     assert len(torch.load(tmp_path / "cut" / "last.pt", weights_only=False)["rng_per_rank"]) == 2
+
+
+@pytest.mark.parametrize(
+    "name, data_parallel, expected",
+    [("cpu", False, None), ("cuda:1", False, 1), ("cuda", False, 2), ("cuda:1", True, 2)],
+)
+def test_a_gpu_device_is_made_current(monkeypatch, name, data_parallel, expected):
+    # --device cuda:1 must also be the current device: the Triton kernels and torch.cuda calls
+    # without a device go there. Under torchrun (data parallel) LOCAL_RANK's GPU, already current.
+    current = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    device = engine.training_device(name, data_parallel)
+    if expected is None:
+        assert device == torch.device("cpu") and current == []
+    else:
+        assert device == torch.device("cuda", expected) and current == [device]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srl_ext import SRLLoss, backends, functional, ops, reference
+from srl_ext import SRLLoss, SurrogateMemory, backends, functional, ops, reference
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device: these tests need a GPU (see bench/gpu_check.sh)"
@@ -265,12 +265,35 @@ def test_out_of_range_bins_give_nan_not_a_crash():
     assert bool(torch.isfinite(grad[valid]).all())
 
 
+@pytest.mark.parametrize("backend", ("reference", "triton"))
+def test_out_of_range_bins_outside_the_cuda_ops_give_nan_not_a_device_assert(backend):
+    """Backend "reference" and "triton", and SurrogateMemory, leave such samples out of every bin
+    (a device-side assert would leave the process unusable) and give them a NaN contrastive loss."""
+    backend = backend_or_skip(backend)
+    features, bins, memory, anchors = make_inputs(16, 10, 50, 32)
+    bins = bins.clone()
+    bins[3], bins[5] = 10, -1
+    terms = functional.srl_terms(features, bins, memory, anchors, temperature=0.3, backend=backend)
+    (grad,) = torch.autograd.grad(terms[0], features)
+    surrogate_memory = SurrogateMemory(10, 32).to(DEVICE)
+    surrogate_memory.accumulate(features.detach(), bins)
+    torch.cuda.synchronize()  # a device-side assert would surface here
+    assert torch.isnan(terms[0]) and bool(torch.isfinite(torch.stack(terms[1:])).all())
+    assert bool(torch.isnan(grad[[3, 5]]).all())
+    assert int(surrogate_memory.counts.sum()) == 14
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("op", ["contrastive", "envelope", "homogeneity", "surrogate_table"])
-def test_opcheck(op):
-    """Schema, fake kernels and autograd registration, with CUDA tensors."""
+def test_opcheck(op, layout):
+    """Schema, fake kernels and autograd registration, with CUDA tensors; column-major inputs
+    too, for which the kernels (and so the fake kernels) return contiguous outputs."""
     backend_or_skip("cuda")
     features, bins, memory, anchors = make_inputs(8, 6, 300, 16)
     surrogates = reference.surrogate_table(features.detach(), bins, memory)
+    if layout == "transposed":
+        features = features.detach().t().contiguous().t().requires_grad_()
+        memory, surrogates, anchors = (x.t().contiguous().t() for x in (memory, surrogates, anchors))
     args = {
         "contrastive": (features, bins, surrogates, 0.3, True),
         "envelope": (surrogates.clone().requires_grad_(), anchors, None),
@@ -278,6 +301,16 @@ def test_opcheck(op):
         "surrogate_table": (features, bins, memory),
     }[op]
     torch.library.opcheck(getattr(torch.ops.srl_ext, op).default, args)
+
+
+def test_zero_feature_columns_are_refused():
+    # The envelope plans its shared memory per column: D = 0 divided by zero on the host.
+    backend_or_skip("cuda")
+    surrogates, anchors = torch.zeros(3, 0, device=DEVICE), torch.zeros(5, 0, device=DEVICE)
+    with pytest.raises(ValueError, match="'surrogates' must have D >= 1 columns"):
+        torch.ops.srl_ext.envelope(surrogates, anchors, None)
+    with pytest.raises(ValueError, match="'surrogates' must have D >= 1 columns"):
+        torch.ops.srl_ext.homogeneity(surrogates, -1.0, 0.1)
 
 
 def training_step(loss_fn: SRLLoss, features, bins, memory) -> torch.Tensor:

@@ -155,3 +155,21 @@ def test_update_with_nothing_accumulated_changes_nothing():
     memory.accumulate(torch.tensor([[2.0, 4.0]]), torch.tensor([1]))
     memory.update()  # still the first update: a copy, not 0.1 x the mean
     assert torch.equal(memory.table[1], torch.tensor([2.0, 4.0]))
+
+
+def test_out_of_range_bins_on_a_gpu_are_left_out(monkeypatch):
+    # Bins are checked on CPU tensors only (a host sync on a GPU); unchecked, an out-of-range bin
+    # must not index out of range (a device-side assert on CUDA): its sample is left out.
+    from srl_ext import validation
+
+    monkeypatch.setattr(validation, "reads_data", lambda x: False)  # as for GPU tensors
+    features, bins = batch(0)
+    bad = bins.clone()
+    bad[[0, 5]] = torch.tensor([NUM_BINS, -1])
+    memory, expected = SurrogateMemory(NUM_BINS, DIM), SurrogateMemory(NUM_BINS, DIM)
+    memory.accumulate(features, bad)
+    keep = torch.ones(len(bins), dtype=torch.bool)
+    keep[[0, 5]] = False
+    expected.accumulate(features[keep], bins[keep])
+    assert torch.equal(memory.counts, expected.counts)
+    torch.testing.assert_close(memory.sums, expected.sums, rtol=0, atol=1e-15)

@@ -101,3 +101,32 @@ def test_label_weights_match_the_spec_formula():
     log_w = reference.label_distance_log_weights(bins, 5, torch.float64)
     distance = torch.tensor([[1, 2, 3, 4, 5], [4, 3, 2, 1, 2]], dtype=torch.float64)
     torch.testing.assert_close(log_w.exp(), distance / 5)
+
+
+@pytest.fixture
+def unchecked_bins(monkeypatch):
+    """The public API as on GPU tensors: bins are not checked (that needs a host sync)."""
+    from srl_ext import validation
+
+    monkeypatch.setattr(validation, "reads_data", lambda x: False)
+
+
+def test_out_of_range_bins_without_the_check(unchecked_bins):
+    # As in the fused GPU kernels: such a sample belongs to no bin, its contrastive loss and
+    # gradient row are NaN; nothing indexes out of range (a device-side assert on CUDA).
+    from srl_ext import distributed, functional
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    anchors = reference.normalize(torch.randn(9, 3, generator=generator, dtype=torch.float64))
+    bins = torch.tensor([0, -1, 2, 2, 4, 1, 0])
+    valid = (bins >= 0) & (bins < 4)
+    table = functional.surrogate_table(features, bins, memory, backend="reference")
+    torch.testing.assert_close(table, reference.surrogate_table(features[valid], bins[valid], memory))
+    torch.testing.assert_close(distributed.surrogate_table(features, bins, memory), table)
+    contrastive, enveloping, homogeneity = functional.srl_terms(
+        features, bins, memory, anchors, temperature=0.5, label_weighting=True, backend="reference")
+    assert torch.isnan(contrastive) and torch.isfinite(enveloping) and torch.isfinite(homogeneity)
+    (grad,) = torch.autograd.grad(contrastive, features)
+    assert bool(torch.isnan(grad[~valid]).all()) and bool(torch.isfinite(grad[valid]).all())

@@ -98,6 +98,26 @@ def test_unavailable_reason_explains_the_interpreter(monkeypatch):
     assert tri.unavailable_reason(torch.device("cpu")) is None
 
 
+def test_device_of_makes_a_gpu_current_and_leaves_the_cpu_alone():
+    # Built without touching CUDA: entering it is what makes cuda:1 current.
+    guard = tri_utils.device_of(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert not isinstance(tri_utils.device_of(torch.device("cpu")), torch.cuda.device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_op_runs_on_its_inputs_device(device, monkeypatch):
+    # Triton launches on the current device; the inputs may be on another GPU (cuda:1 while 0
+    # is current), so each op makes its inputs' device current while it runs.
+    entered = []
+    device_of = tri_utils.device_of
+    monkeypatch.setattr(tri_utils, "device_of", lambda d: entered.append(d) or device_of(d))
+    case = make_case(device, torch.float32, bins=[1, 1, 0], num_bins=3, dim=4, num_anchors=5)
+    run_chain(tri, *case)
+    ops = ["surrogate_table", "contrastive", "envelope", "homogeneity", "surrogate_table_backward"]
+    assert entered == [case[0].device] * len(ops)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_backend_resolves_to_the_triton_module(device):
     assert backends.resolve("triton", torch.device(device)) is tri
@@ -120,6 +140,10 @@ def test_bad_arguments_raise_value_errors():
         tri.enveloping_loss(torch.zeros(3, 4), torch.zeros(5, 4), 0.0)
     with pytest.raises(ValueError, match="K >= 2"):
         tri.homogeneity_loss(torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="'surrogates' must have D >= 1 columns, got 0"):
+        tri.enveloping_loss(torch.zeros(3, 0), torch.zeros(5, 0), None)
+    with pytest.raises(ValueError, match="'features' must have D >= 1 columns, got 0"):
+        tri.contrastive_loss(torch.zeros(2, 0), torch.zeros(2, dtype=torch.int64), torch.zeros(3, 0), 0.1)
 
 
 # ------------------------------------------------------------- the whole chain, every option
@@ -165,18 +189,23 @@ def test_half_features_match_reference_on_float32(device, dtype, envelope_temper
 # ------------------------------------------------------------------------------- per term
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FULL_DTYPES)
-def test_surrogate_table_matches_reference(device, dtype):
-    features, bins, memory, _ = make_case(device, dtype)
-    upstream = torch.randn(memory.shape, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+def tables_and_grads(features, bins, memory, seed):
+    """[(table, d <table, upstream> / d features)] of the Triton backend and of the reference."""
+    generator = torch.Generator().manual_seed(seed)
+    upstream = torch.randn(memory.shape, generator=generator, dtype=memory.dtype).to(memory.device)
     results = []
     for impl in (tri, reference):
         h = features.clone().requires_grad_()
         table = impl.surrogate_table(h, bins, memory)
         (table * upstream).sum().backward()
         results.append((table.detach(), h.grad))
-    (got_table, got_grad), (want_table, want_grad) = results
+    return results
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FULL_DTYPES)
+def test_surrogate_table_matches_reference(device, dtype):
+    (got_table, got_grad), (want_table, want_grad) = tables_and_grads(*make_case(device, dtype)[:3], seed=1)
     torch.testing.assert_close(got_table, want_table, **TOLERANCE[dtype])
     torch.testing.assert_close(got_grad, want_grad, **TOLERANCE[dtype])
     assert torch.equal(got_table[ZERO_MEMORY_ROWS], torch.zeros_like(got_table[ZERO_MEMORY_ROWS]))
@@ -248,6 +277,61 @@ def test_half_surrogates_in_envelope_and_homogeneity(device, dtype, envelope_tem
     assert got_losses.dtype == torch.float32 and got_grad.dtype == dtype
     torch.testing.assert_close(got_losses, want_losses, **TOLERANCE[torch.float32])
     torch.testing.assert_close(got_grad.float(), want_grad, rtol=2e-2, atol=2e-3)
+
+
+# --------------------------------------------- bad inputs the GPU does not check (host sync)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_out_of_range_bins_give_nan_rows_as_the_cuda_kernels(device):
+    # Such a sample belongs to no bin; its contrastive loss and its gradient rows are NaN, the
+    # other samples are untouched.
+    features, bins, memory, _ = make_case(device, torch.float32)
+    bad = bins.clone()
+    bad[2], bad[9] = -1, NUM_BINS
+    valid = torch.ones(len(BINS), dtype=torch.bool, device=device)
+    valid[[2, 9]] = False
+    h = features.clone().requires_grad_()
+    table = tri.surrogate_table(h, bad, memory)
+    torch.testing.assert_close(table, reference.surrogate_table(features[valid], bins[valid], memory),
+                               **TOLERANCE[torch.float32])
+    table.sum().backward()
+    assert bool(torch.isnan(h.grad[~valid]).all()) and bool(torch.isfinite(h.grad[valid]).all())
+
+    loss, grad = torch.ops.srl_ext_triton.contrastive(features, bad, table.detach(), TEMPERATURE, True)
+    assert torch.isnan(loss)
+    assert bool(torch.isnan(grad[~valid]).all())
+    # The valid rows' gradients are those of their share of the batch mean.
+    share = features[valid].clone().requires_grad_()
+    want = reference.contrastive_loss(share, bins[valid], table.detach(), TEMPERATURE, True) * valid.sum() / len(BINS)
+    want.backward()
+    torch.testing.assert_close(grad[valid], share.grad, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_non_finite_feature_spoils_only_its_own_bin(device):
+    # As the reference: one NaN (or inf) feature makes its bin's mean NaN; the one-hot GEMM must
+    # not spread it (0 * NaN) to the other bins of its tile.
+    features, bins, memory, _ = make_case(device, torch.float64)
+    features[0, 1] = float("nan")  # bin 3
+    features[6, 0] = float("inf")  # bin 7
+    (got_table, got_grad), (want_table, want_grad) = tables_and_grads(features, bins, memory, seed=2)
+    torch.testing.assert_close(got_table, want_table, equal_nan=True, **TOLERANCE[torch.float64])
+    spoiled = torch.isnan(got_table).all(dim=1)
+    assert spoiled.nonzero().flatten().tolist() == [3, 7]
+    # The samples of the other bins keep their gradients. (Those sharing a spoiled bin get no
+    # meaningful one: NaN in the reference, finite in the fused kernels, CUDA's included.)
+    clean = ~spoiled[bins]
+    torch.testing.assert_close(got_grad[clean], want_grad[clean], **TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("envelope_temperature", ENVELOPES)
+def test_envelope_gradient_without_anchors_is_zero(device, envelope_temperature):
+    # -1/N at N = 0 would make it 0 * -inf = NaN; the CUDA kernels return zeros.
+    _, _, memory, anchors = make_case(device, torch.float32)
+    _, grad = torch.ops.srl_ext_triton.envelope(memory, anchors[:0], envelope_temperature)
+    assert torch.equal(grad, torch.zeros_like(memory))
 
 
 # -------------------------------------------------------------------------- arg-max ties
@@ -327,13 +411,99 @@ def test_envelope_is_deterministic(device, envelope_temperature):
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.fixture
+def timed_mode_after(monkeypatch):
+    """The deterministic mode is back off after the test."""
+    monkeypatch.delenv(tri_utils.DETERMINISTIC_ENV, raising=False)
+    yield
+    tri.set_deterministic(False)
+
+
+def test_deterministic_mode_pins_the_last_config_of_each_gpu(monkeypatch, timed_mode_after):
+    # Timing picks the tiles, which set the summation order: not reproducible across processes.
+    # The pinned config is the one every list ends with, small enough for every dtype and D.
+    monkeypatch.setattr(tri_utils, "INTERPRETING", False)  # the GPU lists (the interpreter has one config)
+    space = tri_utils.autotune_configs(
+        hopper=[{"BLOCK": 64}, {"BLOCK": 32}], ampere=[{"BLOCK": 32}], fallback={"BLOCK": 8}, interpreter={"BLOCK": 4}
+    )
+    prune = space.prune_configs_by["early_config_prune"]
+    for capability, gpu in (((9, 0), "hopper"), ((8, 0), "ampere")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device, c=capability: c)
+        assert prune(space.configs, {}) == space.by_gpu[gpu]
+        assert len(space.by_gpu[gpu]) > 1
+        tri.set_deterministic(True)
+        assert tri.deterministic()
+        assert [c.kwargs for c in prune(space.configs, {})] == [{"BLOCK": 8}]
+        tri.set_deterministic(False)
+        monkeypatch.setenv(tri_utils.DETERMINISTIC_ENV, "1")
+        assert prune(space.configs, {}) == space.by_gpu[gpu][-1:]
+        monkeypatch.delenv(tri_utils.DETERMINISTIC_ENV)
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            assert prune(space.configs, {}) == space.by_gpu[gpu][-1:]
+        finally:
+            torch.use_deterministic_algorithms(previous)
+        assert not tri.deterministic()
+
+
+def test_switching_the_mode_keeps_the_autotuned_choices_apart(timed_mode_after):
+    # An autotuner only asks for configs on a shape it has no choice for yet: a choice timed
+    # before the switch must not be used in deterministic mode, and comes back after it.
+    kernel = importlib.import_module("srl_ext.kernels.triton.contrastive")._contrastive_kernel
+    tri_utils.launch(kernel)
+    kernel.cache["shape"] = "timed choice"
+    tri.set_deterministic(True)
+    tri_utils.launch(kernel)
+    assert "shape" not in kernel.cache
+    tri.set_deterministic(False)
+    tri_utils.launch(kernel)
+    assert kernel.cache.pop("shape") == "timed choice"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_mode_matches_the_reference(device, timed_mode_after):
+    tri.set_deterministic(True)
+    case = make_case(device, torch.float32)
+    got = run_chain(tri, *case, 0.2, label_weighting=True)
+    want = run_chain(reference, *case, 0.2, label_weighting=True)
+    assert_chain_close(got, want, TOLERANCE[torch.float32], TOLERANCE[torch.float32])
+
+
 # ------------------------------------------------ torch.compile and opcheck (compiled only)
 
 
+def column_major(x: torch.Tensor) -> torch.Tensor:
+    """The same values with strides (1, rows), as a transposed tensor has them."""
+    return x.detach().t().contiguous().t().requires_grad_(x.requires_grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_column_major_inputs_give_contiguous_outputs(device):
+    # The op bodies are also the ops' fake kernels (triton_op), so this is what opcheck and
+    # inductor see as well: contiguous outputs whatever the inputs' strides.
+    features, bins, memory, anchors = (column_major(x) if x.dim() == 2 else x for x in make_case(device, torch.float32))
+    assert not features.is_contiguous()
+    table, norms, counts = torch.ops.srl_ext_triton.surrogate_table(features, bins, memory)
+    outputs = [
+        table,
+        torch.ops.srl_ext_triton.surrogate_table_backward(column_major(table), features, bins, table, norms, counts),
+        torch.ops.srl_ext_triton.contrastive(features, bins, column_major(table), TEMPERATURE, True)[1],
+        torch.ops.srl_ext_triton.envelope(column_major(table), anchors, 0.2)[1],
+        torch.ops.srl_ext_triton.homogeneity(column_major(table), -1.0, 0.1)[1],
+    ]
+    assert all(out.is_contiguous() for out in outputs)
+    want = reference.surrogate_table(features, bins, memory)
+    torch.testing.assert_close(table, want, **TOLERANCE[torch.float32])
+
+
 @CUDA_ONLY
-def test_opcheck():
+@pytest.mark.parametrize("layout", ["contiguous", "column-major"])
+def test_opcheck(layout):
     features, bins, memory, anchors = make_case("cuda", torch.float32)
     table = reference.surrogate_table(features, bins, memory)
+    if layout == "column-major":
+        features, memory, anchors, table = (column_major(x) for x in (features, memory, anchors, table))
     cases = [
         (torch.ops.srl_ext_triton.surrogate_table.default, (features.requires_grad_(), bins, memory)),
         (torch.ops.srl_ext_triton.contrastive.default, (features, bins, table, TEMPERATURE, True)),

@@ -34,6 +34,12 @@ inline void check_bins_in_range(const int64_t* bins, int64_t n, int64_t num_bins
   }
 }
 
+// Rows of D = 0 columns: refused on every device, as the CUDA envelope plans its shared memory
+// per column (a division by D on the host).
+inline void check_feature_dim(int64_t dim, const char* name) {
+  TORCH_CHECK_VALUE(dim >= 1, "srl_ext: argument '", name, "' must have D >= 1 columns, got ", dim);
+}
+
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t d) {
   T s = 0;

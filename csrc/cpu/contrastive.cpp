@@ -25,6 +25,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_cpu(
   const at::Tensor b = bins.detach().contiguous();
   const at::Tensor c = surrogates.detach().to(acc).contiguous();
   const int64_t batch = h.size(0), dim = h.size(1), num_bins = c.size(0);
+  check_feature_dim(dim, "features");
   const int64_t* bp = b.data_ptr<int64_t>();
   check_bins_in_range(bp, batch, num_bins);
 

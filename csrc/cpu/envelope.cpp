@@ -25,6 +25,7 @@ std::tuple<at::Tensor, at::Tensor> envelope_cpu(
   const at::Tensor c = surrogates.detach().to(acc).contiguous();
   const at::Tensor a = anchors.detach().to(acc).contiguous();
   const int64_t num_bins = c.size(0), dim = c.size(1), num_anchors = a.size(0);
+  check_feature_dim(dim, "surrogates");
   const bool soft = temperature.has_value();
   if (soft) {
     TORCH_CHECK_VALUE(*temperature > 0, "srl_ext: argument 'temperature' must be > 0, got ", *temperature);

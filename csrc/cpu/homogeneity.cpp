@@ -16,6 +16,7 @@ std::tuple<at::Tensor, at::Tensor> homogeneity_cpu(const at::Tensor& surrogates,
   const auto acc = accumulation_type(surrogates.scalar_type());
   const at::Tensor c = surrogates.detach().to(acc).contiguous();
   const int64_t num_bins = c.size(0), dim = c.size(1), num_pairs = num_bins - 1;
+  check_feature_dim(dim, "surrogates");
   TORCH_CHECK_VALUE(num_bins >= 2, "srl_ext: argument 'surrogates' must have K >= 2 rows, got ", num_bins);
   at::Tensor loss = at::empty({}, c.options());
   at::Tensor grad = at::empty({num_bins, dim}, c.options());

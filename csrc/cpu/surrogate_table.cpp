@@ -20,6 +20,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_table_cpu(
   const at::Tensor b = bins.detach().contiguous();
   const at::Tensor mem = memory.detach().to(acc).contiguous();
   const int64_t batch = h.size(0), dim = h.size(1), num_bins = mem.size(0);
+  check_feature_dim(dim, "features");
   check_bins_in_range(b.data_ptr<int64_t>(), batch, num_bins);
 
   at::Tensor surrogates = at::zeros({num_bins, dim}, h.options());
@@ -75,6 +76,7 @@ at::Tensor surrogate_table_backward_cpu(
   const at::Tensor norms = mean_norms.detach().to(acc).contiguous();
   const at::Tensor cnt = counts.detach().contiguous();
   const int64_t batch = h.size(0), dim = h.size(1), num_bins = c.size(0);
+  check_feature_dim(dim, "features");
   check_bins_in_range(b.data_ptr<int64_t>(), batch, num_bins);
 
   // d loss / d mean_b, already divided by the bin's count (zero for absent bins: memory rows

@@ -18,8 +18,9 @@
 //    rows that land in its tile: O(N*D) adds in all, the cost of reading the anchors once.
 //  - soft: w_jk = exp((s_jk - max_j)/tau) / sum_j; the block recomputes its tile of cosines from
 //    shared memory (same FMA order as the forward, so the same values) and accumulates W^T P:
-//    two GEMMs' worth of work. For float32 and D <= 128 with 4 x 4 and 4 x 8 register blocks;
-//    otherwise (float64, wider D) a plain shared-memory version.
+//    two GEMMs' worth of work. For float32 and D <= 128 with 4 x 4 and 4 x 8 register blocks
+//    where the GPU lets a block opt in to its 83,200 bytes of shared memory (not sm_75: 64 KiB);
+//    otherwise (float64, wider D, such GPUs) a plain shared-memory version.
 #include "device_utils.cuh"
 #include "launch.h"
 
@@ -277,7 +278,8 @@ __global__ void __launch_bounds__(kGradThreads) envelope_soft_partial_kernel(
 // 16 x 16. Per step of 64 anchors: the 64 x 64 cosines in 4 x 4 register blocks straight from the
 // two shared-memory tiles (same FMA order over d as the forward), their weights to shared memory,
 // then acc (64 x 128, 4 x 8 registers per thread) += W^T P. Two to three FMAs per shared-memory
-// load instead of one per two. Dynamic shared memory: kFastSharedBytes (opt-in above 48 KiB).
+// load instead of one per two. Dynamic shared memory: kFastSharedBytes (opt-in above 48 KiB, so
+// only where the device allows that much per block: fast_soft_fits).
 constexpr int kFastDim = 128;
 constexpr int kFastRows = 64;     // surrogate rows per block
 constexpr int kFastAnchors = 64;  // anchors per step
@@ -377,13 +379,26 @@ __global__ void __launch_bounds__(kForwardThreads) envelope_soft_partial_fast_ke
   }
 }
 
-// The soft partials: the register-blocked kernel for float32 with D <= kFastDim, else the general one.
+// Whether the current device lets one block opt in to kFastSharedBytes: sm_70, sm_80 and sm_90
+// allow 96, 163 and 227 KiB, sm_75 only 64 KiB. A failed query counts as no, and is cleared so
+// that the launch check after the kernels does not report it.
+bool fast_soft_fits() {
+  int device = 0, optin = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return static_cast<size_t>(optin) >= kFastSharedBytes;
+}
+
+// The soft partials: the register-blocked kernel where envelope_workspace chose it, else the general one.
 template <typename T>
 void launch_soft_partials(const T* surrogates, const T* anchors, const T* row_max, const T* inv_sum, T* partials,
                           int64_t num_anchors, int num_bins, int dim, const EnvelopeWorkspace& ws, T inv_tau,
                           dim3 grid, cudaStream_t stream) {
   if constexpr (sizeof(T) == sizeof(float)) {
-    if (dim <= kFastDim) {
+    if (ws.fast_soft) {
       // Above the 48 KiB default: an attribute of the function, not a stream operation (allowed
       // during graph capture). A failure surfaces as a launch error, checked by the caller.
       cudaFuncSetAttribute(envelope_soft_partial_fast_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -429,9 +444,10 @@ EnvelopeWorkspace envelope_workspace(int64_t num_anchors, int num_bins, int dim,
     rows = static_cast<int>(budget / dim);
     rows = rows < 1 ? 1 : (rows > kMaxGradRows ? kMaxGradRows : rows);
     ws.shared_bytes = static_cast<size_t>(rows) * dim * element_size;
-  } else if (element_size == sizeof(float) && dim <= kFastDim) {
+  } else if (element_size == sizeof(float) && dim <= kFastDim && fast_soft_fits()) {
     rows = kFastRows;
     ws.shared_bytes = kFastSharedBytes;
+    ws.fast_soft = true;
   } else {
     // 2 tile (dim + 1) + tile dim + tile^2 <= budget, tile <= 32.
     rows = 32;

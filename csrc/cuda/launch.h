@@ -43,7 +43,9 @@ struct EnvelopeWorkspace {
   int64_t chunk;        // anchors per chunk
   int rows_per_block;   // surrogate rows per gradient block
   size_t shared_bytes;  // dynamic shared memory of the gradient kernel
+  bool fast_soft;       // soft: the register-blocked gradient kernel (float32, D <= 128, enough shared memory)
 };
+// Queries the current device (the inputs' one: the caller holds a device guard).
 EnvelopeWorkspace envelope_workspace(int64_t num_anchors, int num_bins, int dim, bool soft, size_t element_size);
 // Largest dim the envelope kernels take (shared-memory bound of the gradient kernels).
 int envelope_max_dim(bool soft, size_t element_size);

@@ -51,6 +51,8 @@ void check_bins(const at::Tensor& bins, int64_t batch, const at::Tensor& like) {
 
 void check_matrix(const at::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK_VALUE(t.dim() == 2, "srl_ext: argument '", name, "' must be 2-D, got ", t.dim(), "-D");
+  // D = 0 would divide by zero in the envelope's workspace planning (a SIGFPE on the host).
+  TORCH_CHECK_VALUE(t.size(1) >= 1, "srl_ext: argument '", name, "' must have D >= 1 columns, got ", t.size(1));
   TORCH_CHECK_VALUE(t.size(1) == dim, "srl_ext: argument '", name, "' must have ", dim, " columns, got ", t.size(1));
   TORCH_CHECK_VALUE(
       at::isFloatingType(t.scalar_type()), "srl_ext: argument '", name, "' must be floating point, got ",

@@ -5,6 +5,11 @@ registered, so ``torch.compile`` traces it; the functions here have the signatur
 ``srl_ext.reference``. On CUDA tensors the kernels are compiled; on CPU tensors they run only in
 Triton's interpreter (``TRITON_INTERPRET=1`` set before this package is imported), which is slow
 and meant for tests.
+
+Each op runs on its inputs' GPU (the current device while it runs) and its current stream.
+Tile sizes are autotuned by timing, so results are bitwise reproducible across processes only
+with ``set_deterministic(True)`` (or SRL_EXT_TRITON_DETERMINISTIC=1, or
+``torch.use_deterministic_algorithms(True)``), which pins one config per GPU.
 """
 
 import torch
@@ -14,8 +19,17 @@ from .contrastive import contrastive_loss
 from .envelope import enveloping_loss
 from .homogeneity import homogeneity_loss
 from .table import surrogate_table
+from .utils import deterministic, set_deterministic
 
-__all__ = ["contrastive_loss", "enveloping_loss", "homogeneity_loss", "surrogate_table", "unavailable_reason"]
+__all__ = [
+    "contrastive_loss",
+    "deterministic",
+    "enveloping_loss",
+    "homogeneity_loss",
+    "set_deterministic",
+    "surrogate_table",
+    "unavailable_reason",
+]
 
 
 def unavailable_reason(device: torch.device) -> str | None:

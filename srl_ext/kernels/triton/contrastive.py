@@ -17,7 +17,8 @@ from torch.library import triton_op
 
 from ...reference import accumulation_dtype
 from .table import normalize_backward
-from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
+from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch,
+                    on_inputs_device, split_float)
 
 _CONFIGS = autotune_configs(
     hopper=[
@@ -72,6 +73,9 @@ def _contrastive_kernel(
     norm = tl.sqrt(tl.sum(h * h, axis=1))
     z = h / tl.maximum(norm, eps)[:, None]
     y = tl.load(bins_ptr + b, mask=b_mask, other=-1)
+    # A bin outside [0, K) (not checked on the GPU: that needs a host sync) matches no k; its
+    # sample gets a NaN loss and gradient row, as in the CUDA kernel, so the bad input shows.
+    in_range = (y >= 0) & (y < K)
     max_distance = tl.load(max_distance_ptr).to(acc_dtype)
 
     # Sweep 1: online log-sum-exp over the K tiles, and the positive (unweighted) logit.
@@ -87,7 +91,7 @@ def _contrastive_kernel(
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max[:, None]), axis=1)
         running_max = new_max
     lse = running_max + tl.log(running_sum)
-    tl.store(row_loss_ptr + b, lse - positive, mask=b_mask)
+    tl.store(row_loss_ptr + b, tl.where(in_range, lse - positive, float("nan")), mask=b_mask)
 
     # Sweep 2: d loss / d z = (1/(tau B)) sum_k (softmax_ik - [k == y_i]) c_k.
     grad_z = tl.zeros((BLOCK_B, BLOCK_D), dtype=acc_dtype)
@@ -99,17 +103,19 @@ def _contrastive_kernel(
         grad_logits = tl.where(b_mask[:, None], grad_logits, 0.0)  # rows past B: no gradient at all
         grad_z += tl.dot(grad_logits, c, input_precision="ieee")
     grad_h = normalize_backward(z, norm, grad_z * grad_scale, eps)
+    grad_h = tl.where(in_range[:, None], grad_h, float("nan"))
     tl.store(grad_h_ptr + b[:, None] * D + d[None, :], grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
 
 
 @triton_op("srl_ext_triton::contrastive", mutates_args=())
+@on_inputs_device
 def contrastive_op(
     features: torch.Tensor, bins: torch.Tensor, surrogates: torch.Tensor, temperature: float, label_weighting: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d features), as ``srl_ext::contrastive``."""
     batch, dim = features.shape
     num_bins = surrogates.shape[0]
-    check_feature_dim("contrastive_loss", dim)
+    check_feature_dim("contrastive_loss", "features", dim)
     acc = accumulation_dtype(features.dtype)
     features = features.contiguous()
     bins = bins.contiguous()

@@ -17,7 +17,8 @@ Three launches in the forward, which returns the loss and the gradient the backw
    nothing more), where one partial per anchor tile would grow with N.
 3. Reduction: a small kernel sums the S partials in split order and scales by -1/N.
 
-No float atomics anywhere: the result is deterministic, run to run. Anchor rows are addressed
+No float atomics anywhere: the result is deterministic, run to run (across processes in the
+deterministic mode only, utils.set_deterministic: the tiles are timed). Anchor rows are addressed
 with 64-bit offsets (N x D passes 2^31 from N = 1.7 x 10^7 at D = 128).
 """
 
@@ -37,6 +38,7 @@ from .utils import (
     check_feature_dim,
     joined,
     launch,
+    on_inputs_device,
     split_float,
 )
 
@@ -178,7 +180,9 @@ def _gradient_partials_kernel(
 @autotune(_REDUCE_CONFIGS, key=["size"])
 @triton.jit
 def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl.constexpr):
-    scale = -1.0 / tl.cast(N, partial_ptr.dtype.element_ty)  # dL/dc = -(1/N) sum_j w_jk p_j
+    # dL/dc = -(1/N) sum_j w_jk p_j; with no anchors the partials are zero and so is the gradient
+    # (as in the CUDA kernel), not 0 * -inf.
+    scale = -1.0 / tl.cast(tl.maximum(N, 1), partial_ptr.dtype.element_ty)
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < size
     total = tl.zeros((BLOCK,), dtype=partial_ptr.dtype.element_ty)
@@ -188,13 +192,14 @@ def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl
 
 
 @triton_op("srl_ext_triton::envelope", mutates_args=())
+@on_inputs_device
 def envelope_op(
     surrogates: torch.Tensor, anchors: torch.Tensor, temperature: Optional[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d surrogates), as ``srl_ext::envelope``."""
     num_bins, dim = surrogates.shape
     num_anchors = anchors.shape[0]
-    check_feature_dim("enveloping_loss", dim)
+    check_feature_dim("enveloping_loss", "surrogates", dim)
     if temperature is not None and not temperature > 0:
         raise ValueError(f"enveloping_loss: argument 'temperature' must be > 0 or None, got {temperature}")
     soft = temperature is not None

@@ -15,7 +15,8 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .utils import autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, split_float
+from .utils import (autotune, autotune_configs, block_dim, check_feature_dim, joined, launch,
+                    on_inputs_device, split_float)
 
 _CONFIGS = autotune_configs(
     hopper=[{"BLOCK_K": 16, "num_warps": 4}, {"BLOCK_K": 32, "num_warps": 4}, {"BLOCK_K": 64, "num_warps": 8}],
@@ -78,10 +79,11 @@ def _homogeneity_kernel(
 
 
 @triton_op("srl_ext_triton::homogeneity", mutates_args=())
+@on_inputs_device
 def homogeneity_op(surrogates: torch.Tensor, sign: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d surrogates), as ``srl_ext::homogeneity``."""
     num_bins, dim = surrogates.shape
-    check_feature_dim("homogeneity_loss", dim)
+    check_feature_dim("homogeneity_loss", "surrogates", dim)
     if num_bins < 2:
         raise ValueError(f"homogeneity_loss: argument 'surrogates' must have K >= 2 rows, got {num_bins}")
     acc = accumulation_dtype(surrogates.dtype)

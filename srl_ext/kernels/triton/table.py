@@ -16,7 +16,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch
+from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch, on_inputs_device
 
 _TABLE_CONFIGS = autotune_configs(
     hopper=[
@@ -64,6 +64,7 @@ def _surrogate_table_kernel(
     d_mask = d < D
     sums = tl.zeros((BLOCK_K, BLOCK_D), dtype=acc_dtype)
     counts = tl.zeros((BLOCK_K,), dtype=tl.int64)
+    spoiled = tl.zeros((BLOCK_K,), dtype=tl.int32)
     for b0 in range(0, B, BLOCK_B):
         b = b0 + tl.arange(0, BLOCK_B)
         b_mask = b < B
@@ -71,16 +72,21 @@ def _surrogate_table_kernel(
         h = h.to(acc_dtype)
         norm = tl.sqrt(tl.sum(h * h, axis=1))
         z = h / tl.maximum(norm, eps)[:, None]
+        # A row with a NaN (a non-finite feature) would spoil every bin of the tile through the
+        # one-hot GEMM (0 * NaN = NaN): it enters as zeros and spoils only its own bin, below.
+        finite = tl.sum((z != z).to(tl.int32), axis=1) == 0
         y = tl.load(bins_ptr + b, mask=b_mask, other=-1)
         member = k[:, None] == y[None, :]  # BLOCK_K x BLOCK_B one-hot, only in registers
-        sums += tl.dot(member.to(acc_dtype), z, input_precision="ieee")
+        sums += tl.dot(member.to(acc_dtype), tl.where(finite[:, None], z, 0.0), input_precision="ieee")
         counts += tl.sum(member.to(tl.int64), axis=1)
+        spoiled += tl.sum((member & ~finite[None, :]).to(tl.int32), axis=1)
     present = counts > 0
     means = sums / tl.maximum(counts, 1).to(acc_dtype)[:, None]
     rows = k[:, None] * D + d[None, :]
     row_mask = k_mask[:, None] & d_mask[None, :]
     memory = tl.load(memory_ptr + rows, mask=row_mask & (~present)[:, None], other=0.0).to(acc_dtype)
     means = tl.where(present[:, None], means, memory)
+    means = tl.where(spoiled[:, None] > 0, float("nan"), means)  # as the reference's NaN mean
     norm = tl.sqrt(tl.sum(means * means, axis=1))
     tl.store(c_ptr + rows, means / tl.maximum(norm, eps)[:, None], mask=row_mask)
     tl.store(mean_norm_ptr + k, norm, mask=k_mask)
@@ -104,7 +110,8 @@ def _surrogate_table_backward_kernel(
     norm = tl.sqrt(tl.sum(h * h, axis=1))
     z = h / tl.maximum(norm, eps)[:, None]
     y = tl.load(bins_ptr + b, mask=b_mask, other=0)
-    # Bins are checked by the callers (srl_ext.validation); out-of-range ones read nothing.
+    # Bins are not checked on the GPU (a host sync): an out-of-range one reads nothing, and its
+    # sample's gradient row is NaN, as in the CUDA kernel.
     gather_rows = b_mask & (y >= 0) & (y < K)
     gather = gather_rows[:, None] & d_mask[None, :]
     rows = y[:, None] * D + d[None, :]
@@ -114,18 +121,19 @@ def _surrogate_table_backward_kernel(
     count = tl.load(count_ptr + y, mask=gather_rows, other=1)
     # A sample's own bin is present (count >= 1): its mean keeps the gradient, split evenly.
     grad_mean = normalize_backward(c, mean_norm, grad_c, eps) / tl.maximum(count, 1).to(acc_dtype)[:, None]
-    grad_h = normalize_backward(z, norm, grad_mean, eps)
+    grad_h = tl.where(gather_rows[:, None], normalize_backward(z, norm, grad_mean, eps), float("nan"))
     tl.store(grad_h_ptr + b[:, None] * D + d[None, :], grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
 
 
 @triton_op("srl_ext_triton::surrogate_table", mutates_args=())
+@on_inputs_device
 def surrogate_table_op(
     features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(surrogates K x D, mean norms K, counts K), as ``srl_ext::surrogate_table``."""
     batch, dim = features.shape
     num_bins = memory.shape[0]
-    check_feature_dim("surrogate_table", dim)
+    check_feature_dim("surrogate_table", "features", dim)
     acc = accumulation_dtype(features.dtype)
     features = features.contiguous()
     bins = bins.contiguous()
@@ -142,6 +150,7 @@ def surrogate_table_op(
 
 
 @triton_op("srl_ext_triton::surrogate_table_backward", mutates_args=())
+@on_inputs_device
 def surrogate_table_backward_op(
     grad_surrogates: torch.Tensor,
     features: torch.Tensor,

@@ -1,4 +1,5 @@
-"""What the Triton kernel modules share: interpreter detection, autotune configs, launches.
+"""What the Triton kernel modules share: interpreter detection, autotune configs, the
+deterministic mode, launches on the inputs' device.
 
 Kept apart from the op modules so that the one concept each (when the interpreter runs, which
 configs a GPU generation tries) lives in one place.
@@ -6,6 +7,8 @@ configs a GPU generation tries) lives in one place.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import struct
 from dataclasses import dataclass
@@ -14,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
+from triton.runtime.autotuner import Autotuner
 
 # TRITON_INTERPRET=1 runs the kernels in numpy on CPU tensors. Triton reads the variable when
 # its kernels are decorated, i.e. when these modules are imported, so it must be set before.
@@ -26,6 +30,30 @@ MAX_FEATURE_DIM = 256
 
 # The floor of the row norms, as torch.nn.functional.normalize (srl_ext.reference.EPS).
 EPS = 1e-12
+
+# Set to 1: the deterministic mode (``deterministic``) from the start of the process.
+DETERMINISTIC_ENV = "SRL_EXT_TRITON_DETERMINISTIC"
+_deterministic = False
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Pin one config per GPU (True) or let the autotuner time them (False, the default).
+
+    The tile sizes set the summation order, and the autotuner picks them by timing, which can
+    differ from one process to the next: results are bitwise equal run to run within a process,
+    across processes only in this mode. The pinned config is the last of each GPU's list, the
+    one that fits every dtype and D up to MAX_FEATURE_DIM (the first, fastest ones exceed shared
+    memory in float64, and on Hopper at D = 256), so the kernels are slower. Under torch.compile
+    the mode at compile time counts.
+    """
+    global _deterministic
+    _deterministic = bool(enabled)
+
+
+def deterministic() -> bool:
+    """Whether the configs are pinned: ``set_deterministic(True)``, SRL_EXT_TRITON_DETERMINISTIC=1,
+    or ``torch.use_deterministic_algorithms(True)`` (the switch a reproducible run sets anyway)."""
+    return _deterministic or os.environ.get(DETERMINISTIC_ENV) == "1" or torch.are_deterministic_algorithms_enabled()
 
 
 def split_float(value: float) -> tuple[float, float]:
@@ -56,7 +84,9 @@ def block_dim(dim: int) -> int:
     return max(16, triton.next_power_of_2(int(dim)))
 
 
-def check_feature_dim(function: str, dim: int) -> None:
+def check_feature_dim(function: str, argument: str, dim: int) -> None:
+    if dim < 1:
+        raise ValueError(f"{function}: argument '{argument}' must have D >= 1 columns, got {dim}")
     if dim > MAX_FEATURE_DIM:
         raise ValueError(
             f"{function}: the feature dimension D must be at most {MAX_FEATURE_DIM} for the Triton "
@@ -94,9 +124,11 @@ def autotune_configs(hopper: list[dict], ampere: list[dict], fallback: dict, int
     }
 
     def for_this_gpu(configs, named_args, **kwargs):
-        # The current device: simple enough for torch.compile to trace through this function.
+        # The current device, which is the inputs' one (on_inputs_device); simple enough for
+        # torch.compile to trace through this function.
         major, _minor = torch.cuda.get_device_capability()
-        return by_gpu["hopper"] if major >= 9 else by_gpu["ampere"]
+        listed = by_gpu["hopper"] if major >= 9 else by_gpu["ampere"]
+        return listed[-1:] if deterministic() else listed
 
     return TuningSpace(by_gpu["hopper"] + by_gpu["ampere"], {"early_config_prune": for_this_gpu}, by_gpu)
 
@@ -114,6 +146,34 @@ def _config(spec: dict) -> triton.Config:
 
 
 def launch(kernel):
-    """The kernel, wrapped so torch.compile traces it inside a ``torch.library.triton_op``."""
+    """The kernel, wrapped so torch.compile traces it inside a ``torch.library.triton_op``.
+
+    An autotuner keeps one choice per shape and asks for configs only when it has none: its
+    choices of each mode are kept apart, so switching the deterministic mode takes effect at once.
+    """
+    if isinstance(kernel, Autotuner):
+        kernel.cache = kernel.__dict__.setdefault("choices_by_mode", {}).setdefault(deterministic(), {})
     return wrap_triton(kernel)
+
+
+def on_inputs_device(op):
+    """`op` run with its first argument's GPU as the current device.
+
+    Triton launches on the current device and its current stream, and the autotuner reads the
+    current device's generation: inputs on cuda:1 while cuda:0 is current (nothing called
+    set_device) would make a launch fail or, with peer access, race with the stream that
+    produced them. Nothing changes for CPU tensors (the interpreter).
+    """
+
+    @functools.wraps(op)
+    def on_device(*args, **kwargs):
+        with device_of(args[0].device):
+            return op(*args, **kwargs)
+
+    return on_device
+
+
+def device_of(device: torch.device):
+    """A context in which `device` is the current CUDA device (nothing for other devices)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
