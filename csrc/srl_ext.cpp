@@ -25,8 +25,9 @@ TORCH_LIBRARY(srl_ext, m) {
   m.def(
       "contrastive(Tensor features, Tensor bins, Tensor surrogates, float temperature, "
       "bool label_weighting) -> (Tensor, Tensor)");
-  // temperature None: hard max (released code); a value: smooth maximum (paper). -> (loss, d loss / d surrogates)
-  m.def("envelope(Tensor surrogates, Tensor anchors, float? temperature) -> (Tensor, Tensor)");
+  // envelope_temperature (the smoothness s) None: hard max (released code); a value: smooth maximum
+  // (paper). -> (loss, d loss / d surrogates)
+  m.def("envelope(Tensor surrogates, Tensor anchors, float? envelope_temperature) -> (Tensor, Tensor)");
   // -> (loss, d loss / d surrogates)
   m.def("homogeneity(Tensor surrogates, float sign, float beta) -> (Tensor, Tensor)");
 }

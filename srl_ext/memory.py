@@ -1,4 +1,5 @@
-"""``SurrogateMemory``: per-bin running means of the projector outputs (SPEC section 7).
+"""``SurrogateMemory``: per-bin running means of the projector outputs
+(docs/method.md, "Surrogate memory").
 
 Its table stands in for the bins absent from a batch when the surrogate table is built. Two
 ways to fill it:

@@ -101,16 +101,16 @@ def contrastive_loss(features: Tensor, bins: Tensor, surrogates: Tensor, tempera
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
-def enveloping_loss(
-    surrogates: torch.Tensor, anchors: torch.Tensor, temperature: float | None = None
-) -> torch.Tensor:
+def enveloping_loss(surrogates: Tensor, anchors: Tensor, envelope_temperature: float | None = None) -> Tensor:
     """L_env = 1 - mean_j max_k <p_j, c_k> (hard, released code), or with the max replaced by
-    the smooth maximum s * logsumexp_k(<p_j, c_k>/s) when a temperature s is given (paper)."""
+    the smooth maximum s * logsumexp_k(<p_j, c_k>/s) for a smoothness s = envelope_temperature
+    (paper; docs/method.md, "Enveloping")."""
     cosines = anchors.to(surrogates.dtype) @ surrogates.T  # N x K
-    if temperature is None:
+    s = envelope_temperature
+    if s is None:
         coverage = cosines.max(dim=1).values  # ties: the lowest k, as torch.max
     else:
-        coverage = temperature * torch.logsumexp(cosines / temperature, dim=1)
+        coverage = s * torch.logsumexp(cosines / s, dim=1)
     return 1 - coverage.mean()
 
 

@@ -61,6 +61,21 @@ def out_of_patience(scores: Sequence[float], patience: int | None, rule: str = "
     raise ValueError(f"early stop rule must be one of {', '.join(map(repr, EARLY_STOP_RULES))}, got {rule!r}")
 
 
+def training_device(name: str, data_parallel: bool) -> torch.device:
+    """The device to train on, made the current one if it is a GPU: whatever runs on the current
+    device (Triton launches, torch.cuda calls without a device) would stay on cuda:0 for
+    `--device cuda:1` otherwise."""
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if device.index is None or data_parallel:
+        # under torchrun every rank uses its own GPU, LOCAL_RANK's (ddp.init_from_env set it)
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
+    return device
+
+
+
 class Engine:
     """Trains ``model`` on ``datasets["train"]``, selects it on ``datasets["val"]``, tests it once.
 
@@ -80,11 +95,8 @@ class Engine:
         self.settings = TrainConfig.from_dict(config)
         self.task = task
         self.run_dir = Path(run_dir)
-        self.device = torch.device(self.settings.device)
         self.distributed = ddp.is_distributed()
-        if self.device.type == "cuda" and (self.device.index is None or self.distributed):
-            # under torchrun every rank uses its own GPU, LOCAL_RANK's (ddp.init_from_env set it)
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = training_device(self.settings.device, self.distributed)
         self.model = model.to(self.device)  # the plain module: checkpoints, the memory pass, evaluation
         self.datasets = datasets
         self.main = ddp.is_main_process()  # rank 0 (always, without torch.distributed)
