@@ -2,7 +2,7 @@
 //
 // Each loss op returns (loss, grad_input): the forward sweep also produces the gradient that the
 // backward needs (as fused cross-entropy kernels do), and the registered autograd (Python,
-// srl_ext/ops.py) only scales it by the incoming gradient. The surrogate table is cheap and its
+// srl_ext/ops/fused.py) only scales it by the incoming gradient. The surrogate table is cheap and its
 // gradient depends on what the terms downstream send, so it has a separate backward op.
 #include <Python.h>
 #include <torch/library.h>
