@@ -21,17 +21,22 @@ The SRL code (github.com/yilei-wu/imbalanced-regression) writes two kinds of fil
 
 ``load_released(path, benchmark)`` reads such a file without running pickled code, maps every
 tensor onto ``ImageRegressor`` / ``SentencePairRegressor`` and refuses, naming them, tensors it
-cannot place and parameters it cannot fill.
+cannot place and parameters it cannot fill. ``evaluate_released`` is the drivers' ``--evaluate``
+of such a file. docs/training.md, "The authors' released checkpoints", has the key mapping and
+what is exact.
 
 (This module will move to ``srl_ext.training.checkpoints`` with the package restructure.)
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pickle
 import re
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -577,3 +582,72 @@ def load_released(
     obj = read_checkpoint(path, trust_checkpoint)
     layout = inspect_released(obj, path, benchmark)
     return build_released_model(layout, vocabulary=vocabulary, released_vocabulary=released_vocabulary)
+
+
+# ----- the drivers' --evaluate of a released file -----
+
+def evaluate_released(config: dict, explicit: set[str], build: Callable[[dict], tuple], path: Path, obj) -> dict:
+    """Test a released checkpoint like a run of this project: the DIR table printed, and
+    ``test_metrics.json``, ``test_errors.png`` and ``config.json`` (with the file's path, SHA-256
+    and the conversion notes) in a new run folder under ``--runs_dir`` (the download folder is
+    left alone)."""
+    from . import distributed
+    from .engine import TEST_METRICS, TEST_PLOT, Engine, make_run_dir
+
+    benchmark = config["preset"]
+    layout = inspect_released(obj, path, benchmark)
+    overrides: dict = {}
+    if benchmark in IMAGE_BENCHMARKS:
+        if config["img_size"] != RELEASED_IMAGE_SIZE:
+            raise ReleasedCheckpointError(
+                f"{path}: expected --img_size {RELEASED_IMAGE_SIZE} for a released ResNet (it ends in AvgPool2d(7), "
+                f"trained and tested at {RELEASED_IMAGE_SIZE} x {RELEASED_IMAGE_SIZE}), found --img_size {config['img_size']}"
+            )
+        overrides["backbone"] = layout.settings["backbone"]
+    else:
+        # The released recipe; the word vectors come from the file, so every word of the data
+        # stays in our vocabulary (--oov random) to be looked up in the released one.
+        overrides.update(regressor="linear", embedding_dropout=RELEASED_DROPOUT, lstm_dropout=RELEASED_DROPOUT, oov="random")
+        overrides.update({key: layout.settings[key] for key in ("hidden_size", "num_layers") if key in layout.settings})
+    changed = sorted(key for key in overrides if key in explicit and config[key] != overrides[key])
+    main_process = distributed.is_main_process()
+    if changed and main_process:
+        print("note: the released checkpoint sets " + ", ".join(f"--{key} {overrides[key]}" for key in changed)
+              + " (given: " + ", ".join(f"--{key} {config[key]}" for key in changed) + ")", file=sys.stderr)
+    settings = {**config, **overrides}
+    task, built, datasets = build(settings)
+    released = build_released_model(
+        layout, vocabulary=getattr(built, "vocabulary", None), released_vocabulary=settings.get("released_vocab"),
+        reference_embeddings=built.encoder.embedding.weight.detach() if benchmark == "sts_b" else None,
+    )
+    run_dir = None
+    if main_process:
+        name = config["run_name"] or f"{benchmark}-released-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = make_run_dir(config["runs_dir"], name)
+        record = {
+            **settings,
+            "released_checkpoint": {
+                "path": str(Path(path).resolve()), "sha256": _sha256(path), "layout": layout.description,
+                "metadata": layout.metadata, "model_settings": layout.settings, "notes": released.notes,
+            },
+        }
+        (run_dir / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+        print(f"released checkpoint {path}: {layout.description}", flush=True)
+        for note in released.notes:
+            print(f"  {note}", flush=True)
+    run_dir = Path(distributed.broadcast_object(None if run_dir is None else str(run_dir)))
+    engine = Engine(settings, task, released.model, datasets, run_dir)
+    epoch = layout.metadata.get("epoch")
+    title = f"test, released {Path(path).name}" + (f" (epoch {epoch})" if epoch is not None else "")
+    table = engine.report(title=title, out_dir=run_dir)
+    if main_process:
+        print(f"wrote {TEST_METRICS}, {TEST_PLOT} and config.json to {run_dir}", flush=True)
+    return table
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -9,6 +9,9 @@ predictions on the same inputs.
 """
 
 import argparse
+import importlib.util
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from srl_ext import released_checkpoints as rc
 from srl_ext.data import sts_b
 
 pytest.importorskip("torchvision")  # our ImageRegressor's ResNet
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----- transcription of the released image model (agedb-dir/resnet.py = imdb-wiki-dir/resnet.py) -----
@@ -479,3 +483,120 @@ def test_srl_ext_checkpoints_load_safely_and_are_not_converted(tmp_path):
     assert rc.is_srl_ext_checkpoint(loaded)
     with pytest.raises(rc.ReleasedCheckpointError, match="found a checkpoint of this project"):
         rc.load_released(path, "agedb")
+
+
+# ----- through the drivers -----
+
+def load_driver(name):
+    spec = importlib.util.spec_from_file_location(f"driver_{name}", ROOT / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def image_data(tmp_path_factory):
+    """24 small JPEGs in the AgeDB-DIR layout (agedb.csv + AgeDB/...)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("agedb")
+    (root / "AgeDB").mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["age,path,split"]
+    for i in range(24):
+        age = 20 + i % 8
+        split = "train" if i < 8 else "val" if i < 16 else "test"
+        name = f"AgeDB/{i}_Person_{age}_f.jpg"
+        Image.fromarray((rng.integers(0, 40, (20, 20, 3)) + 20 * (age - 20)).astype(np.uint8)).save(root / name)
+        lines.append(f"{age},{name},{split}")
+    (root / "agedb.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    """24 sentence pairs in the STS-B-DIR layout (words of RELEASED_TOKENS) and a fake 4-d GloVe file."""
+    root = tmp_path_factory.mktemp("stsb")
+    words = ["a", "man", "woman", "is", "eating", "playing", "guitar", "the", "dog", "runs", "."]
+    rng = np.random.default_rng(0)
+    rows = {"train_new.tsv": [], "dev_new.tsv": [], "test_new.tsv": []}
+    for i in range(24):
+        s1 = " ".join(rng.choice(words, 5)) + ' "quoted'
+        s2 = " ".join(rng.choice(words, 1 + i % 4))
+        name = "train_new.tsv" if i < 8 else "dev_new.tsv" if i < 16 else "test_new.tsv"
+        rows[name].append(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{s1}\t{s2}\t{rng.uniform(0, 5):.3f}\n")
+    for name, lines in rows.items():
+        (root / name).write_text("\t".join(sts_b.COLUMNS) + "\n" + "".join(lines))
+    glove = root / "glove.txt"
+    glove.write_text("".join(f"{w} " + " ".join(f"{v:.4f}" for v in rng.normal(size=4)) + "\n" for w in words))
+    return root, glove
+
+
+def test_agedb_driver_evaluates_a_released_checkpoint(image_data, tmp_path, capsys):
+    from srl_ext.data import images
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    released = released_resnet(50, 102)
+    path = save_released_image(released, downloads / "ckpt.best.pth.tar", legacy=True)
+    table = load_driver("agedb").main(["--data_dir", str(image_data), "--evaluate", str(path), "--runs_dir",
+                                      str(tmp_path / "runs"), "--run_name", "released", "--no_progress", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "agedb test, released ckpt.best.pth.tar (epoch 90)" in out and "wrote test_metrics.json" in out
+    assert sorted(p.name for p in downloads.iterdir()) == ["ckpt.best.pth.tar"]  # nothing beside the download
+    run_dir = tmp_path / "runs" / "released"
+    for name in ("config.json", "test_metrics.json", "test_errors.png"):
+        assert (run_dir / name).is_file(), name
+    record = json.loads((run_dir / "config.json").read_text())["released_checkpoint"]
+    assert record["path"] == str(path.resolve()) and len(record["sha256"]) == 64
+    assert json.loads((run_dir / "test_metrics.json").read_text())["table"] == table
+    # the table is the transcription's on the same test images
+    _, datasets = images.load_benchmark(images.AGEDB, image_data)
+    batch = torch.stack([datasets["test"][i][0] for i in range(len(datasets["test"]))])
+    with torch.no_grad():
+        expected = released(batch)[0].squeeze(1).numpy()
+    assert table["all"]["mae"] == pytest.approx(float(np.abs(expected - datasets["test"].labels).mean()), rel=1e-5)
+    assert table["all"]["count"] == 8
+
+
+def test_image_driver_refuses_another_image_size(image_data, tmp_path):
+    path = save_released_image(released_resnet(18, fds_bins=187), tmp_path / "ckpt.pth.tar")
+    with pytest.raises(rc.ReleasedCheckpointError, match="expected --img_size 224 .* found --img_size 112"):
+        load_driver("imdb_wiki").main(["--data_dir", str(image_data), "--evaluate", str(path), "--img_size", "112",
+                                       "--runs_dir", str(tmp_path / "runs"), "--no_progress"])
+
+
+def test_sts_b_driver_evaluates_a_released_checkpoint(text_data, tmp_path, capsys):
+    root, glove = text_data
+    released = released_sts_b()
+    path = tmp_path / "model_state_best.th"
+    # a file that also pickles an argparse namespace: refused without --trust_checkpoint
+    torch.save({"state_dict": released.state_dict(), "args": argparse.Namespace(d_hid=8)}, path)
+    vocab = write_vocabulary(tmp_path / "vocab.txt")
+    args = ["--data_dir", str(root), "--glove", str(glove), "--evaluate", str(path), "--released_vocab", str(vocab),
+            "--runs_dir", str(tmp_path / "runs"), "--run_name", "released", "--no_progress", "--threads", "1"]
+    sts = load_driver("sts_b")
+    with pytest.raises(rc.UntrustedCheckpointError, match="argparse.Namespace"):
+        sts.main(args)
+    table = sts.main(args + ["--trust_checkpoint", "--hidden_size", "16"])
+    captured = capsys.readouterr()
+    assert "sets --hidden_size 8" in captured.err
+    assert "sts_b test, released model_state_best.th" in captured.out
+    assert "0 only in another casing, 0 not at all" in captured.out
+    settings = json.loads((tmp_path / "runs" / "released" / "config.json").read_text())
+    assert settings["hidden_size"] == 8 and settings["regressor"] == "linear"
+    # the table is the transcription's on the test pairs, in the released ids of the same tokens
+    pairs = sts_b.read_pairs(root / "test_new.tsv")
+    tokens1 = [sts_b.tokenize(p.sentence1) for p in pairs]
+    tokens2 = [sts_b.tokenize(p.sentence2) for p in pairs]
+    with torch.no_grad():
+        expected = released(released_ids(tokens1), released_ids(tokens2))[0].squeeze(1).numpy() * 5
+    scores = np.asarray([p.score for p in pairs], dtype=np.float32)
+    assert table["all"]["mse"] == pytest.approx(float(np.mean((expected - scores) ** 2)), rel=1e-5)
+
+
+def test_trust_checkpoint_needs_evaluate(text_data, tmp_path, capsys):
+    root, glove = text_data
+    with pytest.raises(SystemExit):
+        load_driver("sts_b").main(["--data_dir", str(root), "--trust_checkpoint"])
+    assert "--trust_checkpoint: expected only with --evaluate" in capsys.readouterr().err
