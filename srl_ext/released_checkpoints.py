@@ -160,8 +160,8 @@ def _unsafe_content(path: Path, message: str) -> str:
         names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))  # zip files only
     except Exception:  # legacy format, or an older torch: fall back to the error message
         pass
-    allowed = {name for item in _numpy_data_globals() for name in ([item[1]] if isinstance(item, tuple) else [])}
-    names = [name for name in names if name not in allowed and not name.startswith("numpy.dtypes.")]
+    allowed = {item[1] if isinstance(item, tuple) else f"{item.__module__}.{item.__qualname__}" for item in _numpy_data_globals()}
+    names = [name for name in names if name not in allowed]
     if not names:
         names = re.findall(r"GLOBAL ([\w.]+)", message)
     return ", ".join(dict.fromkeys(names)) if names else _first_line(message.split("WeightsUnpickler error:")[-1])
@@ -260,7 +260,8 @@ def inspect_released(obj, path: str | Path, benchmark: str) -> ReleasedLayout:
         raise ReleasedCheckpointError(f"{path}: expected {expected}, found {what}: evaluate it with {drivers}")
     fds_rows = plain["FDS.running_mean"].shape[0] if "FDS.running_mean" in plain else None
     if fds_rows is not None and fds_rows not in FDS_ROWS[benchmark]:
-        owner = next((b for b, rows in FDS_ROWS.items() if fds_rows in rows), None)
+        family = IMAGE_BENCHMARKS if found == "image" else ("sts_b",)
+        owner = next((b for b in family if fds_rows in FDS_ROWS[b]), None)
         where = f", as {BENCHMARKS[owner]}'s: evaluate it with {DRIVERS[owner]}" if owner else ""
         raise ReleasedCheckpointError(
             f"{path}: expected a released {name} checkpoint, found FDS statistics for {fds_rows} label bins "
@@ -517,6 +518,11 @@ def build_released_model(
                     "that --glove gives them (an aligned vocabulary gives all those with a GloVe vector; a shifted one "
                     "almost none)"
                 )
+        elif reference_embeddings is not None:
+            notes.append(
+                f"vocabulary file not checked: our word vectors are {reference_embeddings.shape[1]}-d, the released "
+                f"{embeddings.shape[1]}-d (--glove with the released vectors, glove.840B.300d.txt, checks it)"
+            )
     ours = model.state_dict()
     unplaced = list(layout.unplaced) + [layout.sources[name] for name in tensors if name not in ours]
     unfilled, counters = [], []

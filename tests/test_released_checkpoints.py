@@ -383,6 +383,19 @@ def test_vocabulary_mapping_exact_case_unknown():
     assert rows.tolist()[2] == RELEASED_TOKENS.index("quoted")
 
 
+def test_vocabulary_check_against_our_glove_vectors(tmp_path):
+    released = released_sts_b()
+    path = tmp_path / "model_state_best.th"
+    torch.save(released.state_dict(), path)
+    layout = rc.inspect_released(rc.read_checkpoint(path), path, "sts_b")
+    words = ["<pad>", "<unk>", "the", "man", "obama"]
+    reference = released.pair_encoder._text_field_embedder.token_embedder_words.weight.detach()[[0, 1, 7, 4, 12]].clone()
+    reference[3] += 1.0  # "man": another vector in our GloVe file
+    notes = rc.build_released_model(layout, vocabulary=words, released_vocabulary=RELEASED_TOKENS,
+                                    reference_embeddings=reference).notes
+    assert any(note.startswith("vocabulary check: 1 of the 2 words found as they are") for note in notes)
+
+
 def test_vocabulary_file_layouts(tmp_path):
     full = rc.read_released_vocabulary(write_vocabulary(tmp_path / "full.txt"))
     allennlp = rc.read_released_vocabulary(write_vocabulary(tmp_path / "tokens.txt", allennlp=True))
@@ -441,9 +454,18 @@ def test_file_with_python_objects_needs_trust(tmp_path):
     with pytest.raises(rc.UntrustedCheckpointError) as error:
         rc.load_released(path, "agedb")
     message = str(error.value)
-    assert "argparse.Namespace" in message and "--trust_checkpoint" in message and str(path) in message
+    assert "(argparse.Namespace)" in message and "--trust_checkpoint" in message and str(path) in message
     loaded = rc.load_released(path, "agedb", trust_checkpoint=True)
     assert "args" in loaded.layout.ignored
+
+
+def test_numpy_values_of_a_numpy_1_file_need_no_trust(tmp_path):
+    path = save_released_image(released_resnet(18), tmp_path / "ckpt.pth.tar", legacy=True,
+                               extra={"best_loss": np.float64(7.25)})
+    written = path.read_bytes()
+    assert b"numpy._core.multiarray" in written
+    path.write_bytes(written.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))  # numpy 1's module name
+    assert rc.load_released(path, "agedb").layout.metadata["best_loss"] == 7.25
 
 
 def test_wrong_benchmark_is_one_clear_line(tmp_path):
@@ -583,6 +605,7 @@ def test_sts_b_driver_evaluates_a_released_checkpoint(text_data, tmp_path, capsy
     assert "sets --hidden_size 8" in captured.err
     assert "sts_b test, released model_state_best.th" in captured.out
     assert "0 only in another casing, 0 not at all" in captured.out
+    assert "vocabulary file not checked: our word vectors are 4-d, the released 6-d" in captured.out
     settings = json.loads((tmp_path / "runs" / "released" / "config.json").read_text())
     assert settings["hidden_size"] == 8 and settings["regressor"] == "linear"
     # the table is the transcription's on the test pairs, in the released ids of the same tokens
