@@ -30,6 +30,8 @@ Examples:
                                              # 4 GPUs, global batch 64 (docs/distributed.md)
   python train/agedb.py --resume runs/agedb-srl-20260101-120000    # continue a run
   python train/agedb.py --evaluate runs/agedb-srl-20260101-120000  # test table of its best model
+  python train/agedb.py --data_dir path/to/agedb --evaluate ckpt.best.pth.tar
+                                             # a checkpoint released by the SRL authors (docs/training.md)
 """
 
 

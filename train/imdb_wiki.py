@@ -30,6 +30,8 @@ Examples:
                                              # 8 GPUs, global batch 256 (docs/distributed.md)
   python train/imdb_wiki.py --resume runs/imdb_wiki-srl-20260101-120000    # continue a run
   python train/imdb_wiki.py --evaluate runs/imdb_wiki-srl-20260101-120000  # test table of its best model
+  python train/imdb_wiki.py --data_dir path/to/imdb_wiki --evaluate ckpt.best.pth.tar
+                                             # a checkpoint released by the SRL authors (docs/training.md)
 """
 
 
