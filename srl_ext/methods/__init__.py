@@ -1,0 +1,26 @@
+"""Methods that compose with SRL (SRL+X).
+
+Each follows its released code, with the released quirks as documented options (off unless
+stated). This package does not depend on the training application.
+
+- ``lds_weights`` and the ``weighted_*_loss`` functions: label-distribution-smoothed sample
+  weights for the regression loss (``LDS_RELEASED``: the released settings per benchmark).
+"""
+
+from .lds import (
+    LDS_RELEASED,
+    WEIGHTED_LOSSES,
+    label_bins,
+    lds_weights,
+    weighted_focal_l1_loss,
+    weighted_focal_mse_loss,
+    weighted_huber_loss,
+    weighted_l1_loss,
+    weighted_mse_loss,
+)
+from .smoothing import kernel_window
+
+__all__ = [
+    "LDS_RELEASED", "WEIGHTED_LOSSES", "kernel_window", "label_bins", "lds_weights", "weighted_focal_l1_loss",
+    "weighted_focal_mse_loss", "weighted_huber_loss", "weighted_l1_loss", "weighted_mse_loss",
+]
