@@ -5,8 +5,11 @@ stated). This package does not depend on the training application.
 
 - ``lds_weights`` and the ``weighted_*_loss`` functions: label-distribution-smoothed sample
   weights for the regression loss (``LDS_RELEASED``: the released settings per benchmark).
+- ``FDS``: feature calibration on the regressor's input, statistics from one pass per epoch
+  (``FDS_RELEASED``).
 """
 
+from .fds import FDS, FDS_RELEASED
 from .lds import (
     LDS_RELEASED,
     WEIGHTED_LOSSES,
@@ -21,6 +24,6 @@ from .lds import (
 from .smoothing import kernel_window
 
 __all__ = [
-    "LDS_RELEASED", "WEIGHTED_LOSSES", "kernel_window", "label_bins", "lds_weights", "weighted_focal_l1_loss",
+    "FDS", "FDS_RELEASED", "LDS_RELEASED", "WEIGHTED_LOSSES", "kernel_window", "label_bins", "lds_weights", "weighted_focal_l1_loss",
     "weighted_focal_mse_loss", "weighted_huber_loss", "weighted_l1_loss", "weighted_mse_loss",
 ]
