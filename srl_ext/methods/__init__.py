@@ -1,12 +1,14 @@
 """Methods that compose with SRL (SRL+X).
 
 Each follows its released code, with the released quirks as documented options (off unless
-stated). This package does not depend on the training application.
+stated); docs/methods.md gives the math, the released defaults per benchmark and how each hooks
+into a training loop. This package does not depend on the training application.
 
 - ``lds_weights`` and the ``weighted_*_loss`` functions: label-distribution-smoothed sample
   weights for the regression loss (``LDS_RELEASED``: the released settings per benchmark).
 - ``FDS``: feature calibration on the regressor's input, statistics from one pass per epoch
   (``FDS_RELEASED``).
+- ``ranksim_loss``: the batch ranking-similarity term (``TrueRanker``, ``rank_normalised``).
 """
 
 from .fds import FDS, FDS_RELEASED
@@ -21,9 +23,12 @@ from .lds import (
     weighted_l1_loss,
     weighted_mse_loss,
 )
+from .ranksim import TrueRanker, rank_normalised, ranksim_loss
 from .smoothing import kernel_window
 
 __all__ = [
-    "FDS", "FDS_RELEASED", "LDS_RELEASED", "WEIGHTED_LOSSES", "kernel_window", "label_bins", "lds_weights", "weighted_focal_l1_loss",
-    "weighted_focal_mse_loss", "weighted_huber_loss", "weighted_l1_loss", "weighted_mse_loss",
+    "FDS", "FDS_RELEASED", "LDS_RELEASED", "TrueRanker", "WEIGHTED_LOSSES",
+    "kernel_window", "label_bins", "lds_weights", "rank_normalised",
+    "ranksim_loss", "weighted_focal_l1_loss", "weighted_focal_mse_loss", "weighted_huber_loss", "weighted_l1_loss",
+    "weighted_mse_loss",
 ]
