@@ -9,8 +9,11 @@ into a training loop. This package does not depend on the training application.
 - ``FDS``: feature calibration on the regressor's input, statistics from one pass per epoch
   (``FDS_RELEASED``).
 - ``ranksim_loss``: the batch ranking-similarity term (``TrueRanker``, ``rank_normalised``).
+- ``BalancedMSE``: the "bmc" / "bni" / "gai" loss with a learnable noise scale
+  (``bni_buckets``, ``fit_gmm`` build its tables).
 """
 
+from .balanced_mse import BalancedMSE, bmc_loss, bni_buckets, bni_loss, fit_gmm, gai_loss
 from .fds import FDS, FDS_RELEASED
 from .lds import (
     LDS_RELEASED,
@@ -27,8 +30,8 @@ from .ranksim import TrueRanker, rank_normalised, ranksim_loss
 from .smoothing import kernel_window
 
 __all__ = [
-    "FDS", "FDS_RELEASED", "LDS_RELEASED", "TrueRanker", "WEIGHTED_LOSSES",
-    "kernel_window", "label_bins", "lds_weights", "rank_normalised",
+    "BalancedMSE", "FDS", "FDS_RELEASED", "LDS_RELEASED", "TrueRanker", "WEIGHTED_LOSSES", "bmc_loss", "bni_buckets",
+    "bni_loss", "fit_gmm", "gai_loss", "kernel_window", "label_bins", "lds_weights", "rank_normalised",
     "ranksim_loss", "weighted_focal_l1_loss", "weighted_focal_mse_loss", "weighted_huber_loss", "weighted_l1_loss",
     "weighted_mse_loss",
 ]
