@@ -237,7 +237,7 @@ def test_float32_predictions_give_a_float32_loss():
     (lambda: BalancedMSE("bmc", gmm=GMM), ["'gmm'", "None unless mode='gai'"]),
     (lambda: BalancedMSE("bmc", 0.0), ["'init_noise_sigma'", "!= 0"]),
     (lambda: BalancedMSE("bmc", math.inf), ["'init_noise_sigma'", "finite"]),
-    (lambda: BalancedMSE("bmc")(torch.zeros(3), torch.zeros(4)), ["BalancedMSE", "'targets'", "B = 3", "length 4"]),
+    (lambda: BalancedMSE("bmc")(torch.zeros(3), torch.zeros(4)), ["BalancedMSE", "'targets'", "B = 3 (the length of 'predictions')", "length 4"]),
     (lambda: BalancedMSE("bmc")(torch.zeros(3, 2), torch.zeros(3, 2)), ["'predictions'", "(B,) or (B, 1)"]),
     (lambda: BalancedMSE("bmc")(torch.zeros(3, dtype=torch.int64), torch.zeros(3)), ["'predictions'", "float"]),
     (lambda: bni_buckets(torch.tensor([250.0, 300.0])), ["bni_buckets", "'labels'", "int(y) < max_target = 200"]),

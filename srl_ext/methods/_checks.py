@@ -18,8 +18,10 @@ REAL_DTYPES = (
 )
 
 
-def labels(function: str, x: object, batch: int | None = None, argument: str = "labels") -> torch.Tensor:
-    """A real tensor of shape (B,) or (B, 1), returned flattened to (B,); finite on CPU."""
+def labels(function: str, x: object, batch: int | None = None, argument: str = "labels",
+           reference: str = "rows of 'features'") -> torch.Tensor:
+    """A real tensor of shape (B,) or (B, 1), returned flattened to (B,); finite on CPU. With
+    `batch`, its length must be B (`reference` says where B comes from)."""
     if not isinstance(x, torch.Tensor):
         check.fail(function, argument, "a tensor of shape (B,) or (B, 1)", check._describe(x))
     if not (x.dim() == 1 or (x.dim() == 2 and x.shape[1] == 1)):
@@ -28,7 +30,7 @@ def labels(function: str, x: object, batch: int | None = None, argument: str = "
         check.fail(function, argument, "a real (floating or integer) tensor", x.dtype)
     x = x.reshape(-1)
     if batch is not None and x.shape[0] != batch:
-        check.fail(function, argument, f"of length B = {batch} (rows of 'features')", f"length {x.shape[0]}")
+        check.fail(function, argument, f"of length B = {batch} ({reference})", f"length {x.shape[0]}")
     if x.shape[0] < 1:
         check.fail(function, argument, "at least one value", "an empty tensor")
     if x.is_floating_point() and check.reads_data(x) and not bool(torch.isfinite(x).all()):

@@ -196,7 +196,7 @@ class BalancedMSE(nn.Module):
         """The loss of a batch: predictions and targets (B,) or (B, 1), in the regression's units."""
         name = "BalancedMSE"
         predictions = _checks.floating_vector(name, "predictions", predictions)
-        targets = _checks.labels(name, targets, predictions.shape[0], "targets")
+        targets = _checks.labels(name, targets, predictions.shape[0], "targets", "the length of 'predictions'")
         check.same_device(name, "targets", targets, predictions)
         dtype = _dtype(predictions)
         p, y = predictions.to(dtype), targets.to(dtype)
