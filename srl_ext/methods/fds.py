@@ -188,6 +188,8 @@ class FDS(nn.Module):
             self._count = torch.zeros(rows, dtype=torch.float64, device=device)
             self._sum = torch.zeros(rows, self.feature_dim, dtype=torch.float64, device=device)
             self._sum_sq = torch.zeros(rows, self.feature_dim, dtype=torch.float64, device=device)
+        elif self._count.device != device:  # the module moved during a pass
+            self._count, self._sum, self._sum_sq = (t.to(device) for t in (self._count, self._sum, self._sum_sq))
         return self._count, self._sum, self._sum_sq
 
     def wants_statistics(self, epoch: int) -> bool:
