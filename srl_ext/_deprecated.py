@@ -18,6 +18,7 @@ MOVED = {
     "srl_ext.data": "srl_ext.training.data",
     "srl_ext.data.images": "srl_ext.training.data.images",
     "srl_ext.data.sts_b": "srl_ext.training.data.sts_b",
+    "srl_ext.released_checkpoints": "srl_ext.training.released_checkpoints",
 }
 
 

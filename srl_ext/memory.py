@@ -29,15 +29,8 @@ MODES = ("epoch_pass", "online")
 
 
 class SurrogateMemory(nn.Module):
-    def __init__(
-        self,
-        num_bins: int,
-        feature_dim: int,
-        *,
-        momentum: float = 0.9,
-        mode: str = "epoch_pass",
-        normalize: bool = False,
-    ) -> None:
+    def __init__(self, num_bins: int, feature_dim: int, *, momentum: float = 0.9, mode: str = "epoch_pass",
+                 normalize: bool = False) -> None:
         """
         Args:
             num_bins, feature_dim: K and D of the table.

@@ -169,8 +169,7 @@ def test_srl_loss_weighs_the_terms_and_saves_its_anchors(backend):
 def test_srl_loss_checks_its_settings(arguments, words):
     with pytest.raises(ValueError) as error:
         SRLLoss(**arguments)
-    for word in words:
-        assert word in str(error.value)
+    assert all(word in str(error.value) for word in words), str(error.value)
 
 
 def test_srl_loss_memory_must_have_num_bins_rows():

@@ -4,13 +4,13 @@ Each run takes seconds: the tiny conv net at 16 x 16 pixels, a BiLSTM of 8 units
 word vectors from a fake GloVe file, few anchors.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_driver, write_agedb_images
 from test_layout import pickled_names
 
 from srl_ext.training import checkpoint as ckpt
@@ -21,31 +21,11 @@ pytest.importorskip("torchvision")  # the image transforms and backbones of the 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_driver(name):
-    spec = importlib.util.spec_from_file_location(f"driver_{name}", ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def image_data(tmp_path_factory):
     """48 small JPEGs in the AgeDB-DIR layout (agedb.csv + AgeDB/...), ages 20..27, brightness ~ age."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("agedb")
-    (root / "AgeDB").mkdir()
-    rng = np.random.default_rng(0)
-    lines = ["age,path,split"]
-    for i in range(48):
-        age = 20 + i % 8
-        split = "train" if i < 32 else "val" if i < 40 else "test"
-        pixels = rng.integers(0, 40, (20, 20, 3)) + 20 * (age - 20)
-        name = f"AgeDB/{i}_Person_{age}_f.jpg"
-        Image.fromarray(pixels.astype(np.uint8)).save(root / name)
-        lines.append(f"{age},{name},{split}")
-    (root / "agedb.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return write_agedb_images(tmp_path_factory.mktemp("agedb"), 48, train=32, val=40)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "srl_ext"
 SHIMS = {"srl_ext._deprecated", "srl_ext.engine", "srl_ext.cli", "srl_ext.models", "srl_ext.data",
-         "srl_ext.data.images", "srl_ext.data.sts_b", "srl_ext.presets"}
+         "srl_ext.data.images", "srl_ext.data.sts_b", "srl_ext.presets",
+         "srl_ext.released_checkpoints"}
 
 
 def module_name(path: Path) -> str:
@@ -38,9 +39,11 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
-            found.add(module)
-            found.update(f"{module}.{alias.name}" for alias in node.names)
-    return {m for m in found if m == "srl_ext" or m.startswith("srl_ext.")}
+            names = [f"{module}.{alias.name}" for alias in node.names]
+            submodules = [n for n in names if n in MODULES]
+            found.update(submodules if submodules else [module])  # `from . import sibling` imports the sibling
+    # A module's own parent packages are imported before it by Python itself: not an edge.
+    return {m for m in found if (m == "srl_ext" or m.startswith("srl_ext.")) and not name.startswith(m + ".")}
 
 
 LIBRARY = {module_name(p): p for p in PACKAGE.rglob("*.py") if "training" not in p.relative_to(PACKAGE).parts}

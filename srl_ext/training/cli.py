@@ -22,7 +22,7 @@ import torch
 from .. import backends, settings
 from ..settings import ENVELOPES
 from ..memory import MODES as MEMORY_MODES
-from . import ddp
+from . import ddp, released_checkpoints
 from .checkpoint import BEST, LAST, load_checkpoint, make_run_dir, seed_everything
 from .config import EARLY_STOP_RULES, recipe
 from .engine import Engine
@@ -66,7 +66,12 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                            "--no_progress and --epoch (to train longer) may change")
     data.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
                       help=f"only evaluate this checkpoint (a run folder means its {BEST}) on the test set: print "
-                           "the DIR table, write test_metrics.json and test_errors.png beside it")
+                           "the DIR table, write test_metrics.json and test_errors.png beside it. A checkpoint "
+                           "released by the SRL authors is converted to this project's model and its table written "
+                           "to a new run folder under --runs_dir (docs/training.md)")
+    data.add_argument("--trust_checkpoint", action="store_true",
+                      help="with --evaluate: load a checkpoint file that pickles Python objects besides tensors "
+                           "(an argparse namespace, ...), which runs code the file names; only for files you trust")
 
     train = parser.add_argument_group("optimisation")
     train.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
@@ -157,6 +162,8 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
         (config["envelope"] == "soft" and not config["envelope_temperature"], "--envelope_temperature",
          "a positive number with --envelope soft", config["envelope_temperature"]),
         (config["resume"] is not None and config["evaluate"] is not None, "--resume/--evaluate", "only one of them", "both"),
+        (config["trust_checkpoint"] and config["evaluate"] is None, "--trust_checkpoint", "only with --evaluate",
+         "no --evaluate"),
     ]
     for failed, flag, expected, actual in checks:
         if failed:
@@ -189,6 +196,14 @@ def run(config: dict, explicit: set[str], build: Build) -> dict:
 def _run(config: dict, explicit: set[str], build: Build) -> dict:
     main_process = ddp.is_main_process()
     if config["evaluate"] is not None:
+        # Read without running pickled code; a file that is no checkpoint of this project is
+        # taken for a released SRL checkpoint (released_checkpoints.evaluate_released).
+        source = Path(config["evaluate"])
+        source = source / BEST if source.is_dir() else source
+        if source.is_file():
+            loaded = released_checkpoints.read_checkpoint(source, config.get("trust_checkpoint", False))
+            if not released_checkpoints.is_srl_ext_checkpoint(loaded):
+                return released_checkpoints.evaluate_released(config, explicit, build, source, loaded)
         checkpoint, path = load_checkpoint(config["evaluate"], BEST)
         saved = _merge(checkpoint["config"], config, explicit, ENVIRONMENT_FLAGS)
         task, model, datasets = build(saved)
@@ -225,7 +240,7 @@ def _merge(saved: dict, given: dict, explicit: set[str], changeable: Sequence[st
     """The checkpoint's config, with the changeable flags given on this command line."""
     merged = dict(saved)
     merged.setdefault("early_stop", "no_improvement")  # the only rule of runs saved before --early_stop
-    ignored = sorted(key for key in explicit - set(changeable) if key not in ("resume", "evaluate") and given[key] != saved.get(key))
+    ignored = sorted(key for key in explicit - set(changeable) if key not in ("resume", "evaluate", "trust_checkpoint") and given[key] != saved.get(key))
     if ignored:
         print(f"note: the checkpoint's config is used; ignored: {', '.join('--' + key for key in ignored)}", file=sys.stderr)
     for key in changeable:

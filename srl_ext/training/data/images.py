@@ -61,6 +61,8 @@ Examples:
                                              # {self.torchrun_gpus} GPUs, global batch {batch} (docs/distributed.md)
   python {script} --resume runs/{self.preset}-srl-20260101-120000    # continue a run
   python {script} --evaluate runs/{self.preset}-srl-20260101-120000  # test table of its best model
+  python {script} --data_dir {data} --evaluate ckpt.best.pth.tar
+                                             # a checkpoint released by the SRL authors (docs/training.md)
 """
 
 
