@@ -112,13 +112,9 @@ class ReleasedFDS:
             for row in range(rows):
                 if row in present:
                     continue
-                for stats in (self.running_mean, self.running_var):
-                    if row == 0:
-                        stats[0] = stats[1]
-                    elif row == rows - 1:
-                        stats[row] = stats[row - 1]
-                    else:
-                        stats[row] = (stats[row - 1] + stats[row + 1]) / 2.0
+                for stats in (self.running_mean, self.running_var):  # the edges copy their one neighbour
+                    below, above = stats[max(row - 1, 0)], stats[min(row + 1, rows - 1)]
+                    stats[row] = above if row == 0 else below if row == rows - 1 else (below + above) / 2.0
 
     def smooth(self, features, labels, epoch):
         """Writes into `features`, as released."""

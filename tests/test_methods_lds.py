@@ -9,18 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from srl_ext.methods import (
-    LDS_RELEASED,
-    WEIGHTED_LOSSES,
-    kernel_window,
-    label_bins,
-    lds_weights,
-    weighted_focal_l1_loss,
-    weighted_focal_mse_loss,
-    weighted_huber_loss,
-    weighted_l1_loss,
-    weighted_mse_loss,
-)
+from srl_ext.methods import (LDS_RELEASED, WEIGHTED_LOSSES, kernel_window, label_bins, lds_weights,
+                             weighted_focal_l1_loss, weighted_focal_mse_loss, weighted_huber_loss, weighted_l1_loss,
+                             weighted_mse_loss)
 
 # ----- a transcription of the released computation, in numpy float64 -----
 

@@ -1,4 +1,4 @@
-"""Checkpoints in the layout the SRL authors release, converted and evaluated (srl_ext.released_checkpoints).
+"""Checkpoints in the layout the SRL authors release, converted and evaluated (srl_ext.training.released_checkpoints).
 
 The released files cannot be downloaded here, so each test builds one: a transcription of the
 released model classes (yilei-wu/imbalanced-regression: agedb-dir/resnet.py and
@@ -9,18 +9,18 @@ predictions on the same inputs.
 """
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_driver, write_agedb_images
 import torch.nn.functional as F
 from torch import nn
 
-from srl_ext import released_checkpoints as rc
-from srl_ext.data import sts_b
+from srl_ext.training import released_checkpoints as rc
+from srl_ext.training.data import sts_b
 
 pytest.importorskip("torchvision")  # our ImageRegressor's ResNet
 ROOT = Path(__file__).resolve().parents[1]
@@ -509,30 +509,11 @@ def test_srl_ext_checkpoints_load_safely_and_are_not_converted(tmp_path):
 
 # ----- through the drivers -----
 
-def load_driver(name):
-    spec = importlib.util.spec_from_file_location(f"driver_{name}", ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def image_data(tmp_path_factory):
     """24 small JPEGs in the AgeDB-DIR layout (agedb.csv + AgeDB/...)."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("agedb")
-    (root / "AgeDB").mkdir()
-    rng = np.random.default_rng(0)
-    lines = ["age,path,split"]
-    for i in range(24):
-        age = 20 + i % 8
-        split = "train" if i < 8 else "val" if i < 16 else "test"
-        name = f"AgeDB/{i}_Person_{age}_f.jpg"
-        Image.fromarray((rng.integers(0, 40, (20, 20, 3)) + 20 * (age - 20)).astype(np.uint8)).save(root / name)
-        lines.append(f"{age},{name},{split}")
-    (root / "agedb.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return write_agedb_images(tmp_path_factory.mktemp("agedb"), 24, train=8, val=16)
 
 
 @pytest.fixture(scope="module")
@@ -555,7 +536,7 @@ def text_data(tmp_path_factory):
 
 
 def test_agedb_driver_evaluates_a_released_checkpoint(image_data, tmp_path, capsys):
-    from srl_ext.data import images
+    from srl_ext.training.data import images
 
     downloads = tmp_path / "downloads"
     downloads.mkdir()

@@ -5,15 +5,11 @@ Run `python train/sts_b.py --help` for the flags.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from srl_ext import cli, metrics, released  # noqa: E402
-from srl_ext.data import sts_b  # noqa: E402
-from srl_ext.engine import Task  # noqa: E402
-from srl_ext.models import REGRESSOR_HEADS, SentencePairRegressor  # noqa: E402
+from srl_ext import metrics, released
+from srl_ext.training import cli
+from srl_ext.training.config import Task
+from srl_ext.training.data import sts_b
+from srl_ext.training.models import REGRESSOR_HEADS, SentencePairRegressor
 
 PRESET = "sts_b"
 DESCRIPTION = """\
