@@ -21,13 +21,15 @@ from dataclasses import dataclass
 
 import torch
 
-from srl_ext import backends, functional, presets, reference, sample_anchors
+from srl_ext import SRLSettings, backends, functional, reference, sample_anchors, settings
+from srl_ext.training.config import recipe
 
 from . import released
 
-DIM = 128  # the projector output of every preset (SPEC 1)
+DIM = 128  # the projector output of every preset (docs/method.md, "Where the terms act")
 SEED = 0  # one fixed seed for every input: the same numbers in every run and in the memory child
-ZERO_ROW_EVERY = 20  # every 20th memory row is zero: a bin never seen yet (SPEC 3), as in training
+# Every 20th memory row is zero: a bin never seen yet, as in training (docs/method.md, "The surrogate table").
+ZERO_ROW_EVERY = 20
 
 TERMS = ("contrastive", "enveloping", "homogeneity", "srl")
 BASELINES = ("reference", "released")
@@ -51,21 +53,25 @@ TIE_MARGIN = 1e-5
 
 @dataclass(frozen=True)
 class Case:
-    group: str  # "preset", "sweep_n", "sweep_k", "sweep_b" or "issue2"
+    group: str  # "preset", "sweep_n", "sweep_k", "sweep_b" or "large"
     label: str  # what varies, for the tables: "agedb", "N=100000", ...
     batch: int  # B
     num_bins: int  # K
     num_anchors: int  # N
     dim: int  # D
     preset: str  # whose loss settings (weights, temperature, homogeneity sign)
+    envelope: str = "hard"  # "soft": the smooth envelope at SOFT_ENVELOPE_TEMPERATURE
 
     @property
     def id(self) -> str:
         return f"{self.group}-{self.label}"
 
     @property
-    def settings(self) -> presets.Preset:
-        return presets.get(self.preset)
+    def settings(self) -> SRLSettings:
+        s = settings.preset(self.preset).srl
+        if self.envelope == "soft":
+            s = s.replace(envelope="soft", envelope_temperature=SOFT_ENVELOPE_TEMPERATURE)
+        return s
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,14 @@ class Benchmark:
         return f"{self.case.id}-{self.term}-{self.impl}"
 
 
-def preset_case(name: str, group: str = "preset", **sizes: int) -> Case:
-    p = presets.get(name)
-    base = dict(batch=p.batch_size, num_bins=p.num_bins, num_anchors=p.num_anchors, dim=DIM)
+def preset_case(name: str, group: str = "preset", envelope: str = "hard", **sizes: int) -> Case:
+    p = settings.preset(name)
+    base = dict(batch=recipe(name).batch_size, num_bins=p.num_bins, num_anchors=p.srl.num_anchors, dim=DIM)
     base.update(sizes)
     label = name if not sizes else ",".join(f"{_SIZE_LETTER[k]}={v}" for k, v in sizes.items())
-    return Case(group=group, label=label, preset=name, **base)
+    if envelope != "hard":
+        label += f",{envelope}"
+    return Case(group=group, label=label, preset=name, envelope=envelope, **base)
 
 
 _SIZE_LETTER = {"batch": "B", "num_bins": "K", "num_anchors": "N", "dim": "D"}
@@ -98,27 +106,31 @@ SWEEPS = {  # group: (size varied, values in plain runs, values with --full)
 }
 SWEEP_TERMS = {"sweep_n": ("enveloping", "srl"), "sweep_k": ("enveloping", "srl"), "sweep_b": ("contrastive", "srl")}
 
-# The sizes of issue 2's note: the imdb_wiki preset, and K = 1000 bins with N = 10^6 anchors.
-ISSUE2_SIZES = ({}, {"num_bins": 1000, "num_anchors": 10**6})
+# The large case: K = 1000 bins and N = 10^6 anchors (imdb_wiki otherwise), the envelope hard and
+# soft. It runs on a GPU by default (--bench-device cuda) and on the CPU with --full only (one
+# baseline step there needs about 12 GB).
+LARGE_SIZES = {"num_bins": 1000, "num_anchors": 10**6}
+SOFT_ENVELOPE_TEMPERATURE = 0.1
 
 
-def benchmarks(full: bool) -> list[Benchmark]:
+def benchmarks(full: bool, device: torch.device | str = "cpu") -> list[Benchmark]:
     """Every benchmark of a run, grouped by case so that one case's inputs serve all its rows."""
     out: list[Benchmark] = []
 
     def add(case: Case, terms: tuple[str, ...]) -> None:
+        baselines = BASELINES if case.envelope == "hard" else ("reference",)  # the released code is hard only
         for term in terms:
-            for impl in BASELINES + FUSED + ((FLOOR,) if term == "enveloping" else ()):
+            for impl in baselines + FUSED + ((FLOOR,) if term == "enveloping" else ()):
                 out.append(Benchmark(case, term, impl))
 
-    for name in presets.PRESETS:
+    for name in settings.PRESETS:
         add(preset_case(name), TERMS)
     for group, (size, plain_values, full_values) in SWEEPS.items():
         for value in full_values if full else plain_values:
             add(preset_case(SWEEP_BASE, group, **{size: value}), SWEEP_TERMS[group])
-    if full:  # the imdb_wiki preset is already in every run; -k issue2 selects this pair alone
-        for sizes in ISSUE2_SIZES:
-            add(preset_case(SWEEP_BASE, "issue2", **sizes), ("enveloping", "srl"))
+    if full or torch.device(device).type == "cuda":  # -k large selects these alone
+        add(preset_case(SWEEP_BASE, "large", **LARGE_SIZES), ("enveloping", "srl"))
+        add(preset_case(SWEEP_BASE, "large", "soft", **LARGE_SIZES), ("enveloping",))
     return out
 
 
@@ -128,36 +140,37 @@ def benchmarks(full: bool) -> list[Benchmark]:
 
 @dataclass(frozen=True)
 class Impl:
-    """One way to compute the terms; every callable returns losses that autograd differentiates."""
+    """One way to compute the terms; every callable returns losses that autograd differentiates,
+    and takes the case's ``SRLSettings`` last."""
 
     name: str
-    contrastive: Callable  # (features, bins, surrogates, temperature) -> loss
-    enveloping: Callable  # (surrogates, anchors) -> loss   (hard envelope, as the presets)
-    homogeneity: Callable  # (surrogates, sign, beta) -> loss
-    srl_terms: Callable  # (features, bins, memory, anchors, temperature, sign, beta) -> 3 losses
+    contrastive: Callable  # (features, bins, surrogates, settings) -> loss
+    enveloping: Callable  # (surrogates, anchors, settings) -> loss
+    homogeneity: Callable  # (surrogates, settings) -> loss
+    srl_terms: Callable  # (features, bins, memory, anchors, settings) -> 3 losses
 
 
 def functional_impl(backend: str) -> Impl:
     """A backend of the public API (the reference too goes through it, with its input checks)."""
     return Impl(
         name=backend,
-        contrastive=lambda f, b, c, tau: functional.contrastive_loss(f, b, c, temperature=tau, backend=backend),
-        enveloping=lambda c, a: functional.enveloping_loss(c, a, backend=backend),
-        homogeneity=lambda c, sign, beta: functional.homogeneity_loss(c, sign=sign, beta=beta, backend=backend),
-        srl_terms=lambda f, b, m, a, tau, sign, beta: functional.srl_terms(
-            f, b, m, a, temperature=tau, homogeneity_sign=sign, homogeneity_beta=beta, backend=backend
+        contrastive=lambda f, b, c, s: functional.contrastive_loss(f, b, c, temperature=s.temperature, backend=backend),
+        enveloping=lambda c, a, s: functional.enveloping_loss(
+            c, a, envelope=s.envelope, envelope_temperature=s.envelope_temperature, backend=backend
         ),
+        homogeneity=lambda c, s: functional.homogeneity_loss(
+            c, sign=s.homogeneity_sign, beta=s.homogeneity_beta, backend=backend
+        ),
+        srl_terms=lambda f, b, m, a, s: functional.srl_terms(f, b, m, a, s, backend=backend),
     )
 
 
 RELEASED = Impl(
     name="released",
-    contrastive=released.contrastive_loss,
-    enveloping=released.enveloping_loss,
-    homogeneity=released.homogeneity_loss,
-    srl_terms=lambda f, b, m, a, tau, sign, beta: released.srl_terms(
-        f, b, m, a, temperature=tau, homogeneity_sign=sign, homogeneity_beta=beta
-    ),
+    contrastive=lambda f, b, c, s: released.contrastive_loss(f, b, c, s.temperature),
+    enveloping=lambda c, a, s: released.enveloping_loss(c, a),
+    homogeneity=lambda c, s: released.homogeneity_loss(c, s.homogeneity_sign, s.homogeneity_beta),
+    srl_terms=released.srl_terms,
 )
 
 
@@ -252,14 +265,12 @@ def make_step(term: str, implementation: Impl | str, inputs: Inputs, case: Case)
 
     def losses() -> tuple[torch.Tensor, ...]:
         if term == "contrastive":
-            return (implementation.contrastive(x, bins, surrogates, s.temperature),)
+            return (implementation.contrastive(x, bins, surrogates, s),)
         if term == "enveloping":
-            return (implementation.enveloping(x, anchors),)
+            return (implementation.enveloping(x, anchors, s),)
         if term == "homogeneity":
-            return (implementation.homogeneity(x, s.homogeneity_sign, s.homogeneity_beta),)
-        return tuple(
-            implementation.srl_terms(x, bins, memory, anchors, s.temperature, s.homogeneity_sign, s.homogeneity_beta)
-        )
+            return (implementation.homogeneity(x, s),)
+        return tuple(implementation.srl_terms(x, bins, memory, anchors, s))
 
     def step() -> tuple:
         values = losses()

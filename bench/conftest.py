@@ -38,7 +38,7 @@ def pytest_addoption(parser):
     group.addoption(
         "--full",
         action="store_true",
-        help="the full sweep (N to 10^6, K to 2000, B to 4096) and the issue2 cases "
+        help="the full sweep (N to 10^6, K to 2000, B to 4096), and the large cases on the CPU too "
         "(about 10 GB per step at K = 1000, N = 10^6 for the baselines)",
     )
     group.addoption(
@@ -77,7 +77,7 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     if "bench" in metafunc.fixturenames:
-        params = cases.benchmarks(metafunc.config.getoption("full"))
+        params = cases.benchmarks(metafunc.config.getoption("full"), bench_device_of(metafunc.config))
         metafunc.parametrize("bench", params, ids=[b.id for b in params])
 
 

@@ -1,12 +1,13 @@
 """The SRL terms computed the way the authors' released training code computes them: the second
-baseline of the bench, so a user sees the gain over what they run today (SPEC sections 3 to 6).
+baseline of the bench, so a user sees the gain over what they run today (docs/method.md).
 
-It was written from SPEC's description of the released code, not copied from it:
+It was written from a description of the released code, not copied from it:
 
 - surrogate table: a Python loop over the labels present in the batch, each row the mean of the
   normalised features of its label (boolean-mask indexing), the memory row for absent labels;
 - enveloping term: the full K x N cosine matrix, the arg-max over K per anchor turned into a
-  K x N mask, and the masked sum (the gradient reaches only the arg-max row, as in SPEC 5). The
+  K x N mask, and the masked sum (the gradient reaches only the arg-max row, docs/method.md,
+  "Enveloping"). The
   mask is a bool comparison (1 byte per entry): no larger than the released code's, so the memory
   this baseline reports is if anything an underestimate;
 - contrastive and homogeneity terms: the same math as the reference (cross-entropy of the B x K
@@ -62,20 +63,10 @@ def homogeneity_loss(surrogates: torch.Tensor, sign: float, beta: float) -> torc
     return loss
 
 
-def srl_terms(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    memory: torch.Tensor,
-    anchors: torch.Tensor,
-    *,
-    temperature: float,
-    homogeneity_sign: float,
-    homogeneity_beta: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(contrastive, enveloping, homogeneity) from one surrogate table, as one training step does."""
+def srl_terms(features, bins, memory, anchors, settings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(contrastive, enveloping, homogeneity) from one surrogate table, as one training step does,
+    with the ``SRLSettings`` `settings` (hard envelope: the released code has no other)."""
     surrogates = surrogate_table(features, bins, memory)
-    return (
-        contrastive_loss(features, bins, surrogates, temperature),
-        enveloping_loss(surrogates, anchors),
-        homogeneity_loss(surrogates, homogeneity_sign, homogeneity_beta),
-    )
+    contrastive = contrastive_loss(features, bins, surrogates, settings.temperature)
+    homogeneity = homogeneity_loss(surrogates, settings.homogeneity_sign, settings.homogeneity_beta)
+    return contrastive, enveloping_loss(surrogates, anchors), homogeneity

@@ -1,7 +1,7 @@
 """Turn a bench run's JSON into a Markdown table and PNG plots.
 
     python bench/report.py                      # newest bench/results/raw/*.json -> bench/results/latest.md + PNGs
-    python bench/report.py RUN.json --output bench/results/issue2.md --no-plots --group issue2
+    python bench/report.py RUN.json --output bench/results/large.md --no-plots --group large
     python bench/report.py --update-readme      # also put the preset table into bench/README.md
 
 Speed-up against a baseline = the baseline's time / the backend's time (> 1: faster). Memory
@@ -29,7 +29,7 @@ GROUP_TITLES = {
     "sweep_n": "Scaling in N (anchors), imdb_wiki otherwise (B 256, K 187)",
     "sweep_k": "Scaling in K (bins), imdb_wiki otherwise (B 256, N 2000)",
     "sweep_b": "Scaling in B (batch), imdb_wiki otherwise (K 187, N 2000)",
-    "issue2": "Issue 2 sizes",
+    "large": "Large: K = 1000, N = 10^6 (imdb_wiki otherwise)",
 }
 IMPL_ORDER = ("released", "reference", "cpu", "triton", "cuda", "matmul")
 TERM_ORDER = ("srl", "contrastive", "enveloping", "homogeneity")

@@ -27,13 +27,11 @@ def _wrong(**overrides) -> cases.Impl:
 
 def test_parity_fails_a_backend_with_a_wrong_loss(small_inputs):
     # Fast and 0.1% off: the kind of kernel the parity check is there to stop.
-    def off_srl_terms(f, b, m, a, tau, sign, beta):
-        contrastive, enveloping, homogeneity = reference.srl_terms(
-            f, b, m, a, temperature=tau, homogeneity_sign=sign, homogeneity_beta=beta
-        )
+    def off_srl_terms(f, b, m, a, s):
+        contrastive, enveloping, homogeneity = reference.srl_terms(f, b, m, a, s)
         return contrastive, 1.001 * enveloping, homogeneity
 
-    wrong = _wrong(enveloping=lambda c, a: 1.001 * reference.enveloping_loss(c, a), srl_terms=off_srl_terms)
+    wrong = _wrong(enveloping=lambda c, a, s: 1.001 * reference.enveloping_loss(c, a), srl_terms=off_srl_terms)
     with pytest.raises(cases.ParityError, match="'wrong' disagrees with the reference in the enveloping loss"):
         cases.check_parity("enveloping", wrong, small_inputs, SMALL)
     with pytest.raises(cases.ParityError, match="enveloping loss"):
@@ -43,12 +41,12 @@ def test_parity_fails_a_backend_with_a_wrong_loss(small_inputs):
 def test_parity_fails_a_backend_with_the_right_loss_but_a_wrong_gradient(small_inputs):
     # A contrastive term that forgets to detach the surrogates: same value, but the gradient also
     # flows into the features through the surrogate table.
-    def undetached_srl_terms(f, b, m, a, tau, sign, beta):
+    def undetached_srl_terms(f, b, m, a, s):
         c = reference.surrogate_table(f, b, m)
         z = reference.normalize(f)
-        logits = z @ c.T / tau
+        logits = z @ c.T / s.temperature
         contrastive = (torch.logsumexp(logits, 1) - logits.gather(1, b[:, None]).squeeze(1)).mean()
-        return contrastive, reference.enveloping_loss(c, a), reference.homogeneity_loss(c, sign, beta)
+        return contrastive, reference.enveloping_loss(c, a), reference.homogeneity_loss(c, s.homogeneity_sign, s.homogeneity_beta)
 
     with pytest.raises(cases.ParityError, match="in the gradient"):
         cases.check_parity("srl", _wrong(srl_terms=undetached_srl_terms), small_inputs, SMALL)

@@ -2,7 +2,7 @@
 //
 // Each loss op returns (loss, grad_input): the forward sweep also produces the gradient that the
 // backward needs (as fused cross-entropy kernels do), and the registered autograd (Python,
-// srl_ext/ops.py) only scales it by the incoming gradient. The surrogate table is cheap and its
+// srl_ext/ops/fused.py) only scales it by the incoming gradient. The surrogate table is cheap and its
 // gradient depends on what the terms downstream send, so it has a separate backward op.
 #include <Python.h>
 #include <torch/library.h>
@@ -25,8 +25,9 @@ TORCH_LIBRARY(srl_ext, m) {
   m.def(
       "contrastive(Tensor features, Tensor bins, Tensor surrogates, float temperature, "
       "bool label_weighting) -> (Tensor, Tensor)");
-  // temperature None: hard max (released code); a value: smooth maximum (paper). -> (loss, d loss / d surrogates)
-  m.def("envelope(Tensor surrogates, Tensor anchors, float? temperature) -> (Tensor, Tensor)");
+  // envelope_temperature (the smoothness s) None: hard max (released code); a value: smooth maximum
+  // (paper). -> (loss, d loss / d surrogates)
+  m.def("envelope(Tensor surrogates, Tensor anchors, float? envelope_temperature) -> (Tensor, Tensor)");
   // -> (loss, d loss / d surrogates)
   m.def("homogeneity(Tensor surrogates, float sign, float beta) -> (Tensor, Tensor)");
   // The whole loss in one call (the table, the three terms and the weighted total; CPU kernel

@@ -72,3 +72,13 @@ def resolve(name: str, device: torch.device, function: str = "srl_ext") -> Modul
     if name == "triton":
         return _triton_module()[0]
     return ops
+
+
+def apply_terms(impl: ModuleType, features, bins, surrogates, anchors, settings) -> tuple:
+    """(contrastive, enveloping, homogeneity) by backend module `impl` on a checked surrogate table,
+    with the ``SRLSettings`` `settings`."""
+    return (
+        impl.contrastive_loss(features, bins, surrogates, settings.temperature, settings.label_weighting),
+        impl.enveloping_loss(surrogates, anchors, settings.soft_envelope_temperature),
+        impl.homogeneity_loss(surrogates, settings.homogeneity_sign, settings.homogeneity_beta),
+    )

@@ -9,9 +9,10 @@ concatenated batch, so:
   gradients are scaled so that DDP's gradient averaging gives the single-process gradients;
 - the memory reduces its sums and counts across ranks itself (``SurrogateMemory.update``);
 - the anchors come from a fixed seed; ``assert_same_across_ranks`` checks it cheaply and
-  ``broadcast_`` enforces it;
-- predictions are gathered (``gather_tensors``) before the metrics, and only the main process
-  (``is_main_process``) writes checkpoints and logs.
+  ``broadcast_`` enforces it.
+
+Process setup (joining the group under torchrun, sharding and gathering evaluation sets, which
+rank writes files) belongs to the training application: ``srl_ext.training.ddp``.
 
 Every function here is the single-process one when torch.distributed is not initialised or the
 world has one rank, so the same training code runs with and without torchrun.
@@ -22,13 +23,12 @@ the same order: call it on every rank, every step (never under ``if is_main_proc
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.distributed as dist
 
-from . import backends, functional, reference
+from . import backends, reference
 from . import validation as check
+from .settings import SRLSettings
 
 
 def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
@@ -44,11 +44,6 @@ def world_size(group: dist.ProcessGroup | None = None) -> int:
 def rank(group: dist.ProcessGroup | None = None) -> int:
     """This process's rank (0 without torch.distributed)."""
     return dist.get_rank(group) if dist.is_available() and dist.is_initialized() else 0
-
-
-def is_main_process() -> bool:
-    """Rank 0 of the default group: the process that writes checkpoints and logs."""
-    return rank() == 0
 
 
 class _SumAcrossRanks(torch.autograd.Function):
@@ -91,7 +86,8 @@ def surrogate_table(
     memory: torch.Tensor,
     group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
-    """The K x D surrogate table of the global batch (SPEC section 3), identical on every rank.
+    """The K x D surrogate table of the global batch (docs/method.md, "The surrogate table"),
+    identical on every rank.
 
     The local per-bin sums of z = normalize(h) are all-reduced with their gradient and the
     counts without; present bins take the global means, absent bins the detached memory row;
@@ -105,35 +101,20 @@ def surrogate_table(
     rank computes the same loss of the table; see ``srl_terms`` for why that is what DDP needs.
     """
     name = "distributed.surrogate_table"
-    features = check.features(name, features)
-    memory = check.table(name, "memory", memory, features.shape[1], features, "K x D")
-    bins = check.bins(name, bins, features.shape[0], check.num_bins(name, "memory", memory), features)
+    features, bins, memory = check.table_inputs(name, features, bins, memory)
     if not is_distributed(group):
         return reference.surrogate_table(features, bins, memory)
     sums, counts = _global_sums_and_counts(features, bins, memory.shape[0], group)
     return reference.surrogates_from_sums(sums, counts, memory)
 
 
-def srl_terms(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    memory: torch.Tensor,
-    anchors: torch.Tensor,
-    *,
-    temperature: float,
-    homogeneity_sign: float = -1.0,
-    homogeneity_beta: float = 0.1,
-    envelope: str = "hard",
-    envelope_temperature: float | None = None,
-    label_weighting: bool = False,
-    backend: str = "auto",
-    group: dist.ProcessGroup | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def srl_terms(features, bins, memory, anchors, settings: SRLSettings | None = None, *, backend: str = "auto",
+              group: dist.ProcessGroup | None = None, **options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``srl_ext.functional.srl_terms`` on the global batch of a data-parallel step.
 
     Call it on every rank with that rank's features and bins; `memory` and `anchors` must be
     the same on every rank. Without torch.distributed (or with one rank) it is
-    ``functional.srl_terms``.
+    ``functional.srl_terms``; the settings are taken as there.
 
     Values: on every rank, the three terms of one process on the concatenated batch (the
     contrastive value is all-reduced, so rank 0 can log it as it is).
@@ -154,28 +135,19 @@ def srl_terms(
     So a plain `loss.backward()` under DDP gives the single-process gradients. Without DDP
     (gradients not averaged), divide by ``world_size()``.
     """
-    if not is_distributed(group):
-        return functional.srl_terms(
-            features, bins, memory, anchors, temperature=temperature, homogeneity_sign=homogeneity_sign,
-            homogeneity_beta=homogeneity_beta, envelope=envelope, envelope_temperature=envelope_temperature,
-            label_weighting=label_weighting, backend=backend,
-        )
-    name = "distributed.srl_terms"
-    features, bins, memory, anchors = functional._check_inputs(name, features, bins, memory, anchors)
-    temperature = check.positive(name, "temperature", temperature)
-    soft_temperature = check.envelope(name, envelope, envelope_temperature)
+    name = "distributed.srl_terms" if is_distributed(group) else "srl_terms"
+    features, bins, memory, anchors = check.srl_inputs(name, features, bins, memory, anchors)
+    settings = SRLSettings.resolve(name, settings, **options)
     impl = backends.resolve(backend, features.device, name)
+    if not is_distributed(group):
+        surrogates = impl.surrogate_table(features, bins, memory)
+        return backends.apply_terms(impl, features, bins, surrogates, anchors, settings)
     num_bins = memory.shape[0]
-
     sums, counts = _global_sums_and_counts(features, bins, num_bins, group)
     surrogates = reference.surrogates_from_sums(sums, counts, memory)
-    local_contrastive = impl.contrastive_loss(features, bins, surrogates, temperature, bool(label_weighting))
-    contrastive = _global_mean(local_contrastive, bins, counts, num_bins, bool(label_weighting), group)
-    return (
-        contrastive,
-        impl.enveloping_loss(surrogates, anchors, soft_temperature),
-        impl.homogeneity_loss(surrogates, float(homogeneity_sign), float(homogeneity_beta)),
-    )
+    local_contrastive, enveloping, homogeneity = backends.apply_terms(impl, features, bins, surrogates, anchors, settings)
+    contrastive = _global_mean(local_contrastive, bins, counts, num_bins, settings.label_weighting, group)
+    return contrastive, enveloping, homogeneity
 
 
 def _global_mean(local_mean, bins, global_counts, num_bins, label_weighting, group):
@@ -196,28 +168,6 @@ def _global_mean(local_mean, bins, global_counts, num_bins, label_weighting, gro
         value *= local_batch / global_batch
         dist.all_reduce(value, group=group)
     return value + (scaled - scaled.detach())
-
-
-def gather_tensors(tensor: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """The concatenation along dim 0 of `tensor` from every rank, in rank order, on every rank.
-
-    The ranks may hold different lengths (an evaluation set split without padding); the other
-    dimensions and the dtype must agree. No gradient. Without torch.distributed: `tensor`.
-    """
-    if tensor.dim() < 1:
-        check.fail("gather_tensors", "tensor", "a tensor with at least 1 dimension", "a 0-d tensor")
-    if not is_distributed(group):
-        return tensor
-    size = world_size(group)
-    length = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
-    lengths = [torch.empty_like(length) for _ in range(size)]
-    dist.all_gather(lengths, length, group=group)
-    lengths = [int(n) for n in lengths]
-    padded = tensor.new_zeros((max(lengths), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor.detach()
-    gathered = [torch.empty_like(padded) for _ in range(size)]
-    dist.all_gather(gathered, padded.contiguous(), group=group)
-    return torch.cat([part[:n] for part, n in zip(gathered, lengths)])
 
 
 def broadcast_(tensor: torch.Tensor, src: int = 0, group: dist.ProcessGroup | None = None) -> torch.Tensor:
@@ -251,50 +201,17 @@ def assert_same_across_ranks(tensor: torch.Tensor, what: str, group: dist.Proces
         )
 
 
-# ----- process setup for the training engine (torchrun) -----
-def launched_by_torchrun() -> bool:
-    """True when the environment of ``torchrun`` asks for more than one process (WORLD_SIZE > 1)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+# Names that moved to the training application (srl_ext.training.ddp), importable from here with
+# a DeprecationWarning until a later release.
+_MOVED = ("barrier", "broadcast_object", "gather_tensors", "init_from_env", "is_main_process",
+          "launched_by_torchrun", "shard_indices")
 
 
-def init_from_env(device: str | torch.device = "cpu") -> torch.device:
-    """Join the process group that ``torchrun`` describes in the environment; returns this rank's device.
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+        import warnings
 
-    Under torchrun (WORLD_SIZE > 1) and not yet initialised: gloo for a CPU `device`, nccl for a
-    CUDA one, whose index becomes LOCAL_RANK (``torch.cuda.set_device``; an index given in
-    `device` is overridden: one GPU per process). Otherwise nothing is
-    initialised and `device` comes back as it is, so single-process runs are unchanged.
-    """
-    device = torch.device(device)
-    if not launched_by_torchrun():
-        return device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-def broadcast_object(obj, src: int = 0, group: dist.ProcessGroup | None = None):
-    """Rank `src`'s `obj` (any picklable value) on every rank; `obj` itself without torch.distributed."""
-    if not is_distributed(group):
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src, group=group)
-    return holder[0]
-
-
-def barrier(group: dist.ProcessGroup | None = None) -> None:
-    """Wait for every rank (e.g. for rank 0's checkpoint before reading it); nothing without torch.distributed."""
-    if is_distributed(group):
-        dist.barrier(group=group)
-
-
-def shard_indices(length: int, group: dist.ProcessGroup | None = None) -> range:
-    """This rank's contiguous share of ``range(length)``, without padding: concatenated in rank
-    order (``gather_tensors``) the shares give back ``range(length)`` exactly once, in order."""
-    size, index = world_size(group), rank(group)
-    base, extra = divmod(length, size)
-    start = index * base + min(index, extra)
-    return range(start, start + base + (index < extra))
+        warnings.warn(f"srl_ext.distributed.{name} moved to srl_ext.training.ddp.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("srl_ext.training.ddp"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

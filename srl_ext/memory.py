@@ -1,4 +1,5 @@
-"""``SurrogateMemory``: per-bin running means of the projector outputs (SPEC section 7).
+"""``SurrogateMemory``: per-bin running means of the projector outputs
+(docs/method.md, "Surrogate memory").
 
 Its table stands in for the bins absent from a batch when the surrogate table is built. Two
 ways to fill it:
@@ -28,15 +29,8 @@ MODES = ("epoch_pass", "online")
 
 
 class SurrogateMemory(nn.Module):
-    def __init__(
-        self,
-        num_bins: int,
-        feature_dim: int,
-        *,
-        momentum: float = 0.9,
-        mode: str = "epoch_pass",
-        normalize: bool = False,
-    ) -> None:
+    def __init__(self, num_bins: int, feature_dim: int, *, momentum: float = 0.9, mode: str = "epoch_pass",
+                 normalize: bool = False) -> None:
         """
         Args:
             num_bins, feature_dim: K and D of the table.

@@ -1,4 +1,4 @@
-"""The DIR evaluation protocol (SPEC section 9): errors for All / Many / Medium / Few shots.
+"""The DIR evaluation protocol (docs/method.md, "DIR protocol"): errors for All / Many / Medium / Few shots.
 
 Each test sample belongs to the shot group of its label's bin. The image tasks derive the groups
 from the training counts per bin (``shot_groups_from_counts``); STS-B-DIR uses fixed bin lists

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of every SRL term (SPEC sections 3 to 6).
+"""Pure-PyTorch reference of every SRL term (docs/method.md).
 
 Each function is the plain math, vectorised, with autograd doing the backward. The fused
 backends (``srl_ext.kernels``, ``csrc/``) are tested against these functions, so keep them
@@ -11,6 +11,9 @@ the losses come back in that accumulation dtype.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
+from .settings import SRLSettings
 
 # The same floor as torch.nn.functional.normalize: a row whose norm is below it is divided by
 # EPS instead, so an all-zero row stays zero (and its gradient stays finite).
@@ -28,7 +31,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 def surrogate_table(features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """The K x D table of unit surrogates c_b for one step (SPEC section 3).
+    """The K x D table of unit surrogates c_b for one step (docs/method.md, "The surrogate table").
 
     Row b is the normalised mean of z_i = h_i/||h_i|| over the batch samples in bin b when the
     bin is present (keeps its gradient), else the normalised, detached memory row. Zero rows
@@ -78,14 +81,10 @@ def label_distance_log_weights(bins: torch.Tensor, num_bins: int, dtype: torch.d
     return torch.log(distance.to(dtype) / distance.max().to(dtype))
 
 
-def contrastive_loss(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    surrogates: torch.Tensor,
-    temperature: float,
-    label_weighting: bool = False,
-) -> torch.Tensor:
-    """L_con = -(1/B) sum_i log(exp(<z_i,c_{y_i}>/tau) / sum_k w_ik exp(<z_i,c_k>/tau)) (SPEC 4).
+def contrastive_loss(features: Tensor, bins: Tensor, surrogates: Tensor, temperature: float,
+                     label_weighting: bool = False) -> Tensor:
+    """L_con = -(1/B) sum_i log(exp(<z_i,c_{y_i}>/tau) / sum_k w_ik exp(<z_i,c_k>/tau))
+    (docs/method.md, "Contrastive").
 
     The surrogates are detached: the gradient reaches the features only. A sample whose bin is
     outside [0, K) (unchecked on the GPU) gets a NaN loss and gradient row, as in the fused kernels.
@@ -102,21 +101,22 @@ def contrastive_loss(
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
-def enveloping_loss(
-    surrogates: torch.Tensor, anchors: torch.Tensor, temperature: float | None = None
-) -> torch.Tensor:
+def enveloping_loss(surrogates: Tensor, anchors: Tensor, envelope_temperature: float | None = None) -> Tensor:
     """L_env = 1 - mean_j max_k <p_j, c_k> (hard, released code), or with the max replaced by
-    the smooth maximum s * logsumexp_k(<p_j, c_k>/s) when a temperature s is given (paper)."""
+    the smooth maximum s * logsumexp_k(<p_j, c_k>/s) for a smoothness s = envelope_temperature
+    (paper; docs/method.md, "Enveloping")."""
     cosines = anchors.to(surrogates.dtype) @ surrogates.T  # N x K
-    if temperature is None:
+    s = envelope_temperature
+    if s is None:
         coverage = cosines.max(dim=1).values  # ties: the lowest k, as torch.max
     else:
-        coverage = temperature * torch.logsumexp(cosines / temperature, dim=1)
+        coverage = s * torch.logsumexp(cosines / s, dim=1)
     return 1 - coverage.mean()
 
 
 def homogeneity_loss(surrogates: torch.Tensor, sign: float = -1.0, beta: float = 0.1) -> torch.Tensor:
-    """L_homo = sign * sum_k a_k + beta * Var(a), a_k = <c_{k+1}, c_k> (SPEC 6).
+    """L_homo = sign * sum_k a_k + beta * Var(a), a_k = <c_{k+1}, c_k> (docs/method.md,
+    "Homogeneity").
 
     Var is unbiased (divides by K-2); with K = 2 there is a single a_k and the variance term
     is taken as 0.
@@ -128,22 +128,14 @@ def homogeneity_loss(surrogates: torch.Tensor, sign: float = -1.0, beta: float =
     return loss
 
 
-def srl_terms(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    memory: torch.Tensor,
-    anchors: torch.Tensor,
-    *,
-    temperature: float,
-    homogeneity_sign: float = -1.0,
-    homogeneity_beta: float = 0.1,
-    envelope: str = "hard",
-    envelope_temperature: float | None = None,
-    label_weighting: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(contrastive, enveloping, homogeneity) for one batch, all from the same surrogate table."""
+def srl_terms(features: Tensor, bins: Tensor, memory: Tensor, anchors: Tensor, settings: SRLSettings | None = None,
+              **options) -> tuple[Tensor, Tensor, Tensor]:
+    """(contrastive, enveloping, homogeneity) for one batch, all from the same surrogate table;
+    the settings as in ``srl_ext.functional.srl_terms``."""
+    s = SRLSettings.resolve("reference.srl_terms", settings, **options)
     surrogates = surrogate_table(features, bins, memory)
-    contrastive = contrastive_loss(features, bins, surrogates, temperature, label_weighting)
-    enveloping = enveloping_loss(surrogates, anchors, envelope_temperature if envelope == "soft" else None)
-    homogeneity = homogeneity_loss(surrogates, homogeneity_sign, homogeneity_beta)
-    return contrastive, enveloping, homogeneity
+    return (
+        contrastive_loss(features, bins, surrogates, s.temperature, s.label_weighting),
+        enveloping_loss(surrogates, anchors, s.soft_envelope_temperature),
+        homogeneity_loss(surrogates, s.homogeneity_sign, s.homogeneity_beta),
+    )

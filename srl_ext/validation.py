@@ -123,3 +123,18 @@ def envelope(function: str, mode: object, temperature: object) -> float | None:
     if temperature is None:
         fail(function, "envelope_temperature", "a number > 0 with envelope='soft'", "None")
     return positive(function, "envelope_temperature", temperature)
+
+
+
+def table_inputs(function: str, h: object, y: object, rows: object, name: str = "memory"):
+    """Checked (features, bins, K x D table `name`): bins index the table's rows."""
+    h = features(function, h)
+    rows = table(function, name, rows, h.shape[1], h, "K x D")
+    y = bins(function, y, h.shape[0], num_bins(function, name, rows), h)
+    return h, y, rows
+
+
+def srl_inputs(function: str, h: object, y: object, memory: object, p: object):
+    """The checked (features, bins, memory, anchors) of the SRL terms (errors name `function`)."""
+    h, y, memory = table_inputs(function, h, y, memory)
+    return h, y, memory, anchors(function, p, h.shape[1], h)

@@ -1,6 +1,9 @@
-"""Input builders shared by the tests."""
+"""Input builders and loaders shared by the tests."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import torch
 
@@ -47,3 +50,31 @@ def terms_and_grad(module, features, bins, memory, anchors, *, temperature=0.3, 
     )
     grad = torch.autograd.grad(sum(terms), features)[0]
     return torch.stack([t.detach() for t in terms]), grad
+
+
+def load_driver(name: str):
+    """train/<name>.py as a module (the drivers are scripts, not part of the package)."""
+    path = Path(__file__).resolve().parents[1] / "train" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"driver_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_agedb_images(root: Path, count: int, train: int, val: int) -> Path:
+    """`count` small JPEGs in the AgeDB-DIR layout (agedb.csv + AgeDB/...), ages 20..27, brightness
+    ~ age; the first `train` are the training split, those up to `val` the validation split."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "AgeDB").mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["age,path,split"]
+    for i in range(count):
+        age = 20 + i % 8
+        split = "train" if i < train else "val" if i < val else "test"
+        name = f"AgeDB/{i}_Person_{age}_f.jpg"
+        Image.fromarray((rng.integers(0, 40, (20, 20, 3)) + 20 * (age - 20)).astype(np.uint8)).save(root / name)
+        lines.append(f"{age},{name},{split}")
+    (root / "agedb.csv").write_text("\n".join(lines) + "\n")
+    return root

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import make_inputs
-from srl_ext import SRLLoss, functional, ops, presets, reference, sample_anchors
+from srl_ext import SRLLoss, SRLSettings, functional, ops, presets, reference, sample_anchors, settings
 
 needs_cpu_ops = pytest.mark.skipif(not ops.available(), reason=str(ops.LOAD_ERROR))
 
@@ -121,8 +121,8 @@ def test_sample_anchors_are_seeded_unit_vectors():
 
 
 @pytest.mark.parametrize("name", ["agedb", "imdb_wiki", "sts_b"])
-def test_presets_follow_the_spec_table(name):
-    spec = {  # SPEC section 8: w1, w2, w3, tau, N, sign, K
+def test_presets_follow_the_released_settings(name):
+    released = {  # docs/method.md, "Presets": w1, w2, w3, tau, N, sign, K
         "agedb": (10, 100, 0.01, 0.3, 2000, -1, 102),
         "imdb_wiki": (10, 100, 0.01, 0.3, 2000, +1, 187),
         "sts_b": (1e-4, 1e-2, 1e-4, 0.1, 1000, +1, 50),
@@ -130,8 +130,8 @@ def test_presets_follow_the_spec_table(name):
     loss_fn = SRLLoss.preset(name)
     got = (loss_fn.w1, loss_fn.w2, loss_fn.w3, loss_fn.temperature, loss_fn.anchors.shape[0],
            loss_fn.homogeneity_sign, loss_fn.num_bins)
-    assert got == spec
-    assert presets.get(name).homogeneity_beta == 0.1
+    assert got == released
+    assert settings.preset(name).srl.homogeneity_beta == 0.1
 
 
 def test_unknown_preset():
@@ -169,8 +169,7 @@ def test_srl_loss_weighs_the_terms_and_saves_its_anchors(backend):
 def test_srl_loss_checks_its_settings(arguments, words):
     with pytest.raises(ValueError) as error:
         SRLLoss(**arguments)
-    for word in words:
-        assert word in str(error.value)
+    assert all(word in str(error.value) for word in words), str(error.value)
 
 
 def test_srl_loss_memory_must_have_num_bins_rows():
@@ -178,3 +177,35 @@ def test_srl_loss_memory_must_have_num_bins_rows():
     features, bins, _, _ = make_inputs(5, 9, 1, 8)
     with pytest.raises(ValueError, match="'memory'.*9 rows.*shape \\(8, 8\\)"):
         loss_fn(features, bins, torch.zeros(8, 8))
+
+
+def test_settings_travel_whole_and_keywords_override_them():
+    features, bins, memory, anchors = make_inputs(12, 7, 30, 8, present_bins=4)
+    s = SRLSettings(temperature=0.25, homogeneity_sign=1.0, envelope="soft", envelope_temperature=0.3,
+                    label_weighting=True)
+    expected = reference.srl_terms(features, bins, memory, anchors, temperature=0.25, homogeneity_sign=1.0,
+                                   envelope="soft", envelope_temperature=0.3, label_weighting=True)
+    for got in (functional.srl_terms(features, bins, memory, anchors, s, backend="reference"),
+                reference.srl_terms(features, bins, memory, anchors, s),
+                functional.srl_terms(features, bins, memory, anchors, s.replace(temperature=9.0), temperature=0.25,
+                                     backend="reference")):
+        torch.testing.assert_close(torch.stack(got), torch.stack(expected))
+    loss_fn = SRLLoss(7, 8, settings=s, num_anchors=30, backend="reference")
+    assert loss_fn.settings == s.replace(num_anchors=30) and loss_fn.temperature == 0.25
+    with pytest.raises(TypeError, match="unexpected keyword argument 'temp'"):
+        functional.srl_terms(features, bins, memory, anchors, temp=0.1)
+
+
+def test_settings_are_checked_when_built():
+    with pytest.raises(ValueError, match="SRLSettings: argument 'envelope_temperature'"):
+        SRLSettings(envelope="soft")
+    with pytest.raises(ValueError, match="SRLSettings: argument 'num_anchors'"):
+        SRLSettings(num_anchors=0)
+    assert SRLSettings(w1=1).w1 == 1.0 and isinstance(SRLSettings(w1=1).w1, float)
+
+
+def test_presets_state_k_once_and_the_old_module_warns():
+    assert {name: p.num_bins for name, p in settings.PRESETS.items()} == settings.NUM_BINS
+    with pytest.warns(DeprecationWarning, match="srl_ext.settings.preset"):
+        old = presets.get("sts_b")
+    assert (old.num_bins, old.temperature, old.batch_size, old.memory_normalized) == (50, 0.1, 16, True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from srl_ext import metrics
-from srl_ext.data import MissingDataError, images, sts_b
+from srl_ext.training.data import MissingDataError, images, sts_b
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 AGEDB_CSV = SHARED_DATA / "agedb-dir" / "agedb.csv"

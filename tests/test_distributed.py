@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from srl_ext import SRLLoss, SurrogateMemory, distributed, functional, reference
+from srl_ext.training import ddp
 
 WORLD = 2
 NUM_BINS = 7  # bins 5 and 6 never occur: their rows come from the memory, row 6 is zero
@@ -92,7 +93,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     )
     try:
         results = {"rank": distributed.rank(), "world_size": distributed.world_size(),
-                   "is_main": distributed.is_main_process()}
+                   "is_main": ddp.is_main_process()}
 
         # (a) the terms and the gradient w.r.t. this rank's features
         for split in SPLITS:
@@ -135,7 +136,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
         # (d) gathering predictions of different lengths
         predictions, labels = gather_inputs(rank)
-        results["gathered"] = (distributed.gather_tensors(predictions), distributed.gather_tensors(labels))
+        results["gathered"] = (ddp.gather_tensors(predictions), ddp.gather_tensors(labels))
 
         # anchors: identical from the seed; a differing tensor is caught and can be broadcast
         distributed.assert_same_across_ranks(make_loss("reference").anchors, "anchors")
@@ -246,7 +247,7 @@ def test_anchor_checks(ranks):
 def test_single_process_fallbacks():
     """Without an initialised process group every helper is the single-process operation."""
     assert not dist.is_initialized()
-    assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (0, 1, True)
+    assert (distributed.rank(), distributed.world_size(), ddp.is_main_process()) == (0, 1, True)
     features, _, bins, memory, anchors = global_inputs(10)
     got = distributed.srl_terms(features, bins, memory, anchors, temperature=0.3, backend="reference")
     expected = functional.srl_terms(features, bins, memory, anchors, temperature=0.3, backend="reference")
@@ -255,10 +256,10 @@ def test_single_process_fallbacks():
         distributed.surrogate_table(features, bins, memory), reference.surrogate_table(features, bins, memory)
     )
     predictions = torch.arange(5.0)
-    assert distributed.gather_tensors(predictions) is predictions
+    assert ddp.gather_tensors(predictions) is predictions
     distributed.assert_same_across_ranks(predictions, "anchors")
     with pytest.raises(ValueError, match="'tensor'"):
-        distributed.gather_tensors(torch.tensor(1.0))
+        ddp.gather_tensors(torch.tensor(1.0))
     with pytest.raises(ValueError, match="'bins'"):
         distributed.srl_terms(features, bins + NUM_BINS, memory, anchors, temperature=0.3)
 
@@ -270,14 +271,14 @@ def test_setup_helpers_without_torchrun(monkeypatch):
             monkeypatch.delenv("WORLD_SIZE", raising=False)
         else:
             monkeypatch.setenv("WORLD_SIZE", world)
-        assert not distributed.launched_by_torchrun()
-        assert distributed.init_from_env("cpu") == torch.device("cpu")
+        assert not ddp.launched_by_torchrun()
+        assert ddp.init_from_env("cpu") == torch.device("cpu")
         assert not dist.is_initialized()
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert distributed.launched_by_torchrun()
-    assert distributed.broadcast_object({"path": "runs/x"}) == {"path": "runs/x"}
-    distributed.barrier()
-    assert list(distributed.shard_indices(5)) == [0, 1, 2, 3, 4]
+    assert ddp.launched_by_torchrun()
+    assert ddp.broadcast_object({"path": "runs/x"}) == {"path": "runs/x"}
+    ddp.barrier()
+    assert list(ddp.shard_indices(5)) == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("length, world", [(10, 2), (11, 3), (2, 4), (0, 2), (7, 1)])
@@ -286,6 +287,6 @@ def test_shard_indices_cover_the_split_once_in_order(monkeypatch, length, world)
     for r in range(world):
         monkeypatch.setattr(distributed, "world_size", lambda group=None: world)
         monkeypatch.setattr(distributed, "rank", lambda group=None, r=r: r)
-        shards.append(list(distributed.shard_indices(length)))
+        shards.append(list(ddp.shard_indices(length)))
     assert [i for shard in shards for i in shard] == list(range(length))  # gathered in rank order
     assert max(map(len, shards)) - min(map(len, shards)) <= 1

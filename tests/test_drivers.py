@@ -4,46 +4,28 @@ Each run takes seconds: the tiny conv net at 16 x 16 pixels, a BiLSTM of 8 units
 word vectors from a fake GloVe file, few anchors.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_driver, write_agedb_images
+from test_layout import pickled_names
 
-from srl_ext import engine
-from srl_ext.data import MissingDataError, sts_b
+from srl_ext.training import checkpoint as ckpt
+from srl_ext.training import engine
+from srl_ext.training.data import MissingDataError, sts_b
 
 pytest.importorskip("torchvision")  # the image transforms and backbones of the drivers
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_driver(name):
-    spec = importlib.util.spec_from_file_location(f"driver_{name}", ROOT / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def image_data(tmp_path_factory):
     """48 small JPEGs in the AgeDB-DIR layout (agedb.csv + AgeDB/...), ages 20..27, brightness ~ age."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("agedb")
-    (root / "AgeDB").mkdir()
-    rng = np.random.default_rng(0)
-    lines = ["age,path,split"]
-    for i in range(48):
-        age = 20 + i % 8
-        split = "train" if i < 32 else "val" if i < 40 else "test"
-        pixels = rng.integers(0, 40, (20, 20, 3)) + 20 * (age - 20)
-        name = f"AgeDB/{i}_Person_{age}_f.jpg"
-        Image.fromarray(pixels.astype(np.uint8)).save(root / name)
-        lines.append(f"{age},{name},{split}")
-    (root / "agedb.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return write_agedb_images(tmp_path_factory.mktemp("agedb"), 48, train=32, val=40)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +112,8 @@ def test_agedb_srl_runs_and_resumes_exactly(image_data, tmp_path, memory_update,
     assert checkpoint["memory"]["num_updates"] == 3
     assert checkpoint["memory"]["table"].abs().sum() > 0  # filled from the training features
     assert checkpoint["srl_loss"]["anchors"].shape == (64, 128)
+    for name in ("last.pt", "best.pt"):  # plain dicts: moving a class of this package never breaks loading
+        assert not any(n.startswith("srl_ext") for n in pickled_names(tmp_path / "straight" / name))
     log = read_log(tmp_path / "straight")
     train_lines = [r for r in log if r["split"] == "train"]
     assert [r["epoch"] for r in train_lines] == [1, 2, 3] and all(r["contrastive"] > 0 for r in train_lines)
@@ -238,7 +222,7 @@ def test_sts_b_same_seed_same_metrics_and_released_model(text_data, tmp_path):
 
 
 def test_sentence_encoder_drops_lstm_outputs_in_training_only():
-    from srl_ext.models import SentencePairRegressor
+    from srl_ext.training.models import SentencePairRegressor
 
     torch.manual_seed(0)
     model = SentencePairRegressor(torch.randn(10, 4), hidden_size=6, embedding_dropout=0.0, lstm_dropout=0.5)
@@ -375,7 +359,7 @@ def test_sts_b_data_parallel_under_torchrun(text_data, tmp_path):
     assert [(r["split"], r["epoch"], r["step"]) for r in log] == [("train", 1, 2), ("val", 1, 2)]
     assert log[0]["srl_on"] and log[0]["contrastive"] > 0 and log[1]["selected"]
     assert log[1]["all/count"] == 8  # the 8 validation pairs, each counted once (4 per rank, gathered)
-    checkpoint, _ = engine.load_checkpoint(run_dir, engine.LAST)
+    checkpoint, _ = ckpt.load_checkpoint(run_dir, ckpt.LAST)
     assert checkpoint["epoch"] == 1 and checkpoint["global_step"] == 2
     assert not any(key.startswith("module.") for key in checkpoint["model"])  # the plain model, not DDP's
     ddp_table = json.loads((run_dir / "test_metrics.json").read_text())["table"]

@@ -1,5 +1,5 @@
-"""SurrogateMemory (SPEC section 7) in one process: the arithmetic of each update, checked inputs,
-state_dict; the all-reduce across ranks is in tests/test_distributed.py."""
+"""SurrogateMemory (docs/method.md, "Surrogate memory") in one process: the arithmetic of each
+update, checked inputs, state_dict; the all-reduce across ranks is in tests/test_distributed.py."""
 
 from __future__ import annotations
 

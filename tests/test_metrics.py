@@ -1,4 +1,4 @@
-"""The DIR evaluation protocol (SPEC section 9) on predictions whose metrics are known by hand."""
+"""The DIR evaluation protocol (docs/method.md, "DIR protocol") on predictions whose metrics are known by hand."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The reference terms on small cases worked out by hand (SPEC sections 3-6)."""
+"""The reference terms on small cases worked out by hand (docs/method.md)."""
 
 import math
 

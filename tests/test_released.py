@@ -6,7 +6,7 @@ import torch
 
 import srl_ext
 from srl_ext import released
-from srl_ext.data import sts_b
+from srl_ext.training.data import sts_b
 from srl_ext.reference import normalize
 
 

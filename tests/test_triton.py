@@ -423,9 +423,7 @@ def test_deterministic_mode_pins_the_last_config_of_each_gpu(monkeypatch, timed_
     # Timing picks the tiles, which set the summation order: not reproducible across processes.
     # The pinned config is the one every list ends with, small enough for every dtype and D.
     monkeypatch.setattr(tri_utils, "INTERPRETING", False)  # the GPU lists (the interpreter has one config)
-    space = tri_utils.autotune_configs(
-        hopper=[{"BLOCK": 64}, {"BLOCK": 32}], ampere=[{"BLOCK": 32}], fallback={"BLOCK": 8}, interpreter={"BLOCK": 4}
-    )
+    space = tri_utils.autotune_configs(("BLOCK",), hopper=[(64,), (32,)], ampere=[(32,)], fallback=(8,), interpreter=(4,))
     prune = space.prune_configs_by["early_config_prune"]
     for capability, gpu in (((9, 0), "hopper"), ((8, 0), "ampere")):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device, c=capability: c)

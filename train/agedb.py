@@ -1,41 +1,16 @@
 """Train and evaluate a ResNet-50 on AgeDB-DIR with SRL (or the plain regression baseline).
 
-Run `python train/agedb.py --help` for the flags.
+`python train/agedb.py --help` lists the flags. The driver is srl_ext.training.cli.image_main
+on the AgeDB-DIR benchmark: parse the flags, load the data, build the model and the loss, train
+with validation and model selection, test the selected model.
 """
 
-from __future__ import annotations
+from functools import partial
 
-import sys
-from pathlib import Path
+from srl_ext.training.cli import image_main
+from srl_ext.training.data.images import AGEDB
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from srl_ext import cli  # noqa: E402
-from srl_ext.data import images  # noqa: E402
-
-DESCRIPTION = """\
-AgeDB-DIR: predict a person's age (0-101) from a face image. A ResNet-50 trained from scratch at
-224 x 224, a regressor trained with L1 and, by default, the SRL terms on a 128-d projection head
-(one bin per age). Validation after every epoch selects the model (lowest validation MAE); the
-test set is evaluated once, on it, in the DIR protocol (All / Many / Medium / Few shots).
-
-Data: --data_dir holds agedb.csv (columns age, path, split) and the images at the CSV's paths
-(AgeDB/...).
-
-Examples:
-  python train/agedb.py --data_dir path/to/agedb                   # SRL, released settings
-  python train/agedb.py --data_dir path/to/agedb --vanilla         # regression baseline
-  python train/agedb.py --data_dir path/to/agedb --backbone resnet18 --epoch 10 --img_size 112
-  torchrun --standalone --nproc_per_node 4 train/agedb.py --data_dir path/to/agedb --batch_size 16
-                                             # 4 GPUs, global batch 64 (docs/distributed.md)
-  python train/agedb.py --resume runs/agedb-srl-20260101-120000    # continue a run
-  python train/agedb.py --evaluate runs/agedb-srl-20260101-120000  # test table of its best model
-"""
-
-
-def main(argv=None) -> dict:
-    return cli.image_main(images.AGEDB, DESCRIPTION, argv, default_data_dir="data/agedb-dir")
-
+main = partial(image_main, AGEDB)  # main(argv=None) -> the test table
 
 if __name__ == "__main__":
     main()

@@ -5,15 +5,11 @@ Run `python train/sts_b.py --help` for the flags.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from srl_ext import cli, metrics, released  # noqa: E402
-from srl_ext.data import sts_b  # noqa: E402
-from srl_ext.engine import Task  # noqa: E402
-from srl_ext.models import REGRESSOR_HEADS, SentencePairRegressor  # noqa: E402
+from srl_ext import metrics, released
+from srl_ext.training import cli
+from srl_ext.training.config import Task
+from srl_ext.training.data import sts_b
+from srl_ext.training.models import REGRESSOR_HEADS, SentencePairRegressor
 
 PRESET = "sts_b"
 DESCRIPTION = """\
@@ -34,6 +30,8 @@ Examples:
                                              # 2 GPUs, global batch 16 (docs/distributed.md)
   python train/sts_b.py --resume runs/sts_b-srl-20260101-120000    # continue a run
   python train/sts_b.py --evaluate runs/sts_b-srl-20260101-120000  # test table of its best model
+  python train/sts_b.py --data_dir path/to/STS-B --evaluate model_state_best.th --released_vocab vocab.txt
+                                             # a checkpoint released by the SRL authors (docs/training.md)
 """
 
 
@@ -63,6 +61,9 @@ def parser():
                        help="build the surrogate table as the released STS-B code does: centroids of the float "
                             "scores scattered to rows int(score) (0..5 only), contrastive positive = nearest of 50 "
                             "points on [0, 5] (what the paper's numbers came from, not a recommendation)")
+    model.add_argument("--released_vocab", metavar="FILE", default=None,
+                       help="with --evaluate of a released SRL checkpoint: its vocabulary, one token per line in the "
+                            "order of its embedding rows (docs/training.md shows how to write it)")
     return p
 
 
@@ -88,6 +89,7 @@ def build(config: dict):
         embedding_dropout=config["embedding_dropout"], lstm_dropout=config["lstm_dropout"],
         regressor=config["regressor"],
     )
+    model.vocabulary = vocabulary  # the words of the embedding rows, for --evaluate of a released checkpoint
     return task, model, datasets
 
 

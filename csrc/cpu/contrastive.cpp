@@ -1,4 +1,4 @@
-// Contrastive term (SPEC section 4), CPU, fused forward and backward.
+// Contrastive term (docs/method.md, "Contrastive"), CPU, fused forward and backward.
 //
 // The batch is cut into tiles of samples. For each tile: normalise the features, one GEMM gives
 // the K x tile block of logits (surrogates x samples: the samples run along the contiguous axis,

@@ -1,4 +1,4 @@
-// Enveloping term (SPEC section 5), CPU, fused forward and backward.
+// Enveloping term (docs/method.md, "Enveloping"), CPU, fused forward and backward.
 //
 // The anchors are cut into tiles. For each tile one GEMM gives its K x tile block of cosines
 // (surrogates x anchors: the tile's anchors run along the contiguous axis, so the sweeps over K
@@ -19,16 +19,17 @@ namespace {
 constexpr int64_t kAnchorsPerTile = 128;
 
 std::tuple<at::Tensor, at::Tensor> envelope_cpu(
-    const at::Tensor& surrogates, const at::Tensor& anchors, std::optional<double> temperature) {
+    const at::Tensor& surrogates, const at::Tensor& anchors, std::optional<double> envelope_temperature) {
   const BelowAutograd below_autograd;
   const auto acc = accumulation_type(surrogates.scalar_type());
   const at::Tensor c = surrogates.detach().to(acc).contiguous();
   const at::Tensor a = anchors.detach().to(acc).contiguous();
   const int64_t num_bins = c.size(0), dim = c.size(1), num_anchors = a.size(0);
   check_feature_dim(dim, "surrogates");
-  const bool soft = temperature.has_value();
+  const bool soft = envelope_temperature.has_value();
   if (soft) {
-    TORCH_CHECK_VALUE(*temperature > 0, "srl_ext: argument 'temperature' must be > 0, got ", *temperature);
+    TORCH_CHECK_VALUE(*envelope_temperature > 0, "srl_ext: argument 'envelope_temperature' must be > 0, got ",
+                      *envelope_temperature);
   }
 
   const int64_t num_tiles = (num_anchors + kAnchorsPerTile - 1) / kAnchorsPerTile;
@@ -40,8 +41,8 @@ std::tuple<at::Tensor, at::Tensor> envelope_cpu(
     const scalar_t* ap = a.data_ptr<scalar_t>();
     scalar_t* coverage = tile_coverage.data_ptr<scalar_t>();
     const scalar_t neg_inv_n = scalar_t(-1) / static_cast<scalar_t>(num_anchors);
-    const scalar_t tau = soft ? static_cast<scalar_t>(*temperature) : scalar_t(1);
-    const scalar_t inv_tau = scalar_t(1) / tau;
+    const scalar_t smoothness = soft ? static_cast<scalar_t>(*envelope_temperature) : scalar_t(1);
+    const scalar_t inv_smoothness = scalar_t(1) / smoothness;
 
     at::parallel_for(0, num_tiles, 1, [&](int64_t t0, int64_t t1) {
       at::Tensor grad = thread_grads[at::get_thread_num()];
@@ -80,12 +81,12 @@ std::tuple<at::Tensor, at::Tensor> envelope_cpu(
             for (int64_t d = 0; d < dim; ++d) g[d] += neg_inv_n * anchor[d];
           }
         } else {
-          // Smooth maximum tau * logsumexp(s / tau) = best + tau * log(sum_k exp((s - best) / tau)).
+          // Smooth maximum smoothness * logsumexp(s / smoothness) = best + smoothness * log(sum_k exp((s - best) / smoothness)).
           const at::Tensor top = at::from_blob(best.data(), {1, cols}, c.options());
-          cos_tile.sub_(top).mul_(inv_tau).exp_();
+          cos_tile.sub_(top).mul_(inv_smoothness).exp_();
           const at::Tensor denom = cos_tile.sum(0);
           const scalar_t* dp = denom.data_ptr<scalar_t>();
-          for (int64_t j = 0; j < cols; ++j) covered += best[j] + tau * std::log(dp[j]);
+          for (int64_t j = 0; j < cols; ++j) covered += best[j] + smoothness * std::log(dp[j]);
           cos_tile.div_(denom.unsqueeze(0)).mul_(neg_inv_n);  // d loss / d cosine
           grad.addmm_(cos_tile, anchor_tile);
         }

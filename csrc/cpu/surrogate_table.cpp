@@ -1,4 +1,4 @@
-// Batch surrogate table (SPEC section 3), CPU.
+// Batch surrogate table (docs/method.md, "The surrogate table"), CPU.
 //
 // Forward: one sweep over the batch normalises each feature row and adds it to its bin's sum;
 // one sweep over the bins turns present bins into means and absent ones into memory rows, and

@@ -1,4 +1,4 @@
-// Contrastive term (SPEC section 4), CUDA, fused forward and backward.
+// Contrastive term (docs/method.md, "Contrastive"), CUDA, fused forward and backward.
 //
 // One warp per sample; the normalised feature z_i and its gradient live in registers (V values
 // per lane, D <= 32 V). Sweep 1 over the K surrogates: logits <z_i, c_k>/tau (+ log w_ik) and an
@@ -17,7 +17,8 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
-// max over the batch of max(y_i + 1, K - y_i): the largest |y_i - k| + 1 (SPEC 4 weighting).
+// max over the batch of max(y_i + 1, K - y_i): the largest |y_i - k| + 1 (the label-distance
+// weighting of docs/method.md, "Contrastive").
 __global__ void max_label_distance_kernel(const int64_t* __restrict__ bins, int* __restrict__ out, int64_t batch,
                                           int num_bins) {
   __shared__ int scratch[32];

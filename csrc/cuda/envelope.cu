@@ -1,4 +1,4 @@
-// Enveloping term (SPEC section 5), CUDA, fused forward and backward.
+// Enveloping term (docs/method.md, "Enveloping"), CUDA, fused forward and backward.
 //
 // Forward (both forms): a tiled SGEMM-style kernel. A block owns 128 anchors and sweeps all K
 // surrogates in tiles of 128; each depth step of 16 is staged in shared memory and every thread

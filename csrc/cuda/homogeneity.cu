@@ -1,4 +1,4 @@
-// Homogeneity term (SPEC section 6), CUDA, fused forward and backward.
+// Homogeneity term (docs/method.md, "Homogeneity"), CUDA, fused forward and backward.
 //
 // a_k = <c_{k+1}, c_k>;  L = sign * sum_k a_k + beta * Var(a)  (unbiased; 0 when K = 2).
 // dL/da_k = sign + 2 beta (a_k - mean(a)) / (K - 2);  dL/dc_k = dL/da_k c_{k+1} + dL/da_{k-1} c_{k-1}.

@@ -14,7 +14,8 @@
 namespace srl_ext {
 namespace cuda {
 
-// Surrogate table (SPEC 3). inv_norms: B scratch. Bins outside [0, K) belong to no bin.
+// Surrogate table (docs/method.md, "The surrogate table"). inv_norms: B scratch. Bins outside
+// [0, K) belong to no bin.
 template <typename T>
 void launch_surrogate_table(
     const T* features, const int64_t* bins, const T* memory, T* inv_norms, T* surrogates, T* mean_norms,
@@ -27,7 +28,8 @@ void launch_surrogate_table_backward(
     const T* grad_surrogates, const T* features, const int64_t* bins, const T* surrogates, const T* mean_norms,
     const int64_t* counts, T* grad_features, int64_t batch, int num_bins, int dim, cudaStream_t stream);
 
-// Contrastive term (SPEC 4): per-row losses and d loss / d features (already divided by B).
+// Contrastive term (docs/method.md, "Contrastive"): per-row losses and d loss / d features
+// (already divided by B).
 // max_distance: 1 int of scratch (label weighting). A sample whose bin is outside [0, K) gets
 // a NaN loss and a NaN gradient row. dim must be <= kMaxContrastiveDim.
 constexpr int kMaxContrastiveDim = 1024;
@@ -37,7 +39,7 @@ void launch_contrastive(
     T* grad_features, int64_t batch, int num_bins, int dim, double temperature, bool label_weighting,
     cudaStream_t stream);
 
-// Enveloping term (SPEC 5). Scratch sizes come from envelope_workspace().
+// Enveloping term (docs/method.md, "Enveloping"). Scratch sizes come from envelope_workspace().
 struct EnvelopeWorkspace {
   int num_chunks;       // anchor chunks: the gradient is summed per chunk, then over chunks in order
   int64_t chunk;        // anchors per chunk
@@ -58,7 +60,8 @@ void launch_envelope(
     int64_t num_anchors, int num_bins, int dim, bool soft, double temperature, const EnvelopeWorkspace& ws,
     cudaStream_t stream);
 
-// Homogeneity term (SPEC 6). neighbours: K-1 scratch; stats: 2 scratch; loss: 1.
+// Homogeneity term (docs/method.md, "Homogeneity"). neighbours: K-1 scratch; stats: 2 scratch;
+// loss: 1.
 template <typename T>
 void launch_homogeneity(
     const T* surrogates, T* neighbours, T* stats, T* loss, T* grad, int num_bins, int dim, double sign, double beta,

@@ -173,15 +173,16 @@ std::tuple<at::Tensor, at::Tensor> contrastive_cuda(
 }
 
 std::tuple<at::Tensor, at::Tensor> envelope_cuda(
-    const at::Tensor& surrogates, const at::Tensor& anchors, std::optional<double> temperature) {
+    const at::Tensor& surrogates, const at::Tensor& anchors, std::optional<double> envelope_temperature) {
   const BelowAutograd below_autograd;
   check_cuda(surrogates, "surrogates", surrogates);
   check_cuda(anchors, "anchors", surrogates);
   check_matrix(surrogates, "surrogates", surrogates.size(1));
   check_matrix(anchors, "anchors", surrogates.size(1));
-  const bool soft = temperature.has_value();
+  const bool soft = envelope_temperature.has_value();
   if (soft) {
-    TORCH_CHECK_VALUE(*temperature > 0, "srl_ext: argument 'temperature' must be > 0, got ", *temperature);
+    TORCH_CHECK_VALUE(*envelope_temperature > 0, "srl_ext: argument 'envelope_temperature' must be > 0, got ",
+                      *envelope_temperature);
   }
   const c10::cuda::CUDAGuard guard(surrogates.device());
   const auto acc = accumulation_type(surrogates.scalar_type());
@@ -206,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> envelope_cuda(
         c.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), coverage.data_ptr<scalar_t>(),
         soft ? nullptr : argmax.data_ptr<int>(), soft ? row_max.data_ptr<scalar_t>() : nullptr,
         soft ? inv_sum.data_ptr<scalar_t>() : nullptr, partials.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
-        num_anchors, num_bins, dim, soft, soft ? *temperature : 1.0, ws, current_stream());
+        num_anchors, num_bins, dim, soft, soft ? *envelope_temperature : 1.0, ws, current_stream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor loss = 1 - coverage.sum() / static_cast<double>(num_anchors);

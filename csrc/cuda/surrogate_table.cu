@@ -1,4 +1,4 @@
-// Batch surrogate table (SPEC section 3), CUDA, forward and backward.
+// Batch surrogate table (docs/method.md, "The surrogate table"), CUDA, forward and backward.
 //
 // Forward: one warp per sample gives 1/max(||h_i||, eps); then one block per bin scans the bins
 // of the batch in order and sums the normalised rows of its members in shared memory (the same

@@ -14,12 +14,17 @@ with ``set_deterministic(True)`` (or SRL_EXT_TRITON_DETERMINISTIC=1, or
 
 import torch
 
-from . import utils
-from .contrastive import contrastive_loss
-from .envelope import enveloping_loss
-from .homogeneity import homogeneity_loss
-from .table import surrogate_table
+from ...ops.fused import Terms
+from . import contrastive, envelope, homogeneity, table, utils
 from .utils import deterministic, set_deterministic
+
+_OPS = {"surrogate_table": table.surrogate_table_op, "contrastive": contrastive.contrastive_op,
+        "envelope": envelope.envelope_op, "homogeneity": homogeneity.homogeneity_op}
+_terms = Terms(_OPS.__getitem__)
+surrogate_table = _terms.surrogate_table
+contrastive_loss = _terms.contrastive_loss
+enveloping_loss = _terms.enveloping_loss
+homogeneity_loss = _terms.homogeneity_loss
 
 __all__ = [
     "contrastive_loss",

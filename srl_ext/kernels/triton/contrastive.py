@@ -1,4 +1,5 @@
-"""Contrastive term (SPEC section 4) as one fused Triton kernel, with its autograd.
+"""Contrastive term (docs/method.md, "Contrastive")
+as one fused Triton kernel.
 
 One program per tile of samples. It normalises its feature rows, then sweeps the K surrogates in
 tiles twice, flash-attention style: the first sweep keeps an online maximum and sum of exp
@@ -16,24 +17,16 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from .table import normalize_backward
+from .table import normalize_backward, prepared
+from ...ops.fused import register_loss_autograd
 from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch,
                     on_inputs_device, split_float)
 
 _CONFIGS = autotune_configs(
-    hopper=[
-        {"BLOCK_B": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_B": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_B": 64, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
-        {"BLOCK_B": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
-    ],
-    ampere=[
-        {"BLOCK_B": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_B": 16, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_B": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
-    ],
-    fallback={"BLOCK_B": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
-    interpreter={"BLOCK_B": 4, "BLOCK_K": 4},
+    ("BLOCK_B", "BLOCK_K", "num_warps", "num_stages"),
+    hopper=[(64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3), (16, 64, 4, 4)],
+    ampere=[(32, 64, 4, 2), (16, 64, 4, 2), (64, 32, 4, 2)],
+    fallback=(16, 16, 4, 1), interpreter=(4, 4),
 )
 
 
@@ -113,13 +106,9 @@ def contrastive_op(
     features: torch.Tensor, bins: torch.Tensor, surrogates: torch.Tensor, temperature: float, label_weighting: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d features), as ``srl_ext::contrastive``."""
+    features, bins, surrogates, acc = prepared("contrastive_loss", features, bins, surrogates)
     batch, dim = features.shape
     num_bins = surrogates.shape[0]
-    check_feature_dim("contrastive_loss", "features", dim)
-    acc = accumulation_dtype(features.dtype)
-    features = features.contiguous()
-    bins = bins.contiguous()
-    surrogates = surrogates.to(acc).contiguous()
     # The largest |y_i - k| + 1 over the batch-by-K table is max_i max(y_i + 1, K - y_i): kept on
     # the device (no host sync).
     if label_weighting:
@@ -138,24 +127,4 @@ def contrastive_op(
     return row_losses.sum() / batch, grad_features
 
 
-def _save_grad(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-
-
-def _backward(ctx, grad_loss, _grad_of_grad):
-    (grad_features,) = ctx.saved_tensors
-    return (grad_loss * grad_features).to(grad_features.dtype), None, None, None, None
-
-
-contrastive_op.register_autograd(_backward, setup_context=_save_grad)
-
-
-def contrastive_loss(
-    features: torch.Tensor,
-    bins: torch.Tensor,
-    surrogates: torch.Tensor,
-    temperature: float,
-    label_weighting: bool = False,
-) -> torch.Tensor:
-    """L_con (``srl_ext.reference.contrastive_loss``); the surrogates are detached."""
-    return contrastive_op(features, bins, surrogates.detach(), float(temperature), bool(label_weighting))[0]
+register_loss_autograd(contrastive_op, num_inputs=5)

@@ -1,4 +1,5 @@
-"""Enveloping term (SPEC section 5) as fused Triton kernels, with its autograd.
+"""Enveloping term (docs/method.md, "Enveloping")
+as fused Triton kernels.
 
 Three launches in the forward, which returns the loss and the gradient the backward needs:
 
@@ -30,6 +31,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
+from ...ops.fused import check_envelope, register_loss_autograd
 from .utils import (
     INTERPRETING,
     autotune,
@@ -43,40 +45,24 @@ from .utils import (
 )
 
 _COVERAGE_CONFIGS = autotune_configs(
-    hopper=[
-        {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-        {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 4},
-        {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
-    ],
-    ampere=[
-        {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
-    ],
-    fallback={"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
-    interpreter={"BLOCK_N": 8, "BLOCK_K": 4},
+    ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
+    hopper=[(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 8, 3)],
+    ampere=[(64, 64, 4, 2), (128, 32, 4, 2), (32, 64, 4, 3)],
+    fallback=(16, 16, 4, 1), interpreter=(8, 4),
 )
 
 _GRADIENT_CONFIGS = autotune_configs(
-    hopper=[
-        {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-        {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 4},
-    ],
-    ampere=[
-        {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
-    ],
-    fallback={"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
-    interpreter={"BLOCK_N": 8, "BLOCK_K": 4},
+    ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
+    hopper=[(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)],
+    ampere=[(64, 32, 4, 2), (32, 64, 4, 2)],
+    fallback=(16, 16, 4, 1), interpreter=(8, 4),
 )
 
 _REDUCE_CONFIGS = autotune_configs(
-    hopper=[{"BLOCK": 1024, "num_warps": 4}],
-    ampere=[{"BLOCK": 1024, "num_warps": 4}],
-    fallback={"BLOCK": 256, "num_warps": 2},
-    interpreter={"BLOCK": 64},
+    ("BLOCK", "num_warps"),
+    hopper=[(1024, 4)],
+    ampere=[(1024, 4)],
+    fallback=(256, 2), interpreter=(64,),
 )
 
 # The tiles the number of anchor splits is planned with (any config's tiles work with any count).
@@ -194,16 +180,19 @@ def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl
 @triton_op("srl_ext_triton::envelope", mutates_args=())
 @on_inputs_device
 def envelope_op(
-    surrogates: torch.Tensor, anchors: torch.Tensor, temperature: Optional[float]
+    surrogates: torch.Tensor, anchors: torch.Tensor, envelope_temperature: Optional[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d surrogates), as ``srl_ext::envelope``."""
     num_bins, dim = surrogates.shape
     num_anchors = anchors.shape[0]
     check_feature_dim("enveloping_loss", "surrogates", dim)
-    if temperature is not None and not temperature > 0:
-        raise ValueError(f"enveloping_loss: argument 'temperature' must be > 0 or None, got {temperature}")
-    soft = temperature is not None
-    inv_tau = 1.0 / temperature if soft else 1.0
+    check_envelope(surrogates, anchors)
+    if envelope_temperature is not None and not envelope_temperature > 0:
+        raise ValueError(
+            f"enveloping_loss: argument 'envelope_temperature' must be > 0 or None, got {envelope_temperature}"
+        )
+    soft = envelope_temperature is not None
+    inv_tau = 1.0 / envelope_temperature if soft else 1.0
     acc = accumulation_dtype(surrogates.dtype)
     c = surrogates.to(acc).contiguous()
     p = anchors.to(acc).contiguous()
@@ -214,7 +203,7 @@ def envelope_op(
     launch(_coverage_kernel)[lambda meta: (triton.cdiv(num_anchors, meta["BLOCK_N"]),)](
         c, p, coverage, arg_max, num_anchors, num_bins, dim, *split_float(inv_tau), SOFT=soft, BLOCK_D=block_d,
     )
-    covered = coverage.sum() * temperature if soft else coverage.sum()
+    covered = coverage.sum() * envelope_temperature if soft else coverage.sum()
     loss = 1 - covered / num_anchors
 
     num_splits = _num_splits(c.device, num_anchors, num_bins)
@@ -231,22 +220,4 @@ def envelope_op(
     return loss, grad
 
 
-def _save_grad(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-    ctx.input_dtype = inputs[0].dtype
-
-
-def _backward(ctx, grad_loss, _grad_of_grad):
-    (grad_surrogates,) = ctx.saved_tensors
-    return (grad_loss * grad_surrogates).to(ctx.input_dtype), None, None
-
-
-envelope_op.register_autograd(_backward, setup_context=_save_grad)
-
-
-def enveloping_loss(
-    surrogates: torch.Tensor, anchors: torch.Tensor, temperature: Optional[float] = None
-) -> torch.Tensor:
-    """L_env (``srl_ext.reference.enveloping_loss``): hard max when temperature is None, else the
-    smooth maximum at that temperature."""
-    return envelope_op(surrogates, anchors, None if temperature is None else float(temperature))[0]
+register_loss_autograd(envelope_op, num_inputs=3)

@@ -1,4 +1,5 @@
-"""Homogeneity term (SPEC section 6) as one fused Triton kernel, with its autograd.
+"""Homogeneity term (docs/method.md, "Homogeneity")
+as one fused Triton kernel.
 
 a_k = <c_{k+1}, c_k>;  L = sign * sum_k a_k + beta * Var(a)  (unbiased; 0 when K = 2).
 dL/da_k = sign + 2 beta (a_k - mean(a)) / (K - 2);  dL/dc_k = dL/da_k c_{k+1} + dL/da_{k-1} c_{k-1}.
@@ -15,14 +16,15 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
+from ...ops.fused import check_homogeneity, register_loss_autograd
 from .utils import (autotune, autotune_configs, block_dim, check_feature_dim, joined, launch,
                     on_inputs_device, split_float)
 
 _CONFIGS = autotune_configs(
-    hopper=[{"BLOCK_K": 16, "num_warps": 4}, {"BLOCK_K": 32, "num_warps": 4}, {"BLOCK_K": 64, "num_warps": 8}],
-    ampere=[{"BLOCK_K": 16, "num_warps": 4}, {"BLOCK_K": 32, "num_warps": 4}],
-    fallback={"BLOCK_K": 8, "num_warps": 2, "num_stages": 1},
-    interpreter={"BLOCK_K": 4},
+    ("BLOCK_K", "num_warps", "num_stages"),
+    hopper=[(16, 4, 2), (32, 4, 2), (64, 8, 2)],
+    ampere=[(16, 4, 2), (32, 4, 2)],
+    fallback=(8, 2, 1), interpreter=(4,),
 )
 
 
@@ -86,6 +88,7 @@ def homogeneity_op(surrogates: torch.Tensor, sign: float, beta: float) -> tuple[
     check_feature_dim("homogeneity_loss", "surrogates", dim)
     if num_bins < 2:
         raise ValueError(f"homogeneity_loss: argument 'surrogates' must have K >= 2 rows, got {num_bins}")
+    check_homogeneity(surrogates)
     acc = accumulation_dtype(surrogates.dtype)
     c = surrogates.to(acc).contiguous()
     loss = c.new_empty(())
@@ -96,19 +99,4 @@ def homogeneity_op(surrogates: torch.Tensor, sign: float, beta: float) -> tuple[
     return loss, grad
 
 
-def _save_grad(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
-    ctx.input_dtype = inputs[0].dtype
-
-
-def _backward(ctx, grad_loss, _grad_of_grad):
-    (grad_surrogates,) = ctx.saved_tensors
-    return (grad_loss * grad_surrogates).to(ctx.input_dtype), None, None
-
-
-homogeneity_op.register_autograd(_backward, setup_context=_save_grad)
-
-
-def homogeneity_loss(surrogates: torch.Tensor, sign: float = -1.0, beta: float = 0.1) -> torch.Tensor:
-    """L_homo (``srl_ext.reference.homogeneity_loss``)."""
-    return homogeneity_op(surrogates, float(sign), float(beta))[0]
+register_loss_autograd(homogeneity_op, num_inputs=3)

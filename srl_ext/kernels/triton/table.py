@@ -1,4 +1,5 @@
-"""Batch surrogate table (SPEC section 3) as fused Triton kernels, with its autograd.
+"""Batch surrogate table (docs/method.md, "The surrogate table")
+as fused Triton kernels.
 
 Forward, one launch, one program per tile of bins: it sweeps the batch in tiles, normalises the
 feature rows, and adds them to its bins' sums with a one-hot GEMM (bins x batch tile) x (batch
@@ -16,27 +17,21 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
+from ...ops.fused import check_table, register_table_autograd
 from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch, on_inputs_device
 
 _TABLE_CONFIGS = autotune_configs(
-    hopper=[
-        {"BLOCK_K": 64, "BLOCK_B": 64, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_K": 32, "BLOCK_B": 64, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_K": 64, "BLOCK_B": 128, "num_warps": 8, "num_stages": 3},
-    ],
-    ampere=[
-        {"BLOCK_K": 32, "BLOCK_B": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_K": 64, "BLOCK_B": 32, "num_warps": 4, "num_stages": 2},
-    ],
-    fallback={"BLOCK_K": 16, "BLOCK_B": 16, "num_warps": 4, "num_stages": 1},
-    interpreter={"BLOCK_K": 4, "BLOCK_B": 4},
+    ("BLOCK_K", "BLOCK_B", "num_warps", "num_stages"),
+    hopper=[(64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3)],
+    ampere=[(32, 64, 4, 2), (64, 32, 4, 2)],
+    fallback=(16, 16, 4, 1), interpreter=(4, 4),
 )
 
 _BACKWARD_CONFIGS = autotune_configs(
-    hopper=[{"BLOCK_B": 32, "num_warps": 4}, {"BLOCK_B": 64, "num_warps": 8}],
-    ampere=[{"BLOCK_B": 16, "num_warps": 4}, {"BLOCK_B": 32, "num_warps": 4}],
-    fallback={"BLOCK_B": 8, "num_warps": 2, "num_stages": 1},
-    interpreter={"BLOCK_B": 4},
+    ("BLOCK_B", "num_warps", "num_stages"),
+    hopper=[(32, 4, 2), (64, 8, 2)],
+    ampere=[(16, 4, 2), (32, 4, 2)],
+    fallback=(8, 2, 1), interpreter=(4,),
 )
 
 
@@ -125,19 +120,24 @@ def _surrogate_table_backward_kernel(
     tl.store(grad_h_ptr + b[:, None] * D + d[None, :], grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
 
 
+def prepared(function: str, features: torch.Tensor, bins: torch.Tensor, rows: torch.Tensor):
+    """(features, bins, K x D rows in the accumulation dtype, that dtype), contiguous, once the
+    contract (``srl_ext.ops.fused``) and the Triton limit on D are checked."""
+    check_table(features, bins, rows)
+    check_feature_dim(function, "features", features.shape[1])
+    acc = accumulation_dtype(features.dtype)
+    return features.contiguous(), bins.contiguous(), rows.to(acc).contiguous(), acc
+
+
 @triton_op("srl_ext_triton::surrogate_table", mutates_args=())
 @on_inputs_device
 def surrogate_table_op(
     features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(surrogates K x D, mean norms K, counts K), as ``srl_ext::surrogate_table``."""
+    features, bins, memory, acc = prepared("surrogate_table", features, bins, memory)
     batch, dim = features.shape
     num_bins = memory.shape[0]
-    check_feature_dim("surrogate_table", "features", dim)
-    acc = accumulation_dtype(features.dtype)
-    features = features.contiguous()
-    bins = bins.contiguous()
-    memory = memory.to(acc).contiguous()
     surrogates = features.new_empty((num_bins, dim), dtype=acc)
     mean_norms = features.new_empty((num_bins,), dtype=acc)
     counts = bins.new_empty((num_bins,))
@@ -173,23 +173,4 @@ def surrogate_table_backward_op(
     return grad_features
 
 
-def _save_table(ctx, inputs, output):
-    features, bins, _memory = inputs
-    surrogates, mean_norms, counts = output
-    ctx.save_for_backward(features, bins, surrogates, mean_norms, counts)
-
-
-def _table_backward(ctx, grad_surrogates, _grad_mean_norms, _grad_counts):
-    features, bins, surrogates, mean_norms, counts = ctx.saved_tensors
-    if grad_surrogates is None:
-        return None, None, None
-    grad_features = surrogate_table_backward_op(grad_surrogates, features, bins, surrogates, mean_norms, counts)
-    return grad_features, None, None  # memory rows are detached
-
-
-surrogate_table_op.register_autograd(_table_backward, setup_context=_save_table)
-
-
-def surrogate_table(features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """The K x D table of unit surrogates (``srl_ext.reference.surrogate_table``)."""
-    return surrogate_table_op(features, bins, memory)[0]
+register_table_autograd(surrogate_table_op, surrogate_table_backward_op)

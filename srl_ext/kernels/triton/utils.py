@@ -104,8 +104,10 @@ class TuningSpace:
     by_gpu: dict
 
 
-def autotune_configs(hopper: list[dict], ampere: list[dict], fallback: dict, interpreter: dict) -> TuningSpace:
-    """The configs to autotune over.
+def autotune_configs(keys: tuple[str, ...], hopper: list[tuple], ampere: list[tuple], fallback: tuple,
+                     interpreter: tuple) -> TuningSpace:
+    """The configs to autotune over, each a tuple of values for `keys` (the tile sizes, then
+    ``num_warps`` and ``num_stages``; the interpreter's config gives the tile sizes only).
 
     On a GPU the configs of its generation are benchmarked: Hopper (sm_90, H100/H200) has more
     shared memory and gains from deeper pipelines, Ampere (sm_80/86) prefers fewer stages. The
@@ -114,6 +116,10 @@ def autotune_configs(hopper: list[dict], ampere: list[dict], fallback: dict, int
     would run every config in numpy (far too slow), and small tiles make the small test shapes
     cross several tiles of every loop.
     """
+    hopper, ampere, fallback, interpreter = (
+        [dict(zip(keys, c)) for c in hopper], [dict(zip(keys, c)) for c in ampere], dict(zip(keys, fallback)),
+        dict(zip(keys, interpreter)),
+    )
     if INTERPRETING:
         return TuningSpace([_config(interpreter)], None, {})
     # Every list ends with small tiles on one stage: float64 (and D = 1024) tiles must fit in

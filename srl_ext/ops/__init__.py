@@ -1,0 +1,47 @@
+"""The compiled custom ops (``torch.ops.srl_ext.*``), the backends "cpu" and "cuda".
+
+The ops are defined in ``csrc/srl_ext.cpp`` with CPU kernels in ``csrc/cpu`` and CUDA kernels in
+``csrc/cuda``; the dispatcher picks the kernel from the tensors' device. Their fake kernels (the
+contract, so that ``torch.compile`` traces them without graph breaks), their autograd and the
+four term functions (the signatures of ``srl_ext.reference``) are those of every fused op:
+``srl_ext.ops.fused``, shared with the Triton ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import fused
+
+try:
+    from .. import _C  # noqa: F401  (loading the library registers the ops)
+
+    LOAD_ERROR: str | None = None
+except ImportError as error:  # the package was not built: say so when a compiled backend is asked for
+    LOAD_ERROR = f"srl_ext._C could not be loaded ({error}); build it with `pip install --no-build-isolation -e .`"
+
+
+def available() -> bool:
+    return LOAD_ERROR is None
+
+
+def has_cuda_kernels() -> bool:
+    """True when the library was built with its CUDA sources."""
+    return available() and torch._C._dispatch_has_kernel_for_dispatch_key("srl_ext::envelope", "CUDA")
+
+
+if available():
+    for _name in ("surrogate_table", "surrogate_table_backward", "contrastive", "envelope", "homogeneity"):
+        torch.library.register_fake(f"srl_ext::{_name}", getattr(fused, f"fake_{_name}"))
+    fused.register_table_autograd(
+        "srl_ext::surrogate_table", lambda *args: torch.ops.srl_ext.surrogate_table_backward(*args)
+    )
+    fused.register_loss_autograd("srl_ext::contrastive", num_inputs=5)
+    fused.register_loss_autograd("srl_ext::envelope", num_inputs=3)
+    fused.register_loss_autograd("srl_ext::homogeneity", num_inputs=3)
+
+_terms = fused.Terms(lambda name: getattr(torch.ops.srl_ext, name))
+surrogate_table = _terms.surrogate_table
+contrastive_loss = _terms.contrastive_loss
+enveloping_loss = _terms.enveloping_loss
+homogeneity_loss = _terms.homogeneity_loss

@@ -1,0 +1,136 @@
+"""What every fused op shares, whichever kernels run it (``torch.ops.srl_ext`` for the C++ and CUDA
+kernels, ``torch.ops.srl_ext_triton`` for the Triton ones): the contract its fake kernel states,
+its autograd, and the four term functions of ``srl_ext.reference`` on top of it.
+
+Every loss op returns ``(loss, grad)``, ``grad`` being the gradient of the loss with respect to
+its one differentiable input, computed in the same sweep; the backward scales it by the incoming
+gradient and returns it in that input's dtype. The surrogate table op returns
+``(surrogates, mean_norms, counts)`` and has a backward op of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..reference import accumulation_dtype
+
+
+# ----- the contract: metadata only, torch._check (traceable), the outputs' shapes and dtypes -----
+def _check_rows(name: str, x: torch.Tensor, cols: int | None = None) -> None:
+    torch._check_value(x.dim() == 2, lambda: f"srl_ext: argument '{name}' must be 2-D, got shape {tuple(x.shape)}")
+    torch._check_value(x.shape[1] >= 1, lambda: f"srl_ext: argument '{name}' must have D >= 1 columns, got 0")
+    if cols is not None:
+        torch._check_value(x.shape[1] == cols, lambda: f"srl_ext: argument '{name}' must have {cols} columns")
+
+
+def check_table(features, bins, memory) -> None:
+    _check_rows("features", features)
+    _check_rows("memory", memory, features.shape[1])
+    torch._check_value(bins.dim() == 1 and bins.shape[0] == features.shape[0],
+                       lambda: "srl_ext: argument 'bins' must be a vector of B bin indices")
+
+
+def check_contrastive(features, bins, surrogates) -> None:
+    check_table(features, bins, surrogates)
+
+
+def check_envelope(surrogates, anchors) -> None:
+    _check_rows("surrogates", surrogates)
+    _check_rows("anchors", anchors, surrogates.shape[1])
+
+
+def check_homogeneity(surrogates) -> None:
+    _check_rows("surrogates", surrogates)
+    torch._check_value(surrogates.shape[0] >= 2, lambda: "srl_ext: argument 'surrogates' must have K >= 2 rows")
+
+
+# Fake kernels: the contract, then outputs allocated contiguous, as the kernels return them
+# (empty_like would keep the strides of a transposed input; opcheck and inductor compare them).
+def fake_surrogate_table(features, bins, memory):
+    check_table(features, bins, memory)
+    acc = accumulation_dtype(features.dtype)
+    num_bins, dim = memory.shape
+    return features.new_empty((num_bins, dim), dtype=acc), features.new_empty((num_bins,), dtype=acc), bins.new_empty((num_bins,))
+
+
+def fake_surrogate_table_backward(grad_surrogates, features, bins, surrogates, mean_norms, counts):
+    return features.new_empty(features.shape)
+
+
+def fake_contrastive(features, bins, surrogates, temperature, label_weighting):
+    check_contrastive(features, bins, surrogates)
+    return features.new_empty((), dtype=accumulation_dtype(features.dtype)), features.new_empty(features.shape)
+
+
+def fake_envelope(surrogates, anchors, envelope_temperature):
+    check_envelope(surrogates, anchors)
+    acc = accumulation_dtype(surrogates.dtype)
+    return surrogates.new_empty((), dtype=acc), surrogates.new_empty(surrogates.shape, dtype=acc)
+
+
+def fake_homogeneity(surrogates, sign, beta):
+    check_homogeneity(surrogates)
+    acc = accumulation_dtype(surrogates.dtype)
+    return surrogates.new_empty((), dtype=acc), surrogates.new_empty(surrogates.shape, dtype=acc)
+
+
+# ----- autograd, one registration for both namespaces -----
+def _register(op, backward, setup_context) -> None:
+    if isinstance(op, str):
+        torch.library.register_autograd(op, backward, setup_context=setup_context)
+    else:  # a torch.library.triton_op
+        op.register_autograd(backward, setup_context=setup_context)
+
+
+def register_loss_autograd(op, num_inputs: int) -> None:
+    """The backward of loss op `op` (its name or a triton_op): input 0 gets the saved gradient
+    times the incoming one, in input 0's dtype; the other inputs get none."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output[1])
+        ctx.input_dtype = inputs[0].dtype
+
+    def backward(ctx, grad_loss, _grad_of_grad):
+        (fused_grad,) = ctx.saved_tensors
+        return ((grad_loss * fused_grad).to(ctx.input_dtype),) + (None,) * (num_inputs - 1)
+
+    _register(op, backward, setup_context)
+
+
+def register_table_autograd(op, backward_op: Callable) -> None:
+    """The backward of surrogate table op `op`: `backward_op` to the features (memory rows are detached)."""
+
+    def setup_context(ctx, inputs, output):
+        features, bins, _memory = inputs
+        ctx.save_for_backward(features, bins, *output)
+
+    def backward(ctx, grad_surrogates, _grad_mean_norms, _grad_counts):
+        if grad_surrogates is None:
+            return None, None, None
+        return backward_op(grad_surrogates, *ctx.saved_tensors), None, None
+
+    _register(op, backward, setup_context)
+
+
+# ----- the term functions (the signatures of srl_ext.reference) -----
+class Terms:
+    """``surrogate_table``, ``contrastive_loss``, ``enveloping_loss`` and ``homogeneity_loss`` on
+    four fused ops, given as a function from the op name to the op."""
+
+    def __init__(self, op: Callable[[str], Callable]) -> None:
+        self._op = op
+
+    def surrogate_table(self, features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return self._op("surrogate_table")(features, bins, memory)[0]
+
+    def contrastive_loss(self, features, bins, surrogates, temperature: float, label_weighting: bool = False):
+        return self._op("contrastive")(features, bins, surrogates.detach(), float(temperature), bool(label_weighting))[0]
+
+    def enveloping_loss(self, surrogates, anchors, envelope_temperature: float | None = None):
+        smoothness = None if envelope_temperature is None else float(envelope_temperature)
+        return self._op("envelope")(surrogates, anchors, smoothness)[0]
+
+    def homogeneity_loss(self, surrogates, sign: float = -1.0, beta: float = 0.1):
+        return self._op("homogeneity")(surrogates, float(sign), float(beta))[0]

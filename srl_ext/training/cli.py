@@ -1,0 +1,274 @@
+"""The command line shared by the drivers in ``train/``: one parser builder, one ``run``.
+
+A driver names its preset (the released settings, docs/method.md "Presets"), adds its own flags, and gives a ``build``
+function ``config -> (Task, model, datasets)``; ``run`` does the rest: a new run folder, training,
+model selection and the test, or ``--resume`` / ``--evaluate`` of a checkpoint.
+
+Launched with ``torchrun`` (WORLD_SIZE > 1), ``run`` joins the process group first and the engine
+trains data-parallel (docs/distributed.md); rank 0 alone makes the run folder and writes in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from .. import backends, settings
+from ..settings import ENVELOPES
+from ..memory import MODES as MEMORY_MODES
+from . import ddp, released_checkpoints
+from .checkpoint import BEST, LAST, load_checkpoint, make_run_dir, seed_everything
+from .config import EARLY_STOP_RULES, recipe
+from .engine import Engine
+
+# Flags that a --resume or --evaluate may change: where the data is and how to run, not what is trained.
+# --epoch may be raised on --resume to train on.
+ENVIRONMENT_FLAGS = ("data_dir", "workers", "threads", "device", "progress")
+RESUME_FLAGS = ENVIRONMENT_FLAGS + ("epoch",)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows each flag's default, except for switches and
+    flags without one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return text + " (default: %(default)s)"
+
+
+def build_parser(preset_name: str, description: str, default_data_dir: str) -> argparse.ArgumentParser:
+    """The common flags with the preset's defaults; the driver adds its own to the returned parser."""
+    p = recipe(preset_name)
+    loss = settings.preset(preset_name).srl
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+    data = parser.add_argument_group("data and run folder")
+    data.add_argument("--data_dir", default=default_data_dir, help="folder holding the dataset files")
+    data.add_argument("--runs_dir", default="runs", help="parent folder of the run folders")
+    data.add_argument("--run_name", default=None,
+                      help="run folder name (default: <preset>-<srl|vanilla>-<date-time>); an existing one is never "
+                           "reused: a suffix -2, -3, ... is added")
+    data.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    data.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0: torch's default)")
+    data.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    data.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
+    data.add_argument("--resume", metavar="CHECKPOINT", default=None,
+                      help=f"continue the run of this checkpoint (a run folder means its {LAST}) exactly where it "
+                           "stopped, with its saved config; only --data_dir, --workers, --threads, --device, "
+                           "--no_progress and --epoch (to train longer) may change")
+    data.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
+                      help=f"only evaluate this checkpoint (a run folder means its {BEST}) on the test set: print "
+                           "the DIR table, write test_metrics.json and test_errors.png beside it. A checkpoint "
+                           "released by the SRL authors is converted to this project's model and its table written "
+                           "to a new run folder under --runs_dir (docs/training.md)")
+    data.add_argument("--trust_checkpoint", action="store_true",
+                      help="with --evaluate: load a checkpoint file that pickles Python objects besides tensors "
+                           "(an argparse namespace, ...), which runs code the file names; only for files you trust")
+
+    train = parser.add_argument_group("optimisation")
+    train.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
+    train.add_argument("--epoch", type=int, default=p.epochs,
+                       help="number of training epochs" + (" (none: until early stopping)" if p.epochs is None else ""))
+    train.add_argument("--batch_size", type=int, default=p.batch_size,
+                       help="batch size (per process under torchrun: the global batch is this times the "
+                            "number of processes)")
+    train.add_argument("--lr", type=float, default=p.lr, help="Adam learning rate")
+    train.add_argument("--weight_decay", type=float, default=p.weight_decay, help="Adam weight decay")
+    train.add_argument("--lr_milestones", type=int, nargs="*", default=list(p.lr_milestones),
+                       help="epochs at which the learning rate is multiplied by --lr_gamma")
+    train.add_argument("--lr_gamma", type=float, default=p.lr_gamma, help="learning rate factor at each milestone")
+    train.add_argument("--grad_clip", type=float, default=p.grad_clip_norm or 0.0,
+                       help="clip the gradient norm to this value (0: no clipping)")
+    train.add_argument("--eval_every", type=int, default=p.eval_every_steps or 0,
+                       help="validate every so many training steps (0: at the end of every epoch)")
+    train.add_argument("--patience", type=int, default=p.early_stop_patience or 0,
+                       help="early stopping, read by --early_stop (0: no early stopping)")
+    train.add_argument("--early_stop", choices=EARLY_STOP_RULES, default="released",
+                       help="released: stop when the validation score is the worst of the last --patience + 1 "
+                            "(the released STS-B trainer); no_improvement: stop after --patience validations "
+                            "without a better model")
+    train.add_argument("--max_vals", dest="max_validations", type=int, default=p.max_validations or 0,
+                       help="stop after so many validations (0: no limit)")
+
+    srl = parser.add_argument_group("SRL loss (docs/method.md)")
+    srl.add_argument("--vanilla", dest="srl", action="store_false",
+                     help="train the plain regression baseline: no SRL terms, no surrogate memory")
+    srl.add_argument("--warmup", type=int, default=0, help="first epochs trained with the regression loss only")
+    srl.add_argument("--w1", type=float, default=loss.w1, help="weight of the contrastive term")
+    srl.add_argument("--w2", type=float, default=loss.w2, help="weight of the enveloping term")
+    srl.add_argument("--w3", type=float, default=loss.w3, help="weight of the homogeneity term")
+    srl.add_argument("--temp", type=float, default=loss.temperature, help="temperature of the contrastive term")
+    srl.add_argument("--num_anchors", type=int, default=loss.num_anchors, help="anchor points of the enveloping term")
+    srl.add_argument("--anchor_seed", type=int, default=loss.anchor_seed, help="seed of the anchor points")
+    srl.add_argument("--homogeneity_sign", type=float, default=loss.homogeneity_sign,
+                     help="sign of the sum of neighbouring surrogate cosines (-1: the paper's term)")
+    srl.add_argument("--homogeneity_beta", type=float, default=loss.homogeneity_beta,
+                     help="weight of the variance of neighbouring cosines")
+    srl.add_argument("--envelope", choices=ENVELOPES, default=loss.envelope,
+                     help="enveloping term: hard max (released code) or smooth max (paper)")
+    srl.add_argument("--envelope_temperature", type=float, default=loss.envelope_temperature,
+                     help="smoothness s of the soft envelope (the smooth max s * logsumexp(cos / s))")
+    srl.add_argument("--label_weighting", action="store_true",
+                     help="weight the contrastive denominator by label distance")
+    srl.add_argument("--backend", choices=backends.NAMES, default="auto", help="kernels computing the SRL terms")
+    srl.add_argument("--memory_update", choices=MEMORY_MODES, default="epoch_pass",
+                     help="refill of the surrogate memory: epoch_pass = one extra no-grad pass over the training set "
+                          "at the end of each epoch (released code); online = the features of the training steps")
+    srl.add_argument("--memory_momentum", type=float, default=0.9, help="weight of the old memory in each update")
+    return parser
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the flags given on the command line (not left at their default)."""
+    defaults = {action.dest: action.default for action in parser._actions}
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    try:
+        given = parser.parse_args(argv)
+    finally:
+        for action in parser._actions:
+            action.default = defaults[action.dest]
+    return set(vars(given))
+
+
+def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str] | None = None) -> tuple[dict, set[str]]:
+    """(config, explicitly given flags). The config adds the preset's fixed settings and maps the
+    '0 means off' flags to None."""
+    args = parser.parse_args(argv)
+    config = vars(args)
+    config.update(preset=preset_name, regression_loss=recipe(preset_name).regression_loss,
+                  memory_normalized=settings.preset(preset_name).memory_normalized)
+    for key in ("grad_clip", "eval_every", "patience", "max_validations"):
+        if not config[key]:
+            config[key] = None
+    checks = [
+        (config["epoch"] is None and config["patience"] is None and config["max_validations"] is None, "--epoch",
+         "a number of epochs when --patience and --max_vals are 0", "none"),
+        (config["max_validations"] is not None and config["max_validations"] < 0, "--max_vals", "0 or more",
+         config["max_validations"]),
+        (config["patience"] is not None and config["patience"] < 0, "--patience", "0 or more", config["patience"]),
+        (config["epoch"] is not None and config["epoch"] < 1, "--epoch", "at least 1", config["epoch"]),
+        (config["batch_size"] < 2, "--batch_size", "at least 2", config["batch_size"]),
+        (config["lr"] <= 0, "--lr", "a positive number", config["lr"]),
+        (config["warmup"] < 0, "--warmup", "0 or more", config["warmup"]),
+        (config["envelope"] == "soft" and not config["envelope_temperature"], "--envelope_temperature",
+         "a positive number with --envelope soft", config["envelope_temperature"]),
+        (config["resume"] is not None and config["evaluate"] is not None, "--resume/--evaluate", "only one of them", "both"),
+        (config["trust_checkpoint"] and config["evaluate"] is None, "--trust_checkpoint", "only with --evaluate",
+         "no --evaluate"),
+    ]
+    for failed, flag, expected, actual in checks:
+        if failed:
+            parser.error(f"{flag}: expected {expected}, got {actual}")
+    return config, explicit_flags(parser, argv)
+
+
+Build = Callable[[dict], tuple]  # config -> (Task, model, {"train", "val", "test"} datasets)
+
+
+def run(config: dict, explicit: set[str], build: Build) -> dict:
+    """Train, select and test a new run, or resume or evaluate a checkpoint; returns the test table.
+
+    Under torchrun it joins the process group (``ddp.init_from_env``) and leaves it at the end."""
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
+    joined = ddp.launched_by_torchrun() and not torch.distributed.is_initialized()
+    ddp.init_from_env(config["device"])
+    try:
+        table = _run(config, explicit, build)
+        # Rank 0 still writes files when the others are done: tearing gloo down on one rank while
+        # another is busy can abort the process at exit, so every rank waits for all first.
+        ddp.barrier()
+        return table
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _run(config: dict, explicit: set[str], build: Build) -> dict:
+    main_process = ddp.is_main_process()
+    if config["evaluate"] is not None:
+        # Read without running pickled code; a file that is no checkpoint of this project is
+        # taken for a released SRL checkpoint (released_checkpoints.evaluate_released).
+        source = Path(config["evaluate"])
+        source = source / BEST if source.is_dir() else source
+        if source.is_file():
+            loaded = released_checkpoints.read_checkpoint(source, config.get("trust_checkpoint", False))
+            if not released_checkpoints.is_srl_ext_checkpoint(loaded):
+                return released_checkpoints.evaluate_released(config, explicit, build, source, loaded)
+        checkpoint, path = load_checkpoint(config["evaluate"], BEST)
+        saved = _merge(checkpoint["config"], config, explicit, ENVIRONMENT_FLAGS)
+        task, model, datasets = build(saved)
+        engine = Engine(saved, task, model, datasets, path.parent)
+        engine.model.load_state_dict(checkpoint["model"])
+        best = checkpoint.get("best") or {}
+        return engine.report(title=f"test, {path.name} (epoch {best.get('epoch')} step {best.get('step')})", out_dir=path.parent)
+
+    if config["resume"] is not None:
+        checkpoint, path = load_checkpoint(config["resume"], LAST)
+        saved = _merge(checkpoint["config"], config, explicit, RESUME_FLAGS)
+        task, model, datasets = build(saved)
+        engine = Engine(saved, task, model, datasets, path.parent)
+        engine.load_state_dict(checkpoint)
+        if main_process:
+            print(f"resumed {path} at epoch {engine.epoch} step {engine.global_step}", flush=True)
+    else:
+        seed_everything(config["seed"])
+        run_dir = None
+        if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
+            name = config["run_name"] or f"{config['preset']}-{'srl' if config['srl'] else 'vanilla'}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = make_run_dir(config["runs_dir"], name)
+        run_dir = Path(ddp.broadcast_object(None if run_dir is None else str(run_dir)))
+        task, model, datasets = build(config)
+        if main_process:
+            (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            print(f"run folder {run_dir}", flush=True)
+        engine = Engine(config, task, model, datasets, run_dir)
+    engine.fit()
+    return engine.test()
+
+
+def _merge(saved: dict, given: dict, explicit: set[str], changeable: Sequence[str]) -> dict:
+    """The checkpoint's config, with the changeable flags given on this command line."""
+    merged = dict(saved)
+    merged.setdefault("early_stop", "no_improvement")  # the only rule of runs saved before --early_stop
+    ignored = sorted(key for key in explicit - set(changeable) if key not in ("resume", "evaluate", "trust_checkpoint") and given[key] != saved.get(key))
+    if ignored:
+        print(f"note: the checkpoint's config is used; ignored: {', '.join('--' + key for key in ignored)}", file=sys.stderr)
+    for key in changeable:
+        if key in explicit:
+            merged[key] = given[key]
+    merged["resume"], merged["evaluate"] = given["resume"], given["evaluate"]
+    return merged
+
+
+def data_dir_path(config: dict) -> Path:
+    return Path(config["data_dir"]).expanduser()
+
+
+def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
+    """The whole driver of an image benchmark (``srl_ext.training.data.images.AGEDB`` or ``IMDB_WIKI``)."""
+    from .data import images
+    from .models import IMAGE_BACKBONES, ImageRegressor
+
+    parser = build_parser(benchmark.preset, benchmark.description(), benchmark.default_data_dir)
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", choices=IMAGE_BACKBONES, default="resnet50",
+                       help="trained from scratch: resnet50 (the benchmark's), resnet18, or tiny (a small conv net for "
+                            "quick runs and tests)")
+    model.add_argument("--img_size", type=int, default=images.IMAGE_SIZE, help="images are resized to this square size")
+
+    def build(config: dict):
+        task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"])
+        return task, ImageRegressor(config["backbone"]), datasets
+
+    config, explicit = parse(parser, benchmark.preset, argv)
+    return run(config, explicit, build)

@@ -1,0 +1,131 @@
+"""What a training run is told: the released training recipes, ``TrainConfig`` and ``Task``.
+
+The loss settings of a run are an ``srl_ext.settings.SRLSettings`` (``srl_settings``): the
+drivers' SRL flags carry the field names, except ``--temp`` (tau, the field ``temperature``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..settings import FIELDS as SRL_FIELDS
+from ..settings import SRLSettings
+
+EARLY_STOP_RULES = ("released", "no_improvement")
+REGRESSION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"l1": F.l1_loss, "mse": F.mse_loss}
+# The config key of each SRL setting whose flag is not named after it.
+SRL_FLAG_NAMES = {"temperature": "temp"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The released code's training recipe for one benchmark (docs/training.md)."""
+
+    regression_loss: str  # "l1", or "mse" (STS-B: on the score divided by 5)
+    optimizer: str = "adam"
+    lr: float = 2.5e-4
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int | None = None  # None: trained until early stopping
+    lr_milestones: tuple[int, ...] = field(default_factory=tuple)  # epochs where lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    grad_clip_norm: float | None = None
+    eval_every_steps: int | None = None  # validation every so many steps instead of every epoch
+    early_stop_patience: int | None = None  # in validations
+    max_validations: int | None = None  # training stops after so many validations
+
+
+RECIPES: dict[str, Recipe] = {
+    "agedb": Recipe(regression_loss="l1", lr=2.5e-4, batch_size=64, epochs=120, lr_milestones=(60, 80)),
+    "imdb_wiki": Recipe(regression_loss="l1", lr=1e-3, batch_size=256, epochs=90, lr_milestones=(60, 80)),
+    "sts_b": Recipe(regression_loss="mse", lr=2.5e-4, weight_decay=1e-5, batch_size=16, epochs=None,
+                    grad_clip_norm=5.0, eval_every_steps=400, early_stop_patience=30, max_validations=300),
+}
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"preset must be one of {', '.join(map(repr, RECIPES))}, got {name!r}")
+    return RECIPES[name]
+
+
+def srl_settings(config: dict) -> SRLSettings:
+    """The SRL settings of a run's config (the drivers' flags), defaults for keys it lacks."""
+    values = {}
+    for name in SRL_FIELDS:
+        key = SRL_FLAG_NAMES.get(name, name)
+        if key in config:
+            values[name] = config[key]
+    return SRLSettings(**values)
+
+
+@dataclass
+class TrainConfig:
+    """The settings the engine reads (the drivers' flags of the same names fill them)."""
+
+    seed: int = 0
+    epoch: int | None = None  # number of epochs; None: until early stopping
+    warmup: int = 0  # first epochs with the regression loss only
+    batch_size: int = 64
+    lr: float = 2.5e-4
+    weight_decay: float = 0.0
+    lr_milestones: Sequence[int] = ()
+    lr_gamma: float = 0.1
+    grad_clip: float | None = None
+    eval_every: int | None = None  # validate every so many steps; None: at the end of each epoch
+    patience: int | None = None  # early stopping after so many validations (see `early_stop`)
+    early_stop: str = "released"  # the rule that reads `patience`: one of EARLY_STOP_RULES
+    max_validations: int | None = None  # stop after so many validations
+    regression_loss: str = "l1"
+    srl: bool = True  # False: the plain regression baseline
+    loss: SRLSettings = field(default_factory=SRLSettings)  # the SRL terms' settings
+    backend: str = "auto"
+    memory_update: str = "epoch_pass"
+    memory_momentum: float = 0.9
+    memory_normalized: bool = False
+    workers: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)} - {"loss"}
+        return cls(loss=srl_settings(values), **{key: value for key, value in values.items() if key in names})
+
+
+@dataclass
+class Task:
+    """What the engine needs to know about a benchmark.
+
+    Attributes:
+        name: the preset name ("agedb", "imdb_wiki", "sts_b").
+        num_bins: K.
+        label_bins: labels (label units) -> int64 bins in [0, K).
+        bin_groups: per bin, "many", "medium" or "few" (docs/method.md, "DIR protocol").
+        target_scale: the model regresses label / target_scale; predictions are multiplied back.
+        selection: (row, metric) of the validation table that selects the model, lower is better.
+        gm_floor, correlations: DIR metric options (STS-B: 1e-10 and Pearson/Spearman).
+        label_name: the x-axis name of the per-label error plot.
+        table_rule: None for the library's surrogate table on ``label_bins``; else
+            ``(features, labels, memory) -> (table, positive rows)``, a table built another way
+            (``srl_ext.released``), single process only.
+    """
+
+    name: str
+    num_bins: int
+    label_bins: Callable[[torch.Tensor], torch.Tensor]
+    bin_groups: Sequence[str]
+    train_labels: np.ndarray
+    collate: Callable | None = None
+    target_scale: float = 1.0
+    selection: tuple[str, str] = ("all", "mae")
+    gm_floor: float | None = None
+    correlations: bool = False
+    label_name: str = "label"
+    bin_values: Sequence[float] = field(default_factory=tuple)  # the label value of each bin, for plots
+    table_rule: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None

@@ -1,0 +1,202 @@
+"""AgeDB-DIR and IMDB-WIKI-DIR: face images labelled with an integer age (docs/method.md,
+"DIR protocol").
+
+Layout (the DIR benchmark's): ``<data_dir>/<csv>`` with the columns ``age``, ``path`` and
+``split`` (train / val / test), and the images at ``<data_dir>/<path>``. One age is one bin.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ... import metrics
+from ...settings import NUM_BINS
+from ..config import Task, recipe
+from . import MissingDataError, require_files
+
+SPLITS = ("train", "val", "test")
+CSV_COLUMNS = ("age", "path", "split")
+IMAGE_SIZE = 224  # ResNet-50 input of the released code
+CROP_PADDING = 16
+NORMALIZE_MEAN = NORMALIZE_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    preset: str  # also the Task name
+    title: str  # "AgeDB-DIR"
+    csv_name: str
+    num_bins: int  # ages 0 .. num_bins - 1
+    image_folders: str  # where the CSV's paths point, for the help text
+    default_data_dir: str
+    where_to_get: str
+    torchrun_gpus: int = 4  # the data-parallel example of the help text
+
+    def description(self) -> str:
+        """The driver's --help text."""
+        script = f"train/{self.preset}.py"
+        data = f"path/to/{self.preset}"
+        batch = recipe(self.preset).batch_size
+        return f"""\
+{self.title}: predict a person's age (0-{self.num_bins - 1}) from a face image. A ResNet-50 trained from scratch at
+224 x 224, a regressor trained with L1 and, by default, the SRL terms on a 128-d projection head
+(one bin per age). Validation after every epoch selects the model (lowest validation MAE); the
+test set is evaluated once, on it, in the DIR protocol (All / Many / Medium / Few shots).
+
+Data: --data_dir holds {self.csv_name} (columns age, path, split) and the images at the CSV's paths
+({self.image_folders}).
+
+Examples:
+  python {script} --data_dir {data}                   # SRL, released settings
+  python {script} --data_dir {data} --vanilla         # regression baseline
+  python {script} --data_dir {data} --backbone resnet18 --epoch 10 --img_size 112
+  torchrun --standalone --nproc_per_node {self.torchrun_gpus} {script} --data_dir {data} --batch_size {batch // self.torchrun_gpus}
+                                             # {self.torchrun_gpus} GPUs, global batch {batch} (docs/distributed.md)
+  python {script} --resume runs/{self.preset}-srl-20260101-120000    # continue a run
+  python {script} --evaluate runs/{self.preset}-srl-20260101-120000  # test table of its best model
+  python {script} --data_dir {data} --evaluate ckpt.best.pth.tar
+                                             # a checkpoint released by the SRL authors (docs/training.md)
+"""
+
+
+AGEDB = Benchmark(
+    preset="agedb", title="AgeDB-DIR", csv_name="agedb.csv", num_bins=NUM_BINS["agedb"], image_folders="AgeDB/...",
+    default_data_dir="data/agedb-dir",
+    where_to_get=(
+        "AgeDB-DIR: agedb.csv is agedb-dir/data/agedb.csv of the imbalanced-regression repository (YyzHarry/"
+        "imbalanced-regression on GitHub); the AgeDB images (folder AgeDB/) are given by the AgeDB authors on request "
+        "(ibug.doc.ic.ac.uk/resources/agedb). Put both in one folder and pass it as --data_dir."
+    ),
+)
+IMDB_WIKI = Benchmark(
+    preset="imdb_wiki", title="IMDB-WIKI-DIR", csv_name="imdb_wiki.csv", num_bins=NUM_BINS["imdb_wiki"],
+    image_folders="imdb_crop/..., wiki_crop/...", default_data_dir="data/imdb-wiki-dir", torchrun_gpus=8,
+    where_to_get=(
+        "IMDB-WIKI-DIR: imdb_wiki.csv is imdb-wiki-dir/data/imdb_wiki.csv of the imbalanced-regression repository "
+        "(YyzHarry/imbalanced-regression on GitHub); the face crops (folders imdb_crop/ and wiki_crop/) come from the "
+        "IMDB-WIKI page (data.vision.ee.ethz.ch/cvl/rrothe/imdb-wiki). Put them in one folder and pass it as --data_dir."
+    ),
+)
+
+
+def read_age_csv(path: str | Path, num_bins: int) -> dict[str, list[tuple[str, int]]]:
+    """{"train", "val", "test"} -> [(relative image path, age)]; a malformed row raises ValueError
+    naming the file and line."""
+    path = Path(path)
+    rows: dict[str, list[tuple[str, int]]] = {split: [] for split in SPLITS}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or any(column not in header for column in CSV_COLUMNS):
+            raise ValueError(f"{path}:1: expected a header with the columns {', '.join(CSV_COLUMNS)}, got {header}")
+        column = {name: header.index(name) for name in CSV_COLUMNS}
+        for fields in reader:
+            line = reader.line_num
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise ValueError(f"{path}:{line}: expected {len(header)} comma-separated fields, got {len(fields)}")
+            age_text, image, split = (fields[column[name]].strip() for name in CSV_COLUMNS)
+            try:
+                age = float(age_text)
+            except ValueError:
+                raise ValueError(f"{path}:{line}: age {age_text!r} is not a number") from None
+            if age != int(age) or not 0 <= age < num_bins:
+                raise ValueError(f"{path}:{line}: age {age_text!r} is not an integer in [0, {num_bins - 1}]")
+            if split not in rows:
+                raise ValueError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
+            if not image:
+                raise ValueError(f"{path}:{line}: empty image path")
+            rows[split].append((image, int(age)))
+    return rows
+
+
+def transforms(train: bool, image_size: int = IMAGE_SIZE):
+    """Train: resize, random crop with padding 16, horizontal flip, normalise to [-1, 1]; eval:
+    resize and normalise (the released code's)."""
+    from torchvision import transforms as T
+
+    steps = [T.Resize((image_size, image_size))]
+    if train:
+        steps += [T.RandomCrop(image_size, padding=CROP_PADDING), T.RandomHorizontalFlip()]
+    steps += [T.ToTensor(), T.Normalize(NORMALIZE_MEAN, NORMALIZE_STD)]
+    return T.Compose(steps)
+
+
+class AgeImageDataset(Dataset):
+    """Items ``(image tensor, age)`` from (relative path, age) rows under ``root``."""
+
+    def __init__(self, rows: Sequence[tuple[str, int]], root: str | Path, transform) -> None:
+        self.rows = list(rows)
+        self.root = Path(root)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        relative, age = self.rows[index]
+        path = self.root / relative
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except OSError as error:
+            raise OSError(f"cannot read image {path}: {error}") from None
+        return self.transform(image), float(age)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray([age for _, age in self.rows], dtype=np.float32)
+
+
+def collate_images(items):
+    """A batch ``((images,), ages)``."""
+    images, ages = zip(*items)
+    return (torch.stack(images),), torch.tensor(ages, dtype=torch.float32)
+
+
+class AgeBins:
+    """labels -> bins: the integer age, clamped to [0, K) (picklable, unlike a lambda)."""
+
+    def __init__(self, num_bins: int) -> None:
+        self.num_bins = num_bins
+
+    def __call__(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(labels).long().clamp(0, self.num_bins - 1)
+
+
+def load_benchmark(benchmark: Benchmark, data_dir: str | Path, image_size: int = IMAGE_SIZE) -> tuple[Task, dict[str, Dataset]]:
+    """The Task (bins, shot groups from the training counts) and the three datasets."""
+    data_dir = Path(data_dir)
+    require_files(data_dir, [benchmark.csv_name], benchmark.preset, benchmark.where_to_get)
+    rows = read_age_csv(data_dir / benchmark.csv_name, benchmark.num_bins)
+    for split in SPLITS:
+        if not rows[split]:
+            raise ValueError(f"{data_dir / benchmark.csv_name}: no row of split {split!r}")
+    first_image = data_dir / rows["train"][0][0]
+    if not first_image.is_file():
+        raise MissingDataError(
+            f"{benchmark.preset}: image {first_image} (row 1 of the train split of {benchmark.csv_name}) is missing; "
+            f"the images are expected at --data_dir/<path of the CSV>.\n{benchmark.where_to_get}"
+        )
+    datasets = {
+        split: AgeImageDataset(rows[split], data_dir, transforms(split == "train", image_size)) for split in SPLITS
+    }
+    train_labels = datasets["train"].labels
+    bins = AgeBins(benchmark.num_bins)
+    train_counts = np.bincount(bins(torch.from_numpy(train_labels)).numpy(), minlength=benchmark.num_bins)
+    task = Task(
+        name=benchmark.preset, num_bins=benchmark.num_bins, label_bins=bins,
+        bin_groups=metrics.shot_groups_from_counts(train_counts), train_labels=train_labels, collate=collate_images,
+        selection=("all", "mae"), label_name="age", bin_values=list(range(benchmark.num_bins)),
+    )
+    return task, datasets

@@ -1,0 +1,405 @@
+"""The one training engine of the DIR drivers: train, validate, select, test; checkpoint and resume.
+
+A run lives in its own folder (``checkpoint.make_run_dir``): ``config.json``, ``metrics.jsonl`` (one
+line per training epoch and per validation), ``last.pt`` (the whole state, written at the end of
+every epoch, from which ``--resume`` continues exactly), ``best.pt`` (the model selected on
+validation), ``test_metrics.json`` and ``test_errors.png`` (the test set, evaluated once on
+``best.pt``), and TensorBoard event files when tensorboard is installed.
+
+Exact resumption: the checkpoint holds the model, optimiser, scheduler, anchors, surrogate memory,
+early-stopping state, log history and every RNG state; the loaders' shuffling is seeded from
+(seed, epoch), so the epochs after a resume see the data in the same order as an unbroken run.
+
+Data-parallel (launched with torchrun, see docs/distributed.md): when torch.distributed is
+initialised with more than one rank, the model is wrapped in DistributedDataParallel for the
+training steps, the training set is split by a DistributedSampler (seeded per epoch, as above;
+``batch_size`` is per rank), the SRL terms are those of the global batch (``SRLLoss(distributed=
+True)``), the memory reduces across ranks in ``update``, and the memory pass and the evaluations
+run each rank on a contiguous shard without padding, gathering predictions and labels before
+the metrics, which every rank then computes alike. Only rank 0 writes files (run folder content,
+checkpoints, logs, plots, TensorBoard), prints and shows progress bars; the early-stopping
+decision is rank 0's, broadcast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from .. import metrics as dir_metrics
+from ..loss import SRLLoss
+from ..memory import SurrogateMemory
+from .. import distributed
+from . import ddp
+from .checkpoint import BEST, CHECKPOINT_FORMAT, LAST, atomic_save, epoch_seed, load_checkpoint, rng_state, seed_everything, set_rng_state
+from .config import EARLY_STOP_RULES, REGRESSION_LOSSES, Task, TrainConfig
+from .reporting import RunLog, progress, write_test_report
+
+
+def out_of_patience(scores: Sequence[float], patience: int | None, rule: str = "released") -> bool:
+    """Whether training stops after the validation scores ``scores`` (lower is better, the
+    current one last).
+
+    - "released" (the released STS-B trainer): the current score is the worst of the last
+      ``patience + 1``, which needs more than ``patience + 1`` validations.
+    - "no_improvement": ``patience`` validations in a row without a new best.
+    """
+    if patience is None or not scores:
+        return False
+    if rule == "released":
+        window = patience + 1
+        return len(scores) > window and max(scores[-window:]) <= scores[-1]
+    if rule == "no_improvement":
+        best = min(range(len(scores)), key=lambda i: (scores[i], i))  # the first of equal bests
+        return len(scores) - 1 - best >= patience
+    raise ValueError(f"early stop rule must be one of {', '.join(map(repr, EARLY_STOP_RULES))}, got {rule!r}")
+
+
+def training_device(name: str, data_parallel: bool) -> torch.device:
+    """The device to train on, made the current one if it is a GPU: whatever runs on the current
+    device (Triton launches, torch.cuda calls without a device) would stay on cuda:0 for
+    `--device cuda:1` otherwise."""
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if device.index is None or data_parallel:
+        # under torchrun every rank uses its own GPU, LOCAL_RANK's (ddp.init_from_env set it)
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
+    return device
+
+
+
+class Engine:
+    """Trains ``model`` on ``datasets["train"]``, selects it on ``datasets["val"]``, tests it once.
+
+    ``model(*inputs)`` returns ``(predictions, features)``; ``features`` (B x D) feed the SRL terms
+    and the surrogate memory.
+    """
+
+    def __init__(
+        self,
+        config: dict,
+        task: Task,
+        model: nn.Module,
+        datasets: dict[str, Dataset],
+        run_dir: str | Path,
+    ) -> None:
+        self.config = dict(config)
+        self.settings = TrainConfig.from_dict(config)
+        self.task = task
+        self.run_dir = Path(run_dir)
+        self.distributed = ddp.is_distributed()
+        self.device = training_device(self.settings.device, self.distributed)
+        self.model = model.to(self.device)  # the plain module: checkpoints, the memory pass, evaluation
+        self.datasets = datasets
+        self.main = ddp.is_main_process()  # rank 0 (always, without torch.distributed)
+        s = self.settings
+        # The training steps' forward: DDP averages the gradients over the ranks. Without SRL (or
+        # during the warm-up) the projection head gets no gradient, which DDP must be told.
+        self.train_model = ddp.wrap(self.model, self.device, find_unused_parameters=not s.srl or s.warmup > 0)
+        if task.table_rule is not None and self.distributed:
+            raise ValueError(f"{task.name}: a surrogate table built by the task's own rule runs in one process only")
+        dim = feature_dim(self.model)
+        self.srl_loss: SRLLoss | None = None
+        self.memory: SurrogateMemory | None = None
+        if s.srl:
+            self.srl_loss = SRLLoss(
+                task.num_bins, dim, settings=s.loss, backend=s.backend, distributed=self.distributed
+            ).to(self.device)
+            distributed.assert_same_across_ranks(self.srl_loss.anchors, "SRL anchors")
+            self.memory = SurrogateMemory(
+                task.num_bins, dim, momentum=s.memory_momentum, mode=s.memory_update, normalize=s.memory_normalized
+            ).to(self.device)
+        self.regression_loss = REGRESSION_LOSSES[s.regression_loss]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=s.lr, weight_decay=s.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(s.lr_milestones), gamma=s.lr_gamma)
+        self.epoch = 0  # epochs finished
+        self.global_step = 0
+        self.best: dict | None = None  # {"value", "epoch", "step"} of the selected model
+        self.bad_validations = 0
+        self.val_scores: list[float] = []  # the selection metric of every validation, in order
+        self.stopped = False
+        self.last_validated_step = -1
+        self.history: list[dict] = []
+        self.log = RunLog(self.run_dir) if self.main else None
+        if self.distributed:
+            # The model is built (and DDP has sent rank 0's weights): from here on each rank draws
+            # its own augmentations and dropout masks. A resume then restores each rank's stream.
+            seed_everything(epoch_seed(s.seed, 0, 1000 + ddp.rank()))
+
+    # ----- state -----
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "srl_loss": None if self.srl_loss is None else self.srl_loss.state_dict(),  # the anchors
+            "memory": None if self.memory is None else self.memory.state_dict(),
+            "best": self.best,
+            "bad_validations": self.bad_validations,
+            "val_scores": self.val_scores,
+            "stopped": self.stopped,
+            "last_validated_step": self.last_validated_step,
+            "history": self.history,
+            "rng": rng_state(),
+            # under torch.distributed (a collective: every rank calls state_dict), every rank's
+            "rng_per_rank": ddp.gather_objects(rng_state()) if self.distributed else None,
+        }
+
+    def load_state_dict(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.srl_loss is not None:
+            self.srl_loss.load_state_dict(checkpoint["srl_loss"])
+            self.memory.load_state_dict(checkpoint["memory"])
+        self.epoch = checkpoint["epoch"]
+        self.global_step = checkpoint["global_step"]
+        self.best = checkpoint["best"]
+        self.bad_validations = checkpoint["bad_validations"]
+        self.val_scores = list(checkpoint.get("val_scores", []))
+        self.stopped = checkpoint["stopped"]
+        self.last_validated_step = checkpoint["last_validated_step"]
+        self.history = list(checkpoint["history"])
+        per_rank = checkpoint.get("rng_per_rank")
+        if self.distributed and per_rank is not None and len(per_rank) == ddp.world_size():
+            set_rng_state(per_rank[ddp.rank()])
+        else:  # same or no world size as when saved: rank 0's stream
+            set_rng_state(checkpoint["rng"])
+        # The log restarts from the checkpoint: lines written after it by the interrupted run go.
+        if self.main:
+            self.log.rewrite(self.history)
+
+    def save(self) -> None:
+        state = self.state_dict()  # on every rank: it gathers the ranks' RNG states
+        if self.main:
+            atomic_save(state, self.run_dir / LAST)
+
+    # ----- loaders -----
+    def loader(self, split: str, *, shuffle: bool = False, stream: int = 0) -> DataLoader:
+        """One epoch's loader. Under torch.distributed: with ``shuffle`` (the training steps) a
+        DistributedSampler, which pads the last shard with repeats so that every rank takes the
+        same number of steps (DDP needs it); without (memory pass, evaluation) this rank's
+        contiguous shard without padding, so that no sample is counted twice."""
+        dataset = self.datasets[split]
+        batch_size = self.settings.batch_size
+        seed = epoch_seed(self.settings.seed, self.epoch, stream)
+        # the loader's generator seeds its workers' augmentations: one stream per rank
+        worker_seed = epoch_seed(self.settings.seed, self.epoch, stream + 1000 * ddp.rank())
+        generator = torch.Generator().manual_seed(worker_seed)
+        sampler = None
+        if self.distributed and shuffle:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)  # epoch 0: the seed is per epoch
+            shuffle = False
+        elif self.distributed:
+            dataset = Subset(dataset, ddp.shard_indices(len(dataset)))
+        length = len(sampler) if sampler is not None else len(dataset)
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.settings.workers,
+            collate_fn=self.task.collate, generator=generator, pin_memory=self.device.type == "cuda",
+            # A last batch of one sample cannot pass BatchNorm in train mode: drop only that one.
+            drop_last=split == "train" and length % batch_size == 1,
+        )
+
+    def _to_device(self, inputs, labels):
+        return tuple(x.to(self.device, non_blocking=True) for x in inputs), labels.to(self.device, non_blocking=True)
+
+    # ----- training -----
+    def finished(self) -> bool:
+        return self.stopped or (self.settings.epoch is not None and self.epoch >= self.settings.epoch)
+
+    def fit(self) -> None:
+        while not self.finished():
+            self.train_epoch()
+            self.save()
+        if self.last_validated_step != self.global_step:
+            self.validate()
+            self.save()
+
+    def train_epoch(self) -> None:
+        s = self.settings
+        use_srl = self.srl_loss is not None and self.epoch >= s.warmup
+        # The memory is needed from the first SRL epoch on: fill it from the epoch before.
+        feed_memory = self.memory is not None and self.epoch + 1 >= s.warmup
+        online = feed_memory and s.memory_update == "online"
+        self.model.train()
+        sums = {"loss": 0.0, "regression": 0.0, "srl_total": 0.0, "contrastive": 0.0, "enveloping": 0.0, "homogeneity": 0.0}
+        num_steps = 0
+        val_seconds = 0.0  # of the validations inside the epoch, kept out of train_seconds
+        started = time.perf_counter()
+        batches = progress(self.loader("train", shuffle=True), s.progress and self.main, f"epoch {self.epoch}")
+        for inputs, labels in batches:
+            inputs, labels = self._to_device(inputs, labels)
+            predictions, features = self.train_model(*inputs)
+            regression = self.regression_loss(predictions, labels / self.task.target_scale)
+            loss = regression
+            bins = self.task.label_bins(labels) if (use_srl or online) else None
+            if use_srl:
+                if self.task.table_rule is None:
+                    terms = self.srl_loss(features, bins, self.memory.table)
+                else:
+                    surrogates, positives = self.task.table_rule(features, labels, self.memory.table)
+                    terms = self.srl_loss.terms_from_table(features, positives, surrogates)
+                loss = regression + terms.total
+                for key in ("contrastive", "enveloping", "homogeneity"):
+                    sums[key] += getattr(terms, key).detach()
+                sums["srl_total"] += terms.total.detach()
+            if online:
+                self.memory.accumulate(features.detach(), bins)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+            self.optimizer.step()
+            sums["loss"] += loss.detach()  # tensors: no device sync per step
+            sums["regression"] += regression.detach()
+            num_steps += 1
+            self.global_step += 1
+            if hasattr(batches, "set_postfix"):
+                batches.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+            if s.eval_every and self.global_step % s.eval_every == 0:
+                validation_started = time.perf_counter()
+                self.validate()
+                val_seconds += time.perf_counter() - validation_started
+                self.model.train()
+                if self.stopped:
+                    break
+        train_seconds = time.perf_counter() - started - val_seconds
+        memory_seconds = 0.0
+        if feed_memory and not self.stopped:
+            started = time.perf_counter()
+            if s.memory_update == "epoch_pass":
+                self.memory_pass()
+            self.memory.update()
+            memory_seconds = time.perf_counter() - started
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.epoch += 1
+        sums = ddp.mean_over_ranks(sums, self.device)  # the logged losses (the SRL terms are global already)
+        record = {"split": "train", "epoch": self.epoch, "step": self.global_step, "lr": lr, "srl_on": use_srl,
+                  "train_seconds": train_seconds, "memory_seconds": memory_seconds, "val_seconds": val_seconds}
+        record.update({key: float(value) / max(num_steps, 1) for key, value in sums.items()})
+        self._log(record)
+        if not s.eval_every and not self.stopped:
+            self.validate()
+
+    @torch.no_grad()
+    def memory_pass(self) -> None:
+        """The released code's refill: one pass over the training set, train mode (augmentations
+        and dropout on), no gradient, every batch's features into the memory."""
+        self.model.train()
+        self._sync_buffers()
+        for inputs, labels in progress(self.loader("train", stream=1), self.settings.progress and self.main, "memory pass"):
+            inputs, labels = self._to_device(inputs, labels)
+            _, features = self.model(*inputs)
+            self.memory.accumulate(features, self.task.label_bins(labels))
+
+    # ----- evaluation -----
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, labels) in label units over one split, eval mode; under torch.distributed
+        each rank predicts its shard and every rank gets the whole split, in order."""
+        self.model.eval()
+        self._sync_buffers()
+        predictions, labels = [], []
+        for inputs, batch_labels in self.loader(split, stream=2):
+            inputs, _ = self._to_device(inputs, batch_labels)
+            batch_predictions, _ = self.model(*inputs)
+            predictions.append(batch_predictions.float() * self.task.target_scale)
+            labels.append(batch_labels.float().to(self.device))
+        empty = torch.zeros(0, device=self.device)  # a rank whose shard is empty still gathers
+        predictions = ddp.gather_tensors(torch.cat(predictions) if predictions else empty)
+        labels = ddp.gather_tensors(torch.cat(labels) if labels else empty)
+        return predictions.cpu().numpy(), labels.cpu().numpy()
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank: the ranks' last training or
+        memory-pass forwards updated their own, and the model that is evaluated is rank 0's."""
+        ddp.broadcast_buffers(self.model)
+
+    def evaluate(self, split: str) -> tuple[dict, np.ndarray, np.ndarray]:
+        predictions, labels = self.predict(split)
+        bins = self.task.label_bins(torch.from_numpy(labels)).numpy()
+        table = dir_metrics.dir_metrics(
+            predictions, labels, bins, self.task.bin_groups, gm_floor=self.task.gm_floor, correlations=self.task.correlations
+        )
+        return table, predictions, labels
+
+    def validate(self) -> dict:
+        table, _, _ = self.evaluate("val")
+        row, metric = self.task.selection
+        value = table[row][metric]
+        # Every rank computed the same table from the gathered predictions; rank 0's decision is
+        # broadcast all the same, so that the ranks cannot part ways (one stopping, one training on).
+        improved = bool(ddp.broadcast_object(self.best is None or value < self.best["value"]))
+        if improved:
+            self.best = {"value": value, "epoch": self.epoch, "step": self.global_step}
+            self.bad_validations = 0
+            if self.main:
+                atomic_save({"format": CHECKPOINT_FORMAT, "config": self.config, "model": self.model.state_dict(),
+                             "best": self.best, "val": table}, self.run_dir / BEST)
+        else:
+            self.bad_validations += 1
+        self.val_scores.append(value)
+        s = self.settings
+        if out_of_patience(self.val_scores, s.patience, s.early_stop) or (
+            s.max_validations is not None and len(self.val_scores) >= s.max_validations
+        ):
+            self.stopped = True
+        self.last_validated_step = self.global_step
+        record = {"split": "val", "epoch": self.epoch, "step": self.global_step, "selected": improved}
+        record.update(dir_metrics.flatten(table))
+        self._log(record)
+        if self.main:
+            print(
+                f"val epoch {self.epoch} step {self.global_step}: {row} {metric.upper()} {value:.4f}"
+                f" (best {self.best['value']:.4f} at step {self.best['step']})" + (" - early stop" if self.stopped else ""),
+                flush=True,
+            )
+        return table
+
+    def test(self) -> dict:
+        """Load the selected model (best.pt), evaluate the test set once, write the report."""
+        title = None
+        if self.main:  # rank 0 reads its best.pt and sends the weights: no shared file system needed
+            checkpoint, _ = load_checkpoint(self.run_dir, BEST)
+            self.model.load_state_dict(checkpoint["model"])
+            title = f"test, model selected at epoch {checkpoint['best']['epoch']} step {checkpoint['best']['step']}"
+        if self.distributed:
+            for tensor in self.model.state_dict().values():
+                ddp.broadcast_(tensor)
+        return self.report(title=ddp.broadcast_object(title))
+
+    def report(self, title: str = "test", out_dir: Path | None = None) -> dict:
+        """Test table printed and saved as JSON, and the per-label error plot, in ``out_dir``."""
+        out_dir = Path(out_dir or self.run_dir)
+        table, predictions, labels = self.evaluate("test")
+        if self.main:
+            write_test_report(self.task, table, predictions, labels, title, out_dir)
+        return table
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)  # on every rank: the checkpoints are alike whichever rank wrote them
+        if self.main:
+            self.log.write(record)
+
+
+def feature_dim(model: nn.Module) -> int:
+    """D of the model's projection head, read from its last Linear layer named 'projector'."""
+    projector = getattr(model, "projector", None)
+    linears = [m for m in projector.modules() if isinstance(m, nn.Linear)] if projector is not None else []
+    if not linears:
+        raise ValueError("model: expected a `projector` module ending in nn.Linear (the SRL feature head)")
+    return linears[-1].out_features

@@ -1,0 +1,54 @@
+"""The bench's cases and its released-code baseline, checked on CPU (the one harness is
+``pytest bench/``; on a GPU ``pytest bench/ --bench-device cuda``, run by bench/gpu_check.sh)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import cases, released
+from srl_ext import reference, settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET_CASES = [cases.preset_case(name) for name in settings.PRESETS]
+
+
+@pytest.mark.parametrize("case", PRESET_CASES, ids=lambda c: c.label)
+def test_released_baseline_matches_the_reference_at_preset_sizes(case):
+    inputs = cases.make_inputs(case, torch.device("cpu"))
+    features = inputs.features.clone().requires_grad_()
+    got = released.srl_terms(features, inputs.bins, inputs.memory, inputs.anchors, case.settings)
+    expected = reference.srl_terms(features, inputs.bins, inputs.memory, inputs.anchors, case.settings)
+    for actual, wanted in zip(got, expected, strict=True):
+        torch.testing.assert_close(actual, wanted, rtol=1e-5, atol=1e-6)
+
+
+def test_groups_are_named_by_case_and_size():
+    ids = [b.id for b in cases.benchmarks(full=True)]
+    groups = {i.split("-", 1)[0] for i in ids}
+    assert groups == {"preset", "sweep_n", "sweep_k", "sweep_b", "large"}
+    assert "large-K=1000,N=1000000-srl-released" in ids
+    assert "large-K=1000,N=1000000,soft-enveloping-cuda" in ids
+    assert not any(i.startswith("large-K=1000,N=1000000,soft") and i.endswith("-released") for i in ids)
+
+
+def test_the_large_cases_run_on_a_gpu_by_default_and_on_the_cpu_with_full():
+    def large(full, device):
+        return [b for b in cases.benchmarks(full, device) if b.case.group == "large"]
+
+    assert not large(False, "cpu")
+    assert large(False, "cuda") == large(True, "cpu")
+
+
+def test_soft_cases_use_the_soft_envelope():
+    soft = cases.preset_case("imdb_wiki", "large", "soft", **cases.LARGE_SIZES)
+    assert soft.settings.soft_envelope_temperature == cases.SOFT_ENVELOPE_TEMPERATURE
+    assert cases.preset_case("imdb_wiki").settings.soft_envelope_temperature is None
+
+
+def test_gpu_check_runs_the_one_harness():
+    script = (ROOT / "bench" / "gpu_check.sh").read_text()
+    assert "pytest bench/ --bench-device cuda" in " ".join(script.split())
+    assert not (ROOT / "bench" / "gpu_bench.py").exists()
