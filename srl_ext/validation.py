@@ -56,25 +56,27 @@ def reads_data(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def features(function: str, x: object) -> torch.Tensor:
+def features(function: str, x: object, read_data: bool = True) -> torch.Tensor:
+    """`read_data=False`: metadata only, for the kernels that check the values themselves."""
     x = tensor(function, "features", x, 2, "B x D")
     floating(function, "features", x)
     if x.shape[0] < 1 or x.shape[1] < 1:
         fail(function, "features", "a non-empty B x D tensor", f"shape {tuple(x.shape)}")
-    if reads_data(x) and not bool(torch.isfinite(x).all()):
+    if read_data and reads_data(x) and not bool(torch.isfinite(x).all()):
         row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
         fail(function, "features", "finite", f"a non-finite value in row {row}")
     return x
 
 
-def bins(function: str, x: object, batch: int, num_bins: int, features_: torch.Tensor) -> torch.Tensor:
+def bins(function: str, x: object, batch: int, num_bins: int, features_: torch.Tensor,
+         read_data: bool = True) -> torch.Tensor:
     x = tensor(function, "bins", x, 1, "B bin indices")
     if x.dtype != torch.int64:
         fail(function, "bins", "an int64 tensor", x.dtype)
     if x.shape[0] != batch:
         fail(function, "bins", f"of length B = {batch} (rows of 'features')", f"length {x.shape[0]}")
     same_device(function, "bins", x, features_)
-    if reads_data(x) and batch > 0:
+    if read_data and reads_data(x) and batch > 0:
         low, high = int(x.min()), int(x.max())
         if low < 0 or high >= num_bins:
             bad = low if low < 0 else high
@@ -126,15 +128,27 @@ def envelope(function: str, mode: object, temperature: object) -> float | None:
 
 
 
-def table_inputs(function: str, h: object, y: object, rows: object, name: str = "memory"):
+def table_inputs(function: str, h: object, y: object, rows: object, name: str = "memory", read_data: bool = True):
     """Checked (features, bins, K x D table `name`): bins index the table's rows."""
-    h = features(function, h)
+    h = features(function, h, read_data)
     rows = table(function, name, rows, h.shape[1], h, "K x D")
-    y = bins(function, y, h.shape[0], num_bins(function, name, rows), h)
+    y = bins(function, y, h.shape[0], num_bins(function, name, rows), h, read_data)
     return h, y, rows
 
 
-def srl_inputs(function: str, h: object, y: object, memory: object, p: object):
-    """The checked (features, bins, memory, anchors) of the SRL terms (errors name `function`)."""
-    h, y, memory = table_inputs(function, h, y, memory)
+def srl_inputs(function: str, h: object, y: object, memory: object, p: object, read_data: bool = True):
+    """The checked (features, bins, memory, anchors) of the SRL terms (errors name `function`).
+    `read_data=False`: metadata only (the whole-loss CPU kernel checks bins and finite values)."""
+    h, y, memory = table_inputs(function, h, y, memory, read_data=read_data)
     return h, y, memory, anchors(function, p, h.shape[1], h)
+
+
+def signature(*tensors: object) -> tuple | None:
+    """What the metadata checks of `tensors` depend on (shapes, dtypes, devices), or None when one
+    is not a tensor: a call with the signature of the last checked one needs no new checks."""
+    key = []
+    for x in tensors:
+        if not isinstance(x, torch.Tensor):
+            return None
+        key += (x.shape, x.dtype, x.device)
+    return tuple(key)

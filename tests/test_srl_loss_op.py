@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import make_inputs
-from srl_ext import ops, presets, reference
+from srl_ext import SRLLoss, SRLSettings, functional, ops, reference
+from srl_ext.settings import preset as loss_preset
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason=str(ops.LOAD_ERROR))
 
@@ -63,7 +64,7 @@ def assert_matches(actual, wanted, rtol, atol):
 @pytest.mark.parametrize("label_weighting", [False, True])
 def test_float32_parity_at_preset_sizes(preset, envelope_temperature, label_weighting):
     batch, num_bins, num_anchors, dim = PRESET_SIZES[preset]
-    p = presets.get(preset)
+    p = loss_preset(preset).srl
     # Half the bins present, a few never seen: absent rows come from memory, some are zero.
     inputs = make_inputs(batch, num_bins, num_anchors, dim, present_bins=num_bins // 2, zero_memory_rows=3)
     options = dict(weights=(p.w1, p.w2, p.w3), temperature=p.temperature, sign=p.homogeneity_sign,
@@ -234,3 +235,108 @@ def test_kernel_checks_shapes_and_settings():
     for message, call in bad_calls.items():
         with pytest.raises(ValueError, match=message):
             call()
+
+
+# ----- the op as the library uses it: autograd, opcheck, torch.compile, SRLLoss -----
+
+
+@pytest.mark.parametrize("envelope_temperature", [None, 0.2])
+@pytest.mark.parametrize("label_weighting", [False, True])
+def test_gradcheck_float64(envelope_temperature, label_weighting):
+    """Each loss's gradient is d loss / d features through the table too, except the contrastive
+    term's, whose surrogates are detached: gradcheck holds them fixed through a reference table."""
+    features, bins, memory, anchors = make_inputs(6, 5, 7, 4, dtype=torch.float64, present_bins=3, zero_memory_rows=1)
+    s = SRLSettings(w1=0.0, w2=2.0, w3=3.0, temperature=0.3, label_weighting=label_weighting,
+                    envelope="hard" if envelope_temperature is None else "soft", envelope_temperature=envelope_temperature)
+    # The contrastive weight is 0 here; its gradient alone is checked against the reference below.
+    assert torch.autograd.gradcheck(lambda h: ops.srl_loss(h, bins, memory, anchors, s)[0], (features,),
+                                    eps=1e-6, atol=1e-6)
+    h = features.detach().requires_grad_()
+    contrastive = ops.srl_loss(h, bins, memory, anchors, s.replace(w1=1.0))[1]
+    wanted = reference.contrastive_loss(h, bins, reference.surrogate_table(h, bins, memory), 0.3, label_weighting)
+    torch.testing.assert_close(torch.autograd.grad(contrastive, h)[0], torch.autograd.grad(wanted, h)[0])
+
+
+def test_each_loss_is_differentiable_on_its_own():
+    """The backward weighs the four saved gradients by the incoming ones, whichever losses are used."""
+    features, bins, memory, anchors = make_inputs(12, 7, 50, 6, dtype=torch.float64, present_bins=5)
+    s = SRLSettings(w1=2.0, w2=3.0, w3=0.5, homogeneity_sign=1.0)
+    out = functional.srl_loss(features, bins, memory, anchors, s)
+    wanted = expected(features, bins, memory, anchors, weights=(2.0, 3.0, 0.5), sign=1.0, temperature=0.1)[1]
+    for coefficients in ((1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1), (0.5, -2, 0, 7)):
+        chosen = sum(c * loss for c, loss in zip(coefficients, out) if c)
+        (grad,) = torch.autograd.grad(chosen, features, retain_graph=True)
+        torch.testing.assert_close(grad, sum(c * g for c, g in zip(coefficients, wanted)), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradient_comes_back_in_the_features_dtype(dtype):
+    features, bins, memory, anchors = make_inputs(8, 5, 20, 4, dtype=dtype, present_bins=3)
+    out = functional.srl_loss(features, bins, memory, anchors)
+    out.total.backward()
+    assert out.total.dtype == torch.float32 and features.grad.dtype == dtype
+
+
+def _sample_op_inputs():
+    features, bins, memory, anchors = make_inputs(9, 6, 40, 5, present_bins=4, zero_memory_rows=1)
+    transposed = [x.detach().t().contiguous().t().requires_grad_(x.requires_grad) for x in (features, memory, anchors)]
+    values = (10.0, 100.0, 0.01, 0.3, -1.0, 0.1)
+    return [
+        (features, bins, memory, anchors, *values, None, False),
+        (features, bins, memory, anchors, *values, 0.1, True),
+        (transposed[0], bins, transposed[1], transposed[2], *values, None, True),
+    ]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_opcheck(case):
+    torch.library.opcheck(torch.ops.srl_ext.srl_loss.default, _sample_op_inputs()[case])
+
+
+def test_the_op_has_no_cuda_kernel_and_cuda_inputs_take_the_term_ops():
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key("srl_ext::srl_loss", "CUDA")
+    assert ops.whole_loss_devices() == frozenset({"cpu"})
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    features, bins, memory, anchors = make_inputs(32, 12, 200, 16, present_bins=8, zero_memory_rows=1)
+    s = SRLSettings(w1=10.0, w2=100.0, w3=0.01, temperature=0.3)
+
+    def total(h):
+        return functional.srl_loss(h, bins, memory, anchors, s, backend="cpu").total
+
+    compiled = torch.compile(total, fullgraph=True)
+    eager_value = total(features)
+    (eager_grad,) = torch.autograd.grad(eager_value, features)
+    compiled_value = compiled(features)
+    (compiled_grad,) = torch.autograd.grad(compiled_value, features)
+    torch.testing.assert_close(compiled_value, eager_value, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-6, atol=1e-6)
+
+
+def test_srl_loss_module_uses_the_whole_loss_op():
+    loss_fn = SRLLoss.preset("agedb", feature_dim=16, num_anchors=300)
+    features, bins, memory, _ = make_inputs(40, 102, 1, 16, present_bins=30, zero_memory_rows=2)
+    out = loss_fn(features, bins, memory)
+    assert "SRLLossFunction" in out.total.grad_fn.name()
+    assert all(t.grad_fn is out.total.grad_fn for t in out)  # one node for the four losses
+    reference_fn = SRLLoss.preset("agedb", feature_dim=16, num_anchors=300, backend="reference")
+    wanted = reference_fn(features, bins, memory)
+    torch.testing.assert_close(torch.stack(out), torch.stack(wanted), rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.total, features)
+    (wanted_grad,) = torch.autograd.grad(wanted.total, features)
+    torch.testing.assert_close(grad, wanted_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_functional_errors_name_the_function_and_shapes_are_checked_once_per_signature():
+    features, bins, memory, anchors = make_inputs(6, 4, 10, 3)
+    with pytest.raises(ValueError, match=r"^srl_loss: argument 'bins' must hold bin indices in \[0, 4\), got 4"):
+        functional.srl_loss(features, bins.clone().fill_(4), memory, anchors)
+    with pytest.raises(ValueError, match=r"^srl_loss: argument 'features' must be finite"):
+        functional.srl_loss(torch.full((6, 3), float("nan")), bins, memory, anchors)
+    functional.srl_loss(features, bins, memory, anchors)  # checked, then remembered
+    # A new signature is checked again, whatever came before.
+    with pytest.raises(ValueError, match=r"^srl_loss: argument 'anchors' must be 3 columns"):
+        functional.srl_loss(features, bins, memory, anchors[:, :2])
+    with pytest.raises(ValueError, match=r"^srl_loss: argument 'memory' must be at least K = 2 rows"):
+        functional.srl_loss(features, bins.clone().fill_(0), memory[:1], anchors)
