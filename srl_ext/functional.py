@@ -34,10 +34,10 @@ def srl_loss(features: Tensor, bins: Tensor, memory: Tensor, anchors: Tensor, se
     """The weighted SRL loss and its terms for one batch: ``SRLTerms(total, contrastive,
     enveloping, homogeneity)`` (docs/method.md, "The loss"); each is differentiable.
 
-    The arguments are those of ``srl_terms``, the weights ``w1``, ``w2``, ``w3`` included. On the
-    "cpu" backend one fused op computes the surrogate table, the three terms, the total and their
-    gradients (one call, one autograd node); elsewhere the backend's term functions are weighed
-    together. The inputs' metadata are checked once per signature (shapes, dtypes, devices); the
+    The arguments are those of ``srl_terms``, the weights ``w1``, ``w2``, ``w3`` included. Where
+    the backend has a whole-loss op ("cpu", "triton") one op computes the surrogate table, the
+    three terms, the total and their gradients (one call, one autograd node); elsewhere ("cuda",
+    "reference") the backend's term functions are weighed together. The inputs' metadata are checked once per signature (shapes, dtypes, devices); the
     values (bins in [0, K), finite features) are checked by the CPU kernel as it reads them, and
     otherwise as ``srl_terms`` does.
     """
