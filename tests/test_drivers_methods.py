@@ -229,3 +229,22 @@ def test_configs_saved_before_the_methods_resume_with_every_method_off():
     methods = TrainConfig.from_dict({"preset": "agedb", "seed": 0}).methods
     assert not methods.any and methods.bucket_start == 3  # the preset's released defaults, all off
     assert json.dumps(TrainConfig.from_dict({}).methods.names()) == "[]"
+
+
+def test_agedb_srl_bmse_gai_trains_with_its_table(image_data, tmp_path, monkeypatch):
+    # scikit-learn is optional: a fixed mixture stands in for fit_gmm's (which the library tests)
+    import importlib.util
+
+    from srl_ext import methods
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "sklearn" else find_spec(name, *a))
+    fitted = []
+    table = {"means": [21.0, 25.0], "variances": [2.0, 3.0], "weights": [0.5, 0.5]}
+    monkeypatch.setattr(methods, "fit_gmm", lambda targets: fitted.append(targets) or table)
+    agedb = load_driver("agedb")
+    agedb.main(image_args(image_data, tmp_path, "--epoch", "2", "--bmse", "--imp", "gai", "--run_name", "gai"))
+    assert len(fitted) == 1 and sorted(set(fitted[0].tolist())) == list(range(20, 28))  # the training targets
+    checkpoint = torch.load(tmp_path / "gai" / "last.pt", weights_only=False)
+    assert checkpoint["balanced_mse"]["gmm_means"].tolist() == [21.0, 25.0]
+    assert [r["srl_on"] for r in read_log(tmp_path / "gai") if r["split"] == "train"] == [True, True]
