@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from srl_ext import metrics, released
-from srl_ext.training import cli
+from srl_ext.training import cli, demo
 from srl_ext.training.config import Task
 from srl_ext.training.data import sts_b
 from srl_ext.training.models import REGRESSOR_HEADS, SentencePairRegressor
@@ -98,6 +98,8 @@ def build(config: dict):
 
 def main(argv=None) -> dict:
     config, explicit = cli.parse(parser(), PRESET, argv)
+    if config["demo"]:
+        demo.prepare(config, explicit, demo.TEXT_SETTINGS, demo.write_sentence_pairs)
     return cli.run(config, explicit, build)
 
 

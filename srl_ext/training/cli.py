@@ -25,7 +25,7 @@ import torch
 from .. import backends, settings
 from ..settings import ENVELOPES
 from ..memory import MODES as MEMORY_MODES
-from . import ddp, released_checkpoints, reporting
+from . import ddp, demo, released_checkpoints, reporting
 from .checkpoint import (BEST, LAST, PREVIOUS, RunFolderLock, data_fingerprint, fingerprint_changes, load_checkpoint,
                          make_run_dir, seed_everything, set_aside)
 from .config import EARLY_STOP_RULES, recipe
@@ -133,6 +133,9 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                            "the DIR table, write test_metrics.json and test_errors.png beside it. A checkpoint "
                            "released by the SRL authors is converted to this project's model and its table written "
                            "to a new run folder under --runs_dir (docs/training.md)")
+    data.add_argument("--demo", action="store_true",
+                      help="try the driver without the benchmark: write a small SYNTHETIC dataset in its layout "
+                           "(under --runs_dir/demo-data) and train a small model on it, about a minute on a CPU")
     data.add_argument("--data_changed", action="store_true",
                       help="with --resume: continue although the data files differ from those the run started with "
                            "(their sizes, SHA-256 and split counts are stored in the checkpoint)")
@@ -408,4 +411,6 @@ def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
         return task, ImageRegressor(config["backbone"]), datasets
 
     config, explicit = parse(parser, benchmark.preset, argv)
+    if config["demo"]:
+        demo.prepare(config, explicit, demo.IMAGE_SETTINGS, lambda root: demo.write_images(benchmark, root))
     return run(config, explicit, build)

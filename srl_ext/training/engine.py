@@ -418,6 +418,8 @@ class Engine:
         """Test table printed and saved as JSON, and the per-label error plot, in ``out_dir``
         (``suffix`` in their names: a table of other data than the run's)."""
         out_dir = Path(out_dir or self.run_dir)
+        if self.config.get("demo"):
+            title = f"{title} [SYNTHETIC DEMO DATA, not the benchmark]"
         table, predictions, labels = self.evaluate("test")
         if self.main:
             write_test_report(self.task, table, predictions, labels, title, out_dir, suffix)
