@@ -28,7 +28,8 @@ from ..memory import MODES as MEMORY_MODES
 from . import ddp, demo, released_checkpoints, reporting
 from .checkpoint import (BEST, LAST, PREVIOUS, RunFolderLock, data_fingerprint, fingerprint_changes, load_checkpoint,
                          make_run_dir, seed_everything, set_aside)
-from .config import EARLY_STOP_RULES, recipe
+from .config import (BMSE_MODES, EARLY_STOP_RULES, KERNELS, RANKSIM_FEATURES, RANKSIM_RELEASED_WEIGHT, REWEIGHTS,
+                     method_settings, recipe, released_methods)
 from .engine import Engine
 from .errors import CheckpointError, UserError
 
@@ -195,7 +196,111 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                      help="refill of the surrogate memory: epoch_pass = one extra no-grad pass over the training set "
                           "at the end of each epoch (released code); online = the features of the training steps")
     srl.add_argument("--memory_momentum", type=FRACTION, default=0.9, help="weight of the old memory in each update")
+    add_method_flags(parser, preset_name)
     return parser
+
+
+# ConR needs two augmented views of each sample: the image benchmarks only.
+CONR_PRESETS = ("agedb", "imdb_wiki")
+
+
+def add_method_flags(parser: argparse.ArgumentParser, preset_name: str) -> None:
+    """The flags of the methods that compose with SRL (docs/methods.md), with the released
+    repositories' names; the defaults are the benchmark's released settings (``released_methods``),
+    each method off until its switch is given. Any subset combines, with SRL or with --vanilla."""
+    m = released_methods(preset_name)
+    gamma = RANKSIM_RELEASED_WEIGHT[preset_name]
+    lds = parser.add_argument_group("LDS: label distribution smoothing (docs/methods.md, LDS)")
+    lds.add_argument("--reweight", choices=REWEIGHTS, default=m.reweight,
+                     help="weight each sample's regression loss by its label bin's inverse count: sqrt_inv, inverse; "
+                          "none = off (released command on this benchmark: "
+                          f"{'inverse' if preset_name == 'sts_b' else 'sqrt_inv'} --lds)")
+    lds.add_argument("--lds", action="store_true", help="smooth the counts with the LDS window before inverting")
+    lds.add_argument("--lds_kernel", choices=KERNELS, default=m.lds_kernel, help="LDS window")
+    lds.add_argument("--lds_ks", type=int, default=m.lds_ks, help="LDS window size (odd)")
+    lds.add_argument("--lds_sigma", type=float, default=m.lds_sigma, help="LDS window width (gaussian, laplace)")
+    fds = parser.add_argument_group("FDS: feature distribution smoothing (docs/methods.md, FDS)")
+    fds.add_argument("--fds", action="store_true",
+                     help="calibrate the regressor's input feature by bucket statistics smoothed across neighbouring "
+                          "buckets (statistics from the end-of-epoch pass that also refills the SRL memory)")
+    fds.add_argument("--fds_kernel", choices=KERNELS, default=m.fds_kernel, help="FDS window")
+    fds.add_argument("--fds_ks", type=int, default=m.fds_ks, help="FDS window size (odd)")
+    fds.add_argument("--fds_sigma", type=float, default=m.fds_sigma, help="FDS window width (gaussian, laplace)")
+    fds.add_argument("--start_update", type=int, default=m.start_update, help="first epoch whose statistics are kept")
+    fds.add_argument("--start_smooth", type=int, default=m.start_smooth, help="first epoch that is calibrated")
+    fds.add_argument("--bucket_num", type=int, default=m.bucket_num,
+                     help="FDS buckets" + (" (equal bins of the scores on [0, 5])" if preset_name == "sts_b" else
+                                           " (label int(y); labels past the last pool into it)"))
+    fds.add_argument("--bucket_start", type=int, default=m.bucket_start, help="first FDS bucket (lower labels pool into it)")
+    fds.add_argument("--fds_mmt", type=float, default=m.fds_mmt, help="momentum of FDS's running statistics")
+    rank = parser.add_argument_group("RankSim: ranking similarity (docs/methods.md, RankSim)")
+    rank.add_argument("--regularization_weight", type=float, default=m.regularization_weight,
+                      help=f"gamma, the weight of the RankSim term; 0 = off (released command on this benchmark: {gamma:g})")
+    rank.add_argument("--interpolation_lambda", type=float, default=m.interpolation_lambda,
+                      help="lambda of the ranking's blackbox gradient (released commands: 2; released argparse: 1)")
+    rank.add_argument("--ranksim_features", choices=RANKSIM_FEATURES, default=m.ranksim_features,
+                      help="the feature ranked: h = the regressor's input before FDS (RankSim code); projector = the "
+                           "SRL projection head's output (SRL code)")
+    bmse = parser.add_argument_group("Balanced MSE (docs/methods.md, Balanced MSE)")
+    bmse.add_argument("--bmse", action="store_true", help="Balanced MSE replaces the regression loss")
+    bmse.add_argument("--imp", choices=BMSE_MODES if preset_name != "sts_b" else ("bmc", "gai"), default=m.imp,
+                      help="bmc = batch Monte Carlo (no table); gai = a Gaussian mixture of the training targets "
+                           "(needs scikit-learn)" + ("" if preset_name == "sts_b" else "; bni = the integer-label histogram"))
+    bmse.add_argument("--init_noise_sigma", type=float, default=m.init_noise_sigma,
+                      help="initial noise scale sigma, in the units of the regression targets ("
+                           + ("1 / 5 of the released argparse default 1, since STS-B regresses score / 5: an assumption, "
+                              "there is no released STS-B recipe)" if preset_name == "sts_b" else
+                              "released argparse default; the released IMDB-WIKI second-stage commands use 10)"))
+    bmse.add_argument("--sigma_lr", type=float, default=m.sigma_lr,
+                      help="Adam learning rate of sigma, its own optimiser group outside the lr schedule")
+    bmse.add_argument("--fix_noise_sigma", action="store_true", help="keep sigma fixed at --init_noise_sigma")
+    if preset_name in CONR_PRESETS:
+        conr = parser.add_argument_group("ConR: contrastive regularisation on two augmented views (docs/methods.md, ConR)")
+        conr.add_argument("--conr", action="store_true",
+                          help="add beta * ConR on two extra augmented views of every training sample (a second "
+                               "forward per step on 2B images)")
+        conr.add_argument("-w", "--conr_w", type=float, default=m.conr_w, help="ConR's label and prediction window")
+        conr.add_argument("--beta", "--conr_beta", dest="conr_beta", type=float, default=m.conr_beta,
+                          help="weight of the ConR term")
+        conr.add_argument("-e", "--conr_e", type=float, default=m.conr_e,
+                          help="ConR's push strength growth with the label distance")
+
+
+def method_flag_errors(config: dict) -> list[tuple[bool, str, str, object]]:
+    """The parse-time checks of the method flags: (failed, flag, expected, actual)."""
+    c = config
+    rows = c["bucket_num"] - c["bucket_start"]
+    sklearn_missing = False
+    if c["bmse"] and c["imp"] == "gai":
+        import importlib.util
+
+        sklearn_missing = importlib.util.find_spec("sklearn") is None
+    return [
+        (c["lds"] and c["reweight"] == "none", "--lds", "--reweight sqrt_inv or inverse with it", "--reweight none"),
+        (c["lds_ks"] < 1 or c["lds_ks"] % 2 == 0, "--lds_ks", "an odd number >= 1", c["lds_ks"]),
+        (not c["lds_sigma"] > 0, "--lds_sigma", "a positive number", c["lds_sigma"]),
+        (c["fds_ks"] < 1 or c["fds_ks"] % 2 == 0, "--fds_ks", "an odd number >= 1", c["fds_ks"]),
+        (not c["fds_sigma"] > 0, "--fds_sigma", "a positive number", c["fds_sigma"]),
+        (c["start_update"] < 0, "--start_update", "0 or more", c["start_update"]),
+        (c["start_smooth"] < 0, "--start_smooth", "0 or more", c["start_smooth"]),
+        (c["bucket_start"] < 0, "--bucket_start", "0 or more", c["bucket_start"]),
+        (rows < 2 or rows <= c["fds_ks"] // 2, "--bucket_num",
+         f"at least --bucket_start + max(2, --fds_ks // 2 + 1) = {c['bucket_start'] + max(2, c['fds_ks'] // 2 + 1)}",
+         c["bucket_num"]),
+        (not 0 <= c["fds_mmt"] < 1, "--fds_mmt", "a number in [0, 1)", c["fds_mmt"]),
+        (not c["regularization_weight"] >= 0, "--regularization_weight", "0 or more", c["regularization_weight"]),
+        (not c["interpolation_lambda"] > 0, "--interpolation_lambda", "a positive number", c["interpolation_lambda"]),
+        (c["bmse"] and c["reweight"] != "none", "--reweight", "none with --bmse (Balanced MSE replaces the weighted "
+         "regression loss)", c["reweight"]),
+        (c["init_noise_sigma"] == 0 or c["init_noise_sigma"] != c["init_noise_sigma"], "--init_noise_sigma",
+         "a number other than 0", c["init_noise_sigma"]),
+        (not c["sigma_lr"] > 0, "--sigma_lr", "a positive number", c["sigma_lr"]),
+        (sklearn_missing, "--imp", "bmc or bni: gai fits its Gaussian mixture with scikit-learn, which is not "
+         "installed (pip install scikit-learn)", "gai"),
+        (not c.get("conr_w", 1.0) > 0, "-w", "a positive number", c.get("conr_w")),
+        (not c.get("conr_beta", 0.0) >= 0, "--beta", "0 or more", c.get("conr_beta")),
+        (not c.get("conr_e", 0.0) >= 0, "-e", "0 or more", c.get("conr_e")),
+    ]
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
@@ -236,7 +341,7 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
         (config["resume"] is not None and config["evaluate"] is not None, "--resume/--evaluate", "only one of them", "both"),
         (config["trust_checkpoint"] and config["evaluate"] is None, "--trust_checkpoint", "only with --evaluate",
          "no --evaluate"),
-    ]
+    ] + method_flag_errors(config)
     for failed, flag, expected, actual in checks:
         if failed:
             parser.error(f"{flag}: expected {expected}, got {actual}")
@@ -310,7 +415,8 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
             fingerprint = _fingerprint(task, datasets)
             run_dir = None
             if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
-                name = config["run_name"] or f"{config['preset']}-{'srl' if config['srl'] else 'vanilla'}-{time.strftime('%Y%m%d-%H%M%S')}"
+                kind = "+".join(["srl" if config["srl"] else "vanilla"] + method_settings(config).names())
+                name = config["run_name"] or f"{config['preset']}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
                 run_dir = make_run_dir(config["runs_dir"], name)
                 lock = RunFolderLock(run_dir).acquire()
                 (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -407,7 +513,8 @@ def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
     model.add_argument("--img_size", type=ranged(int, 16, 1024), default=images.IMAGE_SIZE, help="images are resized to this square size")
 
     def build(config: dict):
-        task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"])
+        task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"],
+                                               train_views=2 if config.get("conr") else 0)
         return task, ImageRegressor(config["backbone"]), datasets
 
     config, explicit = parse(parser, benchmark.preset, argv)

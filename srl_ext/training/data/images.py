@@ -153,12 +153,15 @@ def transforms(train: bool, image_size: int = IMAGE_SIZE):
 
 
 class AgeImageDataset(Dataset):
-    """Items ``(image tensor, age)`` from (relative path, age) rows under ``root``."""
+    """Items ``(image tensor, age)`` from (relative path, age) rows under ``root``; with
+    ``views=2`` (ConR) ``(image, view 1, view 2, age)``: the transform drawn three times, as the
+    released ConR code does."""
 
-    def __init__(self, rows: Sequence[tuple[str, int]], root: str | Path, transform) -> None:
+    def __init__(self, rows: Sequence[tuple[str, int]], root: str | Path, transform, views: int = 0) -> None:
         self.rows = list(rows)
         self.root = Path(root)
         self.transform = transform
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -173,6 +176,8 @@ class AgeImageDataset(Dataset):
                 image = image.convert("RGB")
         except OSError as error:
             raise OSError(f"cannot read image {path}: {error}") from None
+        if self.views:
+            return (self.transform(image), *(self.transform(image) for _ in range(self.views)), float(age))
         return self.transform(image), float(age)
 
     @property
@@ -181,7 +186,12 @@ class AgeImageDataset(Dataset):
 
 
 def collate_images(items):
-    """A batch ``((images,), ages)``."""
+    """A batch ``((images,), ages)``; of items with two views ``((images, views), ages)``, the
+    views 2B x C x H x W, all first views then all second views (ConR's layout)."""
+    if len(items[0]) == 4:
+        images, first, second, ages = zip(*items)
+        views = torch.cat([torch.stack(first), torch.stack(second)])
+        return (torch.stack(images), views), torch.tensor(ages, dtype=torch.float32)
     images, ages = zip(*items)
     return (torch.stack(images),), torch.tensor(ages, dtype=torch.float32)
 
@@ -196,8 +206,10 @@ class AgeBins:
         return torch.as_tensor(labels).long().clamp(0, self.num_bins - 1)
 
 
-def load_benchmark(benchmark: Benchmark, data_dir: str | Path, image_size: int = IMAGE_SIZE) -> tuple[Task, dict[str, Dataset]]:
-    """The Task (bins, shot groups from the training counts) and the three datasets."""
+def load_benchmark(benchmark: Benchmark, data_dir: str | Path, image_size: int = IMAGE_SIZE,
+                   train_views: int = 0) -> tuple[Task, dict[str, Dataset]]:
+    """The Task (bins, shot groups from the training counts) and the three datasets; with
+    ``train_views`` = 2 (ConR) the training set yields two extra augmented views per image."""
     data_dir = Path(data_dir)
     require_files(data_dir, [benchmark.csv_name], benchmark.preset, benchmark.where_to_get)
     rows = read_age_csv(data_dir / benchmark.csv_name, benchmark.num_bins)
@@ -206,7 +218,9 @@ def load_benchmark(benchmark: Benchmark, data_dir: str | Path, image_size: int =
             raise DataError(f"{data_dir / benchmark.csv_name}: the {split} split is empty (no row with split {split!r})")
     check_images(benchmark, data_dir, rows)
     datasets = {
-        split: AgeImageDataset(rows[split], data_dir, transforms(split == "train", image_size)) for split in SPLITS
+        split: AgeImageDataset(rows[split], data_dir, transforms(split == "train", image_size),
+                               views=train_views if split == "train" else 0)
+        for split in SPLITS
     }
     train_labels = datasets["train"].labels
     bins = AgeBins(benchmark.num_bins)
