@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,16 +25,77 @@ import torch
 from .. import backends, settings
 from ..settings import ENVELOPES
 from ..memory import MODES as MEMORY_MODES
-from . import ddp, released_checkpoints
-from .checkpoint import BEST, LAST, load_checkpoint, make_run_dir, seed_everything
+from . import ddp, demo, released_checkpoints, reporting
+from .checkpoint import (BEST, LAST, PREVIOUS, RunFolderLock, data_fingerprint, fingerprint_changes, load_checkpoint,
+                         make_run_dir, seed_everything, set_aside)
 from .config import (BMSE_MODES, EARLY_STOP_RULES, KERNELS, RANKSIM_FEATURES, RANKSIM_RELEASED_WEIGHT, REWEIGHTS,
                      method_settings, recipe, released_methods)
 from .engine import Engine
+from .errors import CheckpointError, UserError
 
 # Flags that a --resume or --evaluate may change: where the data is and how to run, not what is trained.
 # --epoch may be raised on --resume to train on.
-ENVIRONMENT_FLAGS = ("data_dir", "workers", "threads", "device", "progress")
+ENVIRONMENT_FLAGS = ("data_dir", "workers", "threads", "device", "progress", "debug")
 RESUME_FLAGS = ENVIRONMENT_FLAGS + ("epoch",)
+# Flags that act on this command only and are never taken from or compared with a saved config.
+COMMAND_FLAGS = ("resume", "evaluate", "trust_checkpoint", "data_changed", "debug", "demo")
+DRIVERS = {"agedb": "train/agedb.py", "imdb_wiki": "train/imdb_wiki.py", "sts_b": "train/sts_b.py"}
+BENCHMARK_TITLES = {"agedb": "AgeDB-DIR", "imdb_wiki": "IMDB-WIKI-DIR", "sts_b": "STS-B-DIR"}
+DEBUG_VARIABLE = "SRL_EXT_DEBUG"
+
+
+def ranged(kind: type, low: float | None = None, high: float | None = None, *, above: bool = False,
+           below: bool = False):
+    """An argparse ``type`` that parses ``kind`` (int or float, finite) in [low, high] (``above``:
+    strictly above low; ``below``: strictly below high), so that a flag out of range is refused
+    when the command line is parsed: ``error: argument --temp: expected a number > 0, got '0'``."""
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if above else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if below else '<='} {high:g}")
+    expected = ("an integer" if kind is int else "a number") + (" " + " and ".join(bounds) if bounds else "")
+
+    def parse_value(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if above else value < low)) or (
+            high is not None and (value >= high if below else value > high)
+        ):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse_value.__name__ = kind.__name__
+    return parse_value
+
+
+NON_NEGATIVE_INT = ranged(int, 0)
+POSITIVE = ranged(float, 0, above=True)
+NON_NEGATIVE = ranged(float, 0)
+FINITE = ranged(float)
+FRACTION = ranged(float, 0, 1, below=True)  # [0, 1)
+
+
+def command(main: Callable[[Sequence[str] | None], dict], argv: Sequence[str] | None = None) -> int:
+    """A driver's ``main`` run from the command line: 0 when it finishes; on a user mistake
+    (``errors.UserError``, a missing file, a released checkpoint that cannot be used) one line
+    ``error: ...`` on stderr and 2, without a traceback, unless ``--debug`` is given or
+    SRL_EXT_DEBUG=1 (then the traceback too)."""
+    from .released_checkpoints import ReleasedCheckpointError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    try:
+        main(args)
+    except (UserError, ReleasedCheckpointError, FileNotFoundError, UnicodeDecodeError) as error:
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split("\n")[0].split()) if not isinstance(error, UserError) else str(error)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -57,8 +121,8 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
     data.add_argument("--run_name", default=None,
                       help="run folder name (default: <preset>-<srl|vanilla>-<date-time>); an existing one is never "
                            "reused: a suffix -2, -3, ... is added")
-    data.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    data.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0: torch's default)")
+    data.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="data loader worker processes")
+    data.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, help="CPU threads of torch (0: torch's default)")
     data.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     data.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
     data.add_argument("--resume", metavar="CHECKPOINT", default=None,
@@ -70,52 +134,60 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                            "the DIR table, write test_metrics.json and test_errors.png beside it. A checkpoint "
                            "released by the SRL authors is converted to this project's model and its table written "
                            "to a new run folder under --runs_dir (docs/training.md)")
+    data.add_argument("--demo", action="store_true",
+                      help="try the driver without the benchmark: write a small SYNTHETIC dataset in its layout "
+                           "(under --runs_dir/demo-data) and train a small model on it, about a minute on a CPU")
+    data.add_argument("--data_changed", action="store_true",
+                      help="with --resume: continue although the data files differ from those the run started with "
+                           "(their sizes, SHA-256 and split counts are stored in the checkpoint)")
+    data.add_argument("--debug", action="store_true",
+                      help=f"show the traceback of an error (also: {DEBUG_VARIABLE}=1 in the environment)")
     data.add_argument("--trust_checkpoint", action="store_true",
                       help="with --evaluate: load a checkpoint file that pickles Python objects besides tensors "
                            "(an argparse namespace, ...), which runs code the file names; only for files you trust")
 
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
-    train.add_argument("--epoch", type=int, default=p.epochs,
+    train.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
+    train.add_argument("--epoch", type=ranged(int, 1), default=p.epochs,
                        help="number of training epochs" + (" (none: until early stopping)" if p.epochs is None else ""))
-    train.add_argument("--batch_size", type=int, default=p.batch_size,
+    train.add_argument("--batch_size", type=ranged(int, 2), default=p.batch_size,
                        help="batch size (per process under torchrun: the global batch is this times the "
                             "number of processes)")
-    train.add_argument("--lr", type=float, default=p.lr, help="Adam learning rate")
-    train.add_argument("--weight_decay", type=float, default=p.weight_decay, help="Adam weight decay")
-    train.add_argument("--lr_milestones", type=int, nargs="*", default=list(p.lr_milestones),
+    train.add_argument("--lr", type=POSITIVE, default=p.lr, help="Adam learning rate")
+    train.add_argument("--weight_decay", type=NON_NEGATIVE, default=p.weight_decay, help="Adam weight decay")
+    train.add_argument("--lr_milestones", type=NON_NEGATIVE_INT, nargs="*", default=list(p.lr_milestones),
                        help="epochs at which the learning rate is multiplied by --lr_gamma")
-    train.add_argument("--lr_gamma", type=float, default=p.lr_gamma, help="learning rate factor at each milestone")
-    train.add_argument("--grad_clip", type=float, default=p.grad_clip_norm or 0.0,
+    train.add_argument("--lr_gamma", type=POSITIVE, default=p.lr_gamma, help="learning rate factor at each milestone")
+    train.add_argument("--grad_clip", type=NON_NEGATIVE, default=p.grad_clip_norm or 0.0,
                        help="clip the gradient norm to this value (0: no clipping)")
-    train.add_argument("--eval_every", type=int, default=p.eval_every_steps or 0,
+    train.add_argument("--eval_every", type=NON_NEGATIVE_INT, default=p.eval_every_steps or 0,
                        help="validate every so many training steps (0: at the end of every epoch)")
-    train.add_argument("--patience", type=int, default=p.early_stop_patience or 0,
+    train.add_argument("--patience", type=NON_NEGATIVE_INT, default=p.early_stop_patience or 0,
                        help="early stopping, read by --early_stop (0: no early stopping)")
     train.add_argument("--early_stop", choices=EARLY_STOP_RULES, default="released",
                        help="released: stop when the validation score is the worst of the last --patience + 1 "
                             "(the released STS-B trainer); no_improvement: stop after --patience validations "
                             "without a better model")
-    train.add_argument("--max_vals", dest="max_validations", type=int, default=p.max_validations or 0,
+    train.add_argument("--max_vals", dest="max_validations", type=NON_NEGATIVE_INT, default=p.max_validations or 0,
                        help="stop after so many validations (0: no limit)")
 
     srl = parser.add_argument_group("SRL loss (docs/method.md)")
     srl.add_argument("--vanilla", dest="srl", action="store_false",
                      help="train the plain regression baseline: no SRL terms, no surrogate memory")
-    srl.add_argument("--warmup", type=int, default=0, help="first epochs trained with the regression loss only")
-    srl.add_argument("--w1", type=float, default=loss.w1, help="weight of the contrastive term")
-    srl.add_argument("--w2", type=float, default=loss.w2, help="weight of the enveloping term")
-    srl.add_argument("--w3", type=float, default=loss.w3, help="weight of the homogeneity term")
-    srl.add_argument("--temp", type=float, default=loss.temperature, help="temperature of the contrastive term")
-    srl.add_argument("--num_anchors", type=int, default=loss.num_anchors, help="anchor points of the enveloping term")
-    srl.add_argument("--anchor_seed", type=int, default=loss.anchor_seed, help="seed of the anchor points")
-    srl.add_argument("--homogeneity_sign", type=float, default=loss.homogeneity_sign,
+    srl.add_argument("--warmup", type=NON_NEGATIVE_INT, default=0, help="first epochs trained with the regression loss only")
+    srl.add_argument("--w1", type=NON_NEGATIVE, default=loss.w1, help="weight of the contrastive term")
+    srl.add_argument("--w2", type=NON_NEGATIVE, default=loss.w2, help="weight of the enveloping term")
+    srl.add_argument("--w3", type=NON_NEGATIVE, default=loss.w3, help="weight of the homogeneity term")
+    srl.add_argument("--temp", type=POSITIVE, default=loss.temperature, help="temperature of the contrastive term")
+    srl.add_argument("--num_anchors", type=ranged(int, 1), default=loss.num_anchors, help="anchor points of the enveloping term")
+    srl.add_argument("--anchor_seed", type=NON_NEGATIVE_INT, default=loss.anchor_seed, help="seed of the anchor points")
+    srl.add_argument("--homogeneity_sign", type=FINITE, default=loss.homogeneity_sign,
                      help="sign of the sum of neighbouring surrogate cosines (-1: the paper's term)")
-    srl.add_argument("--homogeneity_beta", type=float, default=loss.homogeneity_beta,
+    srl.add_argument("--homogeneity_beta", type=NON_NEGATIVE, default=loss.homogeneity_beta,
                      help="weight of the variance of neighbouring cosines")
     srl.add_argument("--envelope", choices=ENVELOPES, default=loss.envelope,
                      help="enveloping term: hard max (released code) or smooth max (paper)")
-    srl.add_argument("--envelope_temperature", type=float, default=loss.envelope_temperature,
+    srl.add_argument("--envelope_temperature", type=POSITIVE, default=loss.envelope_temperature,
                      help="smoothness s of the soft envelope (the smooth max s * logsumexp(cos / s))")
     srl.add_argument("--label_weighting", action="store_true",
                      help="weight the contrastive denominator by label distance")
@@ -123,7 +195,7 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
     srl.add_argument("--memory_update", choices=MEMORY_MODES, default="epoch_pass",
                      help="refill of the surrogate memory: epoch_pass = one extra no-grad pass over the training set "
                           "at the end of each epoch (released code); online = the features of the training steps")
-    srl.add_argument("--memory_momentum", type=float, default=0.9, help="weight of the old memory in each update")
+    srl.add_argument("--memory_momentum", type=FRACTION, default=0.9, help="weight of the old memory in each update")
     add_method_flags(parser, preset_name)
     return parser
 
@@ -300,53 +372,121 @@ def run(config: dict, explicit: set[str], build: Build) -> dict:
 
 def _run(config: dict, explicit: set[str], build: Build) -> dict:
     main_process = ddp.is_main_process()
+    reporting.warn_missing_optional_packages()
     if config["evaluate"] is not None:
-        # Read without running pickled code; a file that is no checkpoint of this project is
-        # taken for a released SRL checkpoint (released_checkpoints.evaluate_released).
-        source = Path(config["evaluate"])
-        source = source / BEST if source.is_dir() else source
-        if source.is_file():
-            loaded = released_checkpoints.read_checkpoint(source, config.get("trust_checkpoint", False))
-            if not released_checkpoints.is_srl_ext_checkpoint(loaded):
-                return released_checkpoints.evaluate_released(config, explicit, build, source, loaded)
-        checkpoint, path = load_checkpoint(config["evaluate"], BEST)
-        saved = _merge(checkpoint["config"], config, explicit, ENVIRONMENT_FLAGS)
-        task, model, datasets = build(saved)
-        engine = Engine(saved, task, model, datasets, path.parent)
-        engine.model.load_state_dict(checkpoint["model"])
-        best = checkpoint.get("best") or {}
-        return engine.report(title=f"test, {path.name} (epoch {best.get('epoch')} step {best.get('step')})", out_dir=path.parent)
+        return _evaluate(config, explicit, build)
+    if config.get("data_changed") and config["resume"] is None:
+        raise UserError("--data_changed: expected only with --resume, got no --resume")
 
-    if config["resume"] is not None:
-        checkpoint, path = load_checkpoint(config["resume"], LAST)
-        saved = _merge(checkpoint["config"], config, explicit, RESUME_FLAGS)
-        task, model, datasets = build(saved)
-        engine = Engine(saved, task, model, datasets, path.parent)
-        engine.load_state_dict(checkpoint)
-        if main_process:
-            print(f"resumed {path} at epoch {engine.epoch} step {engine.global_step}", flush=True)
-    else:
-        seed_everything(config["seed"])
-        run_dir = None
-        if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
-            kind = "+".join(["srl" if config["srl"] else "vanilla"] + method_settings(config).names())
-            name = config["run_name"] or f"{config['preset']}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-            run_dir = make_run_dir(config["runs_dir"], name)
-        run_dir = Path(ddp.broadcast_object(None if run_dir is None else str(run_dir)))
-        task, model, datasets = build(config)
-        if main_process:
-            (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            print(f"run folder {run_dir}", flush=True)
-        engine = Engine(config, task, model, datasets, run_dir)
-    engine.fit()
-    return engine.test()
+    lock = None
+    try:
+        if config["resume"] is not None:
+            checkpoint, path = load_checkpoint(config["resume"], LAST)
+            _check_benchmark(checkpoint, path, config["preset"], "resume")
+            if "optimizer" not in checkpoint:
+                raise CheckpointError(
+                    f"--resume {path}: expected a training state (last.pt), got the model selected on validation "
+                    f"(best.pt), which holds no optimiser, memory or RNG state to continue from: resume with "
+                    f"--resume {path.parent} (its last.pt); to test this model use --evaluate {path}"
+                )
+            if main_process:
+                lock = RunFolderLock(path.parent).acquire()
+            saved = _merge(checkpoint["config"], config, explicit, RESUME_FLAGS)
+            task, model, datasets = build(saved)
+            fingerprint = _fingerprint(task, datasets)
+            changes = fingerprint_changes(checkpoint["data_fingerprint"], fingerprint) if checkpoint.get("data_fingerprint") else []
+            if changes and not config.get("data_changed"):
+                raise CheckpointError(
+                    f"--resume {path}: the data changed since the run started ({'; '.join(changes)}); resume with "
+                    f"--data_changed if the change is intended"
+                )
+            if path.name == PREVIOUS and (path.parent / LAST).is_file() and main_process:
+                aside = set_aside(path.parent / LAST)  # the damaged last.pt, kept under another name
+                print(f"note: resuming from {path}; the damaged {LAST} is kept as {aside}", flush=True)
+            engine = Engine(saved, task, model, datasets, path.parent)
+            engine.load_state_dict(checkpoint)
+            engine.data_fingerprint = fingerprint
+            if main_process:
+                print(f"resumed {path} at epoch {engine.epoch} step {engine.global_step}", flush=True)
+        else:
+            seed_everything(config["seed"])
+            # The data first: a run that cannot start leaves no folder behind.
+            task, model, datasets = build(config)
+            fingerprint = _fingerprint(task, datasets)
+            run_dir = None
+            if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
+                kind = "+".join(["srl" if config["srl"] else "vanilla"] + method_settings(config).names())
+                name = config["run_name"] or f"{config['preset']}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+                run_dir = make_run_dir(config["runs_dir"], name)
+                lock = RunFolderLock(run_dir).acquire()
+                (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+                print(f"run folder {run_dir}", flush=True)
+            run_dir = Path(ddp.broadcast_object(None if run_dir is None else str(run_dir)))
+            engine = Engine(config, task, model, datasets, run_dir)
+            engine.data_fingerprint = fingerprint
+        engine.fit()
+        return engine.test()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate(config: dict, explicit: set[str], build: Build) -> dict:
+    """--evaluate: the test table of a checkpoint of this project, or of a released one."""
+    # Read without running pickled code; a file that is no checkpoint of this project is
+    # taken for a released SRL checkpoint (released_checkpoints.evaluate_released).
+    source = Path(config["evaluate"])
+    source = source / BEST if source.is_dir() else source
+    if source.is_file():
+        loaded = released_checkpoints.read_checkpoint(source, config.get("trust_checkpoint", False))
+        if not released_checkpoints.is_srl_ext_checkpoint(loaded):
+            return released_checkpoints.evaluate_released(config, explicit, build, source, loaded)
+    checkpoint, path = load_checkpoint(config["evaluate"], BEST)
+    _check_benchmark(checkpoint, path, config["preset"], "evaluate")
+    saved = _merge(checkpoint["config"], config, explicit, ENVIRONMENT_FLAGS)
+    task, model, datasets = build(saved)
+    fingerprint = _fingerprint(task, datasets)
+    engine = Engine(saved, task, model, datasets, path.parent)
+    engine.model.load_state_dict(checkpoint["model"])
+    best = checkpoint.get("best") or {}
+    # The run's own table (test_metrics.json) is only ever rewritten from the run's own data; a
+    # table from other data goes beside it, named after that data's fingerprint.
+    trained_on = checkpoint.get("data_fingerprint")
+    if trained_on is not None:
+        same_data = not fingerprint_changes(trained_on, fingerprint)
+    else:  # a run saved before fingerprints: the same --data_dir
+        same_data = Path(checkpoint["config"]["data_dir"]).expanduser().resolve() == data_dir_path(saved).resolve()
+    suffix = "" if same_data else "." + reporting.fingerprint_tag(fingerprint)
+    title = f"test, {path.name} (epoch {best.get('epoch')} step {best.get('step')})"
+    if not same_data:
+        title += f", data {saved['data_dir']}"
+    table = engine.report(title=title, out_dir=path.parent, suffix=suffix)
+    if ddp.is_main_process():
+        note = "" if same_data else " (other data than the run's: its own table is left as it is)"
+        print(f"wrote {reporting.TEST_METRICS.replace('.json', suffix + '.json')} to {path.parent}{note}", flush=True)
+    return table
+
+
+def _check_benchmark(checkpoint: dict, path: Path, preset: str, action: str) -> None:
+    """A checkpoint of another benchmark is refused, naming the driver that takes it."""
+    theirs = checkpoint.get("config", {}).get("preset")
+    if theirs is not None and theirs != preset:
+        raise CheckpointError(
+            f"--{action} {path}: expected a {BENCHMARK_TITLES[preset]} checkpoint, got a "
+            f"{BENCHMARK_TITLES.get(theirs, theirs)} run ({theirs}): use python {DRIVERS.get(theirs, 'train/' + theirs + '.py')} "
+            f"--{action} {path.parent if path.name in (LAST, BEST) else path}"
+        )
+
+
+def _fingerprint(task, datasets) -> dict:
+    return data_fingerprint(task.data_files, {split: len(dataset) for split, dataset in datasets.items()})
 
 
 def _merge(saved: dict, given: dict, explicit: set[str], changeable: Sequence[str]) -> dict:
     """The checkpoint's config, with the changeable flags given on this command line."""
     merged = dict(saved)
     merged.setdefault("early_stop", "no_improvement")  # the only rule of runs saved before --early_stop
-    ignored = sorted(key for key in explicit - set(changeable) if key not in ("resume", "evaluate", "trust_checkpoint") and given[key] != saved.get(key))
+    ignored = sorted(key for key in explicit - set(changeable) if key not in COMMAND_FLAGS and given[key] != saved.get(key))
     if ignored:
         print(f"note: the checkpoint's config is used; ignored: {', '.join('--' + key for key in ignored)}", file=sys.stderr)
     for key in changeable:
@@ -370,7 +510,7 @@ def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
     model.add_argument("--backbone", choices=IMAGE_BACKBONES, default="resnet50",
                        help="trained from scratch: resnet50 (the benchmark's), resnet18, or tiny (a small conv net for "
                             "quick runs and tests)")
-    model.add_argument("--img_size", type=int, default=images.IMAGE_SIZE, help="images are resized to this square size")
+    model.add_argument("--img_size", type=ranged(int, 16, 1024), default=images.IMAGE_SIZE, help="images are resized to this square size")
 
     def build(config: dict):
         task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"],
@@ -378,4 +518,6 @@ def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
         return task, ImageRegressor(config["backbone"]), datasets
 
     config, explicit = parse(parser, benchmark.preset, argv)
+    if config["demo"]:
+        demo.prepare(config, explicit, demo.IMAGE_SETTINGS, lambda root: demo.write_images(benchmark, root))
     return run(config, explicit, build)

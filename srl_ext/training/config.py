@@ -217,6 +217,8 @@ class Task:
         selection: (row, metric) of the validation table that selects the model, lower is better.
         gm_floor, correlations: DIR metric options (STS-B: 1e-10 and Pearson/Spearman).
         label_name: the x-axis name of the per-label error plot.
+        data_files: the files that hold the splits and labels; their sizes and SHA-256 are stored
+            in the checkpoints, so that a resume on changed data is noticed.
         table_rule: None for the library's surrogate table on ``label_bins``; else
             ``(features, labels, memory) -> (table, positive rows)``, a table built another way
             (``srl_ext.released``), single process only.
@@ -235,3 +237,4 @@ class Task:
     label_name: str = "label"
     bin_values: Sequence[float] = field(default_factory=tuple)  # the label value of each bin, for plots
     table_rule: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    data_files: Sequence[str] = field(default_factory=tuple)  # the split files, fingerprinted in checkpoints

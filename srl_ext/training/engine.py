@@ -46,8 +46,10 @@ from ..loss import SRLLoss
 from ..memory import SurrogateMemory
 from .. import distributed
 from . import ddp
-from .checkpoint import BEST, CHECKPOINT_FORMAT, LAST, atomic_save, epoch_seed, load_checkpoint, rng_state, seed_everything, set_rng_state
+from .checkpoint import (BEST, CHECKPOINT_FORMAT, LAST, PREVIOUS, atomic_save, epoch_seed, load_checkpoint, rng_state,
+                         seed_everything, set_rng_state)
 from .config import EARLY_STOP_RULES, REGRESSION_LOSSES, MethodSettings, Task, TrainConfig, fds_arguments
+from .errors import TrainingDiverged
 from .reporting import RunLog, progress, write_test_report
 
 
@@ -142,6 +144,7 @@ class Engine:
         self.stopped = False
         self.last_validated_step = -1
         self.history: list[dict] = []
+        self.data_fingerprint: dict | None = None  # the split files' sizes and hashes (cli sets it)
         self.log = RunLog(self.run_dir) if self.main else None
         if self.distributed:
             # The model is built (and DDP has sent rank 0's weights): from here on each rank draws
@@ -220,6 +223,7 @@ class Engine:
             "stopped": self.stopped,
             "last_validated_step": self.last_validated_step,
             "history": self.history,
+            "data_fingerprint": self.data_fingerprint,
             "rng": rng_state(),
             # under torch.distributed (a collective: every rank calls state_dict), every rank's
             "rng_per_rank": ddp.gather_objects(rng_state()) if self.distributed else None,
@@ -256,7 +260,7 @@ class Engine:
     def save(self) -> None:
         state = self.state_dict()  # on every rank: it gathers the ranks' RNG states
         if self.main:
-            atomic_save(state, self.run_dir / LAST)
+            atomic_save(state, self.run_dir / LAST, keep_previous=self.run_dir / PREVIOUS)
 
     # ----- loaders -----
     def loader(self, split: str, *, shuffle: bool = False, stream: int = 0) -> DataLoader:
@@ -331,6 +335,8 @@ class Engine:
                 predictions, features = outputs[:2]
             else:
                 predictions, features = self.train_model(*inputs)
+            if not self._all_finite(predictions, features):
+                self._diverged("the predictions or features are not finite")
             regression = self.regression(predictions, labels)
             loss = regression
             if m.ranksim:
@@ -343,15 +349,22 @@ class Engine:
                 sums["conr"] += self._last_conr
             bins = self.task.label_bins(labels) if (use_srl or online) else None
             if use_srl:
-                if self.task.table_rule is None:
-                    terms = self.srl_loss(features, bins, self.memory.table)
-                else:
-                    surrogates, positives = self.task.table_rule(features, labels, self.memory.table)
-                    terms = self.srl_loss.terms_from_table(features, positives, surrogates)
+                try:
+                    if self.task.table_rule is None:
+                        terms = self.srl_loss(features, bins, self.memory.table)
+                    else:
+                        surrogates, positives = self.task.table_rule(features, labels, self.memory.table)
+                        terms = self.srl_loss.terms_from_table(features, positives, surrogates)
+                except ValueError as error:  # finite features whose norms overflow: the model blew up
+                    if "argument 'features'" not in str(error):
+                        raise
+                    self._diverged(f"the features' norms overflow ({error})")
                 loss = regression + terms.total
                 for key in ("contrastive", "enveloping", "homogeneity"):
                     sums[key] += getattr(terms, key).detach()
                 sums["srl_total"] += terms.total.detach()
+            if not self._all_finite(loss):
+                self._diverged(f"the loss is {float(loss.detach())}")
             if online:
                 self.memory.accumulate(features.detach(), bins)
             self.optimizer.zero_grad(set_to_none=True)
@@ -406,6 +419,25 @@ class Engine:
         self._log(record)
         if not s.eval_every and not self.stopped:
             self.validate()
+
+    def _all_finite(self, *tensors: torch.Tensor) -> bool:
+        """Whether every value is finite on every rank (one host sync per call; under
+        torch.distributed one small all-reduce, so that all ranks stop together)."""
+        flag = torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all().to(torch.int32)
+        if self.distributed:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag)
+
+    def _diverged(self, what: str) -> None:
+        """Stop: the step's weights are not saved, the last good checkpoint stays as it is."""
+        last = self.run_dir / LAST
+        # last.pt is written at the end of every epoch: it holds the self.epoch epochs finished
+        kept = (f"the last good checkpoint is {last} (after epoch {self.epoch})"
+                if last.is_file() else "no checkpoint was saved yet (it diverged in the first epoch)")
+        raise TrainingDiverged(
+            f"training diverged at epoch {self.epoch + 1}, step {self.global_step + 1}: {what}; {kept}; try a lower "
+            f"--lr (now {self.settings.lr:g})" + ("" if self.settings.grad_clip else " or --grad_clip")
+        )
 
     def conr_term(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """ConR on the batch's two augmented views (2B rows, view 1 then view 2): a second forward
@@ -482,7 +514,7 @@ class Engine:
             self.bad_validations = 0
             if self.main:
                 atomic_save({"format": CHECKPOINT_FORMAT, "config": self.config, "model": self.model.state_dict(),
-                             "best": self.best, "val": table}, self.run_dir / BEST)
+                             "best": self.best, "val": table, "data_fingerprint": self.data_fingerprint}, self.run_dir / BEST)
         else:
             self.bad_validations += 1
         self.val_scores.append(value)
@@ -515,12 +547,15 @@ class Engine:
                 ddp.broadcast_(tensor)
         return self.report(title=ddp.broadcast_object(title))
 
-    def report(self, title: str = "test", out_dir: Path | None = None) -> dict:
-        """Test table printed and saved as JSON, and the per-label error plot, in ``out_dir``."""
+    def report(self, title: str = "test", out_dir: Path | None = None, suffix: str = "") -> dict:
+        """Test table printed and saved as JSON, and the per-label error plot, in ``out_dir``
+        (``suffix`` in their names: a table of other data than the run's)."""
         out_dir = Path(out_dir or self.run_dir)
+        if self.config.get("demo"):
+            title = f"{title} [SYNTHETIC DEMO DATA, not the benchmark]"
         table, predictions, labels = self.evaluate("test")
         if self.main:
-            write_test_report(self.task, table, predictions, labels, title, out_dir)
+            write_test_report(self.task, table, predictions, labels, title, out_dir, suffix)
         return table
 
     def _log(self, record: dict) -> None:
