@@ -248,3 +248,13 @@ def test_agedb_srl_bmse_gai_trains_with_its_table(image_data, tmp_path, monkeypa
     checkpoint = torch.load(tmp_path / "gai" / "last.pt", weights_only=False)
     assert checkpoint["balanced_mse"]["gmm_means"].tolist() == [21.0, 25.0]
     assert [r["srl_on"] for r in read_log(tmp_path / "gai") if r["split"] == "train"] == [True, True]
+
+
+def test_logged_loss_adds_every_term(image_data, tmp_path):
+    """The step's loss is the regression loss plus every term that is on: the epoch means add up."""
+    load_driver("agedb").main(image_args(image_data, tmp_path, "--epoch", "2", "--regularization_weight", "100",
+                                         "--conr", "--beta", "4", "--run_name", "sum"))
+    for r in (r for r in read_log(tmp_path / "sum") if r["split"] == "train"):
+        parts = r["regression"] + r["srl_total"] + 100 * r["ranksim"] + 4 * r["conr"]
+        assert r["srl_total"] > 0 and r["ranksim"] > 0 and r["conr"] > 0
+        assert r["loss"] == pytest.approx(parts, rel=1e-5)

@@ -359,7 +359,7 @@ class Engine:
                     if "argument 'features'" not in str(error):
                         raise
                     self._diverged(f"the features' norms overflow ({error})")
-                loss = regression + terms.total
+                loss = loss + terms.total  # on top of the RankSim and ConR terms
                 for key in ("contrastive", "enveloping", "homogeneity"):
                     sums[key] += getattr(terms, key).detach()
                 sums["srl_total"] += terms.total.detach()
