@@ -49,6 +49,7 @@ def load_run(folder: Path) -> dict:
         "arm": arm_of(config), "seed": config["seed"], "epochs": len(epochs), "selected_step": selected["step"],
         "steps_seconds": np.mean([r["train_seconds"] for r in epochs]),
         "memory_seconds": np.mean([r["memory_seconds"] for r in epochs]),
+        "total_seconds": sum(r["train_seconds"] + r["memory_seconds"] + r["val_seconds"] for r in epochs),
     }
 
 
@@ -103,6 +104,10 @@ def markdown(arms: dict[tuple[str, str], list[dict]]) -> str:
         for r in sorted(runs, key=lambda r: r["seed"]):
             lines.append(f"| {split} | {arm} | {r['seed']} | {r['selected_step']} | {r['epochs']} | "
                          f"{r['steps_seconds']:.1f} | {r['memory_seconds']:.1f} |")
+    total = sum(r["total_seconds"] for runs in arms.values() for r in runs)
+    count = sum(len(runs) for runs in arms.values())
+    lines += ["", f"{count} runs, {total / 3600:.2f} hours of training wall time in all (steps, refills and "
+              "validations, one thread each)."]
     return "\n".join(lines) + "\n"
 
 
