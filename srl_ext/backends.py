@@ -8,8 +8,11 @@ weighted loss in one op (``whole_loss``).
 - ``cuda``: the fused CUDA kernels (``srl_ext.ops`` on CUDA tensors), when built with them.
 - ``triton``: the fused Triton kernels (``srl_ext.kernels.triton``), on CUDA tensors, or on CPU
   tensors under ``TRITON_INTERPRET=1``.
-- ``auto``: ``cuda`` on CUDA tensors (``triton`` if the CUDA kernels were not built), ``cpu`` on
-  CPU tensors.
+- ``auto``: ``triton`` on CUDA tensors (``reference`` where Triton cannot run), ``cpu`` on CPU
+  tensors. The CUDA C++ kernels run only when
+  asked for by name until they have passed tests/test_gpu.py on a real GPU (docs/gpu.md,
+  ``CUDA_KERNELS_VERIFIED``); the Triton kernels' arithmetic is tested on every machine under
+  the Triton interpreter.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from . import ops, reference
 from .ops.fused import weighted_terms
 
 NAMES = ("auto", "reference", "cpu", "cuda", "triton")
+# Set to True once the CUDA C++ kernels have passed tests/test_gpu.py on a real GPU: then "auto"
+# prefers them to Triton on CUDA tensors (docs/gpu.md).
+CUDA_KERNELS_VERIFIED = False
 
 
 def _triton_module() -> tuple[ModuleType | None, str | None]:
@@ -55,17 +61,23 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     raise ValueError(f"backend must be one of {', '.join(NAMES)}, got {name!r}")
 
 
+def auto_name(device: torch.device) -> str:
+    """The backend that ``"auto"`` picks on `device` (see the module docstring)."""
+    if device.type == "cuda":
+        candidates = ("cuda", "triton") if CUDA_KERNELS_VERIFIED else ("triton",)
+        for candidate in candidates:
+            if unavailable_reason(candidate, device) is None:
+                return candidate
+        return "reference"
+    return "cpu" if device.type == "cpu" else "reference"
+
+
 def resolve(name: str, device: torch.device, function: str = "srl_ext") -> ModuleType:
     """The module that computes the terms for backend `name` on `device`; a clear error if none."""
     if name not in NAMES:
         raise ValueError(f"{function}: argument 'backend' must be one of {', '.join(map(repr, NAMES))}, got {name!r}")
     if name == "auto":
-        if device.type == "cuda":
-            name = "cuda" if unavailable_reason("cuda", device) is None else "triton"
-        elif device.type == "cpu":
-            name = "cpu"
-        else:
-            name = "reference"
+        name = auto_name(device)
     reason = unavailable_reason(name, device)
     if reason is not None:
         raise RuntimeError(f"{function}: backend {name!r} cannot run: {reason}")

@@ -37,9 +37,11 @@ def srl_loss(features: Tensor, bins: Tensor, memory: Tensor, anchors: Tensor, se
     The arguments are those of ``srl_terms``, the weights ``w1``, ``w2``, ``w3`` included. Where
     the backend has a whole-loss op ("cpu", "triton") one op computes the surrogate table, the
     three terms, the total and their gradients (one call, one autograd node); elsewhere ("cuda",
-    "reference") the backend's term functions are weighed together. The inputs' metadata are checked once per signature (shapes, dtypes, devices); the
-    values (bins in [0, K), finite features) are checked by the CPU kernel as it reads them, and
-    otherwise as ``srl_terms`` does.
+    "reference") the backend's term functions are weighed together. The inputs' metadata are
+    checked once per signature (shapes, dtypes, devices). The CPU kernel checks the values as it
+    reads them (bins in [0, K), finite features and used memory rows, norms that fit) and divides
+    each cosine by its anchor's norm, so the anchors are not copied; on the other backends the
+    values are checked and the anchors normalised as ``srl_terms`` does.
     """
     name = "srl_loss"
     settings = SRLSettings.resolve(name, settings, **options)
@@ -51,8 +53,8 @@ def srl_loss(features: Tensor, bins: Tensor, memory: Tensor, anchors: Tensor, se
             check.srl_inputs(name, features, bins, memory, anchors, read_data=False)
             _last_checked[0] = signature
     impl = backends.resolve(backend, features.device, name)
-    if not backends.checks_data(impl, features.device):
-        check.srl_inputs(name, features, bins, memory, anchors)
+    if not backends.checks_data(impl, features.device):  # the values, and the anchors normalised (a copy)
+        features, bins, memory, anchors = check.srl_inputs(name, features, bins, memory, anchors)
     try:
         return SRLTerms(*backends.whole_loss(impl, features, bins, memory, anchors, settings))
     except ValueError as error:  # the kernel's own checks: named after this function, as the others

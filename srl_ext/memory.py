@@ -42,12 +42,15 @@ class SurrogateMemory(nn.Module):
         """
         super().__init__()
         name = "SurrogateMemory"
-        if mode not in MODES:
+        for argument, value, low in (("num_bins", num_bins, 2), ("feature_dim", feature_dim, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                check.fail(name, argument, f"an int >= {low}", f"{type(value).__name__} {value!r}")
+        if not isinstance(mode, str) or mode not in MODES:
             check.fail(name, "mode", f"one of {', '.join(map(repr, MODES))}", repr(mode))
-        if not 0.0 <= momentum < 1.0:
-            check.fail(name, "momentum", "a number in [0, 1)", repr(momentum))
-        if num_bins < 2 or feature_dim < 1:
-            check.fail(name, "num_bins, feature_dim", "K >= 2 and D >= 1", (num_bins, feature_dim))
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
+            check.fail(name, "momentum", "a number in [0, 1)", f"{type(momentum).__name__} {momentum!r}")
+        if not isinstance(normalize, bool):
+            check.fail(name, "normalize", "True or False", f"{type(normalize).__name__} {normalize!r}")
         self.mode = mode
         self.momentum = float(momentum)
         self.normalize = bool(normalize)
@@ -55,6 +58,18 @@ class SurrogateMemory(nn.Module):
         self.register_buffer("sums", torch.zeros(num_bins, feature_dim, dtype=torch.float64))
         self.register_buffer("counts", torch.zeros(num_bins, dtype=torch.int64))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+
+    def _apply(self, fn, recurse=True):
+        """``.to()``, ``.half()``, ``.cuda()``... convert the table; the accumulators follow it to
+        its device but keep their dtypes (float64 sums, int64 counts), which accumulate exactly
+        whatever the table's precision."""
+        kept = {name: self._buffers.pop(name) for name in ("sums", "counts", "num_updates")}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, value in kept.items():
+                self._buffers[name] = value.to(self.table.device)
+        return self
 
     @property
     def num_bins(self) -> int:
@@ -88,11 +103,12 @@ class SurrogateMemory(nn.Module):
         present = self.counts > 0
         if not bool(present.any()):
             return  # nothing accumulated: no update, so the next one is still a first copy
-        current = (self.sums[present] / self.counts[present].unsqueeze(1)).to(self.table.dtype)
+        current = self.sums[present] / self.counts[present].unsqueeze(1)  # float64
         if int(self.num_updates) == 0:
-            self.table[present] = current
-        else:
-            self.table[present] = self.momentum * self.table[present] + (1 - self.momentum) * current
+            self.table[present] = current.to(self.table.dtype)
+        else:  # the average in float64, rounded once to the table's dtype
+            old = self.table[present].to(current.dtype)
+            self.table[present] = (self.momentum * old + (1 - self.momentum) * current).to(self.table.dtype)
         self.num_updates += 1
         self.sums.zero_()
         self.counts.zero_()

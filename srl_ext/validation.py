@@ -56,15 +56,36 @@ def reads_data(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision tensors, the dtype itself otherwise (``reference.accumulation_dtype``)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def finite_rows(function: str, argument: str, x: torch.Tensor, acc: torch.dtype, rows: torch.Tensor | None = None) -> None:
+    """Rows of x (all, or those where ``rows`` is True) hold finite values, and their norms in the
+    accumulation dtype ``acc`` do not overflow (values of 1e20 are finite in float32, their norm
+    is not). Reads data: call on CPU tensors in eager mode only (``reads_data``)."""
+    selected = torch.ones(x.shape[0], dtype=torch.bool) if rows is None else rows
+    bad = (~torch.isfinite(x)).any(dim=1) & selected
+    if bool(bad.any()):
+        fail(function, argument, "finite", f"a non-finite value in row {int(bad.nonzero()[0, 0])}")
+    norms = torch.linalg.vector_norm(x.to(acc), dim=1)
+    overflow = ~torch.isfinite(norms) & selected
+    if bool(overflow.any()):
+        row = int(overflow.nonzero()[0, 0])
+        largest = float(x[row].abs().max())
+        fail(function, argument, f"rows whose norm fits in {acc} (the values are finite but the norm overflows)",
+             f"row {row} with values up to {largest:.3g}; scale the inputs down")
+
+
 def features(function: str, x: object, read_data: bool = True) -> torch.Tensor:
     """`read_data=False`: metadata only, for the kernels that check the values themselves."""
     x = tensor(function, "features", x, 2, "B x D")
     floating(function, "features", x)
     if x.shape[0] < 1 or x.shape[1] < 1:
         fail(function, "features", "a non-empty B x D tensor", f"shape {tuple(x.shape)}")
-    if read_data and reads_data(x) and not bool(torch.isfinite(x).all()):
-        row = int((~torch.isfinite(x)).any(dim=1).nonzero()[0, 0])
-        fail(function, "features", "finite", f"a non-finite value in row {row}")
+    if read_data and reads_data(x):
+        finite_rows(function, "features", x.detach(), accumulation_dtype(x.dtype))
     return x
 
 
@@ -107,11 +128,29 @@ def num_bins(function: str, argument: str, x: torch.Tensor) -> int:
     return x.shape[0]
 
 
-def anchors(function: str, x: object, dim: int, features_: torch.Tensor) -> torch.Tensor:
-    x = table(function, "anchors", x, dim, features_, "N x D unit vectors")
+def anchors(function: str, x: object, dim: int, features_: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """The anchors as the terms use them: constants (detached, so no backend returns a gradient
+    for them) normalised to unit rows (a zero row stays zero), whatever their scale: the
+    enveloping term measures cosines, and anchors scaled by 10 would make it negative.
+    `normalize=False`: checked only, for the whole-loss CPU kernel, which divides each cosine by
+    its anchor's norm instead of copying the N x D anchors."""
+    x = table(function, "anchors", x, dim, features_, "N x D vectors")
     if x.shape[0] < 1:
         fail(function, "anchors", "at least N = 1 anchor", f"shape {tuple(x.shape)}")
-    return x
+    if not normalize:
+        return x
+    x = x.detach()
+    acc = accumulation_dtype(x.dtype)
+    return (x.to(acc) / torch.linalg.vector_norm(x.to(acc), dim=1, keepdim=True).clamp_min(1e-12)).to(x.dtype)
+
+
+def used_memory_rows(function: str, memory: torch.Tensor, bins: torch.Tensor, features_: torch.Tensor) -> None:
+    """The memory rows the surrogate table takes (bins absent from the batch) are finite and have a
+    norm that fits, as the features must (CPU tensors in eager mode only)."""
+    if not (reads_data(memory) and reads_data(bins)):
+        return
+    counts = torch.bincount(bins, minlength=memory.shape[0])[: memory.shape[0]]
+    finite_rows(function, "memory", memory.detach(), accumulation_dtype(features_.dtype), rows=counts == 0)
 
 
 def envelope(function: str, mode: object, temperature: object) -> float | None:
@@ -133,14 +172,18 @@ def table_inputs(function: str, h: object, y: object, rows: object, name: str = 
     h = features(function, h, read_data)
     rows = table(function, name, rows, h.shape[1], h, "K x D")
     y = bins(function, y, h.shape[0], num_bins(function, name, rows), h, read_data)
+    if name == "memory" and read_data:
+        used_memory_rows(function, rows, y, h)
     return h, y, rows
 
 
 def srl_inputs(function: str, h: object, y: object, memory: object, p: object, read_data: bool = True):
-    """The checked (features, bins, memory, anchors) of the SRL terms (errors name `function`).
-    `read_data=False`: metadata only (the whole-loss CPU kernel checks bins and finite values)."""
+    """The checked (features, bins, memory, anchors) of the SRL terms (errors name `function`), the
+    anchors normalised. `read_data=False`: metadata only, the anchors as given, for the
+    whole-loss CPU kernel, which checks the values (bins in range, finite features and used
+    memory rows, norms that fit) and normalises the anchors' cosines itself."""
     h, y, memory = table_inputs(function, h, y, memory, read_data=read_data)
-    return h, y, memory, anchors(function, p, h.shape[1], h)
+    return h, y, memory, anchors(function, p, h.shape[1], h, normalize=read_data)
 
 
 def signature(*tensors: object) -> tuple | None:

@@ -78,3 +78,26 @@ def write_agedb_images(root: Path, count: int, train: int, val: int) -> Path:
         lines.append(f"{age},{name},{split}")
     (root / "agedb.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def write_sts_b_pairs(root: Path, words: list[str], count: int, train: int, val: int, *,
+                      second_length=lambda i: 4, score=lambda i, rng: f"{rng.uniform(0, 5):.3f}") -> tuple[Path, Path]:
+    """`count` sentence pairs in the STS-B-DIR layout (the three TSVs, with a '"quoted' word that
+    needs quoting off) and a fake 4-d GloVe file of `words`; the first `train` pairs are the
+    training split, those up to `val` the validation split. Returns (folder, GloVe file)."""
+    import numpy as np
+
+    from srl_ext.training.data import sts_b
+
+    rng = np.random.default_rng(0)
+    rows = {"train_new.tsv": [], "dev_new.tsv": [], "test_new.tsv": []}
+    for i in range(count):
+        s1 = " ".join(rng.choice(words, 5)) + ' "quoted'
+        s2 = " ".join(rng.choice(words, second_length(i)))
+        name = "train_new.tsv" if i < train else "dev_new.tsv" if i < val else "test_new.tsv"
+        rows[name].append(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{s1}\t{s2}\t{score(i, rng)}\n")
+    for name, lines in rows.items():
+        (root / name).write_text("\t".join(sts_b.COLUMNS) + "\n" + "".join(lines))
+    glove = root / "glove.txt"
+    glove.write_text("".join(f"{w} " + " ".join(f"{v:.4f}" for v in rng.normal(size=4)) + "\n" for w in words))
+    return root, glove

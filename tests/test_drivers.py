@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import load_driver, write_agedb_images
+from helpers import load_driver, write_agedb_images, write_sts_b_pairs
 from test_layout import pickled_names
 
 from srl_ext.training import checkpoint as ckpt
@@ -31,22 +31,9 @@ def image_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text_data(tmp_path_factory):
     """48 sentence pairs in the STS-B-DIR layout and a fake 4-d GloVe file."""
-    root = tmp_path_factory.mktemp("stsb")
     words = ["a", "man", "woman", "is", "eating", "dancing", "playing", "guitar", "the", "dog", "runs", "."]
-    rng = np.random.default_rng(0)
-    header = "\t".join(sts_b.COLUMNS) + "\n"
-    rows = {"train_new.tsv": [], "dev_new.tsv": [], "test_new.tsv": []}
-    for i in range(48):
-        s1 = " ".join(rng.choice(words, 5)) + ' "quoted'
-        s2 = " ".join(rng.choice(words, 4))
-        score = round(float(rng.uniform(0, 5)), 3) if i % 12 else 5.0
-        name = "train_new.tsv" if i < 32 else "dev_new.tsv" if i < 40 else "test_new.tsv"
-        rows[name].append(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{s1}\t{s2}\t{score:.3f}\n")
-    for name, lines in rows.items():
-        (root / name).write_text(header + "".join(lines))
-    glove = root / "glove.txt"
-    glove.write_text("".join(f"{w} " + " ".join(f"{v:.4f}" for v in rng.normal(size=4)) + "\n" for w in words))
-    return root, glove
+    return write_sts_b_pairs(tmp_path_factory.mktemp("stsb"), words, 48, train=32, val=40,
+                             score=lambda i, rng: f"{round(float(rng.uniform(0, 5)), 3) if i % 12 else 5.0:.3f}")
 
 
 def image_args(data, runs, *extra):
@@ -323,7 +310,7 @@ def test_bad_flag_values_are_refused(capsys):
     assert "--epoch: expected a number of epochs when --patience and --max_vals are 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         load_driver("sts_b").main(["--max_vals", "-1"])
-    assert "--max_vals: expected 0 or more, got -1" in capsys.readouterr().err
+    assert "argument --max_vals: expected an integer >= 0, got '-1'" in capsys.readouterr().err
 
 
 def torchrun_driver(name, args, processes=2):

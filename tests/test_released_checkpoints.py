@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import load_driver, write_agedb_images
+from helpers import load_driver, write_agedb_images, write_sts_b_pairs
 import torch.nn.functional as F
 from torch import nn
 
@@ -519,20 +519,9 @@ def image_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text_data(tmp_path_factory):
     """24 sentence pairs in the STS-B-DIR layout (words of RELEASED_TOKENS) and a fake 4-d GloVe file."""
-    root = tmp_path_factory.mktemp("stsb")
     words = ["a", "man", "woman", "is", "eating", "playing", "guitar", "the", "dog", "runs", "."]
-    rng = np.random.default_rng(0)
-    rows = {"train_new.tsv": [], "dev_new.tsv": [], "test_new.tsv": []}
-    for i in range(24):
-        s1 = " ".join(rng.choice(words, 5)) + ' "quoted'
-        s2 = " ".join(rng.choice(words, 1 + i % 4))
-        name = "train_new.tsv" if i < 8 else "dev_new.tsv" if i < 16 else "test_new.tsv"
-        rows[name].append(f"{i}\tmain-captions\tMSRvid\t2012test\t{i:04d}\tnone\tnone\t{s1}\t{s2}\t{rng.uniform(0, 5):.3f}\n")
-    for name, lines in rows.items():
-        (root / name).write_text("\t".join(sts_b.COLUMNS) + "\n" + "".join(lines))
-    glove = root / "glove.txt"
-    glove.write_text("".join(f"{w} " + " ".join(f"{v:.4f}" for v in rng.normal(size=4)) + "\n" for w in words))
-    return root, glove
+    return write_sts_b_pairs(tmp_path_factory.mktemp("stsb"), words, 24, train=8, val=16,
+                             second_length=lambda i: 1 + i % 4)
 
 
 def test_agedb_driver_evaluates_a_released_checkpoint(image_data, tmp_path, capsys):

@@ -147,11 +147,11 @@ def test_exact_argmax_ties_go_to_the_lowest_bin():
     # Memory rows 1 and 3 are equal (all bins absent but 0), so anchors that prefer them see an
     # exact tie; as torch.max, the lowest bin wins, and the gradient is the reference's.
     memory = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
-    anchors = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.5, 0.5], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
+    anchors = reference.normalize(torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.5, 0.5], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]))
     features = torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     bins = torch.tensor([0, 0])
     losses, grads = fused(features, bins, memory, anchors)
-    assert losses[2].item() == pytest.approx(1 - (1.0 + 0.5 + 0.0 + 0.0) / 4)
+    assert losses[2].item() == pytest.approx(1 - (1.0 + 0.5**0.5 + 0.0 + 0.0) / 4)
     assert_matches((losses, grads), expected(features, bins, memory, anchors), rtol=1e-6, atol=1e-6)
 
 
@@ -340,3 +340,41 @@ def test_functional_errors_name_the_function_and_shapes_are_checked_once_per_sig
         functional.srl_loss(features, bins, memory, anchors[:, :2])
     with pytest.raises(ValueError, match=r"^srl_loss: argument 'memory' must be at least K = 2 rows"):
         functional.srl_loss(features, bins.clone().fill_(0), memory[:1], anchors)
+
+
+@pytest.mark.parametrize("envelope_temperature", [None, 0.2])
+def test_anchors_of_any_scale_count_as_unit_vectors(envelope_temperature):
+    """As the public API normalises the anchors (srl_ext/validation.py, anchors), the kernel divides
+    each cosine by its anchor's norm, without a copy: scaled and zero anchors give the numbers of
+    the normalised ones."""
+    features, bins, memory, anchors = make_inputs(10, 6, 50, 8, dtype=torch.float64, present_bins=4, zero_memory_rows=1)
+    scales = torch.rand(50, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 20 + 0.05
+    scaled = anchors * scales
+    scaled[7] = 0  # a zero anchor stays zero: cosine 0 with every surrogate
+    unit = reference.normalize(scaled)
+    options = dict(envelope_temperature=envelope_temperature)
+    assert_matches(fused(features, bins, memory, scaled, **options),
+                   expected(features, bins, memory, unit, **options), rtol=1e-10, atol=1e-10)
+    s = SRLSettings(envelope="hard" if envelope_temperature is None else "soft", envelope_temperature=envelope_temperature)
+    torch.testing.assert_close(torch.stack(functional.srl_loss(features, bins, memory, scaled * 10, s)),
+                               torch.stack(functional.srl_loss(features, bins, memory, unit, s)))
+
+
+def test_kernel_refuses_norms_that_overflow_and_bad_used_memory_rows():
+    """The checks of the public API (srl_ext/validation.py, finite_rows, used_memory_rows), made by
+    the kernel as it reads the rows: features whose norm overflows, memory rows of absent bins
+    that are not finite or whose norm overflows; rows of present bins are not read."""
+    features, bins, memory, anchors = make_inputs(8, 5, 32, 16, requires_grad=False)
+    with pytest.raises(ValueError, match=r"^srl_loss: argument 'features' must be rows whose norm fits in "
+                                         r"torch.float32 .*overflows\), got row 0 with values up to .*e\+20"):
+        functional.srl_loss(features * 1e20, bins, memory, anchors)
+    zeros = torch.zeros_like(bins)  # bins 1..4 absent: their memory rows are used
+    for bad, words in ((float("nan"), "must be finite, got a non-finite value in row 3"),
+                       (1e20, "must be rows whose norm fits in torch.float32")):
+        broken = memory.clone()
+        broken[3] = bad
+        with pytest.raises(ValueError, match=f"^srl_loss: argument 'memory' {words}"):
+            functional.srl_loss(features, zeros, broken, anchors)
+        broken = memory.clone()
+        broken[0] = bad  # bin 0 is present: its memory row is not used
+        functional.srl_loss(features, zeros, broken, anchors)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 GROUPS = ("all", "many", "medium", "few")
+# What each arm is compared with, seed by seed on the same split.
+BASELINES = {"SRL": ("vanilla",), "SRL, online memory": ("vanilla", "SRL"), "SRL, released table": ("vanilla", "SRL")}
 # Settings that may differ between the runs of one arm.
 PER_RUN = {"seed", "run_name", "resume", "evaluate", "workers", "threads", "device", "progress", "runs_dir", "data_dir"}
 
@@ -49,6 +51,7 @@ def load_run(folder: Path) -> dict:
         "arm": arm_of(config), "seed": config["seed"], "epochs": len(epochs), "selected_step": selected["step"],
         "steps_seconds": np.mean([r["train_seconds"] for r in epochs]),
         "memory_seconds": np.mean([r["memory_seconds"] for r in epochs]),
+        "total_seconds": sum(r["train_seconds"] + r["memory_seconds"] + r["val_seconds"] for r in epochs),
     }
 
 
@@ -80,29 +83,33 @@ def markdown(arms: dict[tuple[str, str], list[dict]]) -> str:
             cells = [mean_std([r["table"][g][metric] for r in runs]) for g in GROUPS]
             lines.append(f"| {split} | {arm} | {len(runs)} seeds | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["Paired differences, arm minus vanilla on the same split and seed (test MSE; negative: the arm is "
-              "better):", "", "| split | arm | seed | " + " | ".join(g.capitalize() for g in GROUPS) + " |",
-              "|---|---|---|" + "---|" * len(GROUPS)]
+    lines += ["Paired differences, arm minus its baseline on the same split and seed (test MSE; negative: the arm "
+              "is better):", "", "| split | arm | baseline | seed | " + " | ".join(g.capitalize() for g in GROUPS)
+              + " |", "|---|---|---|---|" + "---|" * len(GROUPS)]
     for (split, arm), runs in sorted(arms.items()):
-        if arm == "vanilla":
-            continue
-        baseline = {r["seed"]: r for r in arms.get((split, "vanilla"), [])}
-        diffs = []
-        for run in sorted(runs, key=lambda r: r["seed"]):
-            if run["seed"] not in baseline:
-                continue
-            d = [run["table"][g]["mse"] - baseline[run["seed"]]["table"][g]["mse"] for g in GROUPS]
-            diffs.append(d)
-            lines.append(f"| {split} | {arm} | {run['seed']} | " + " | ".join(f"{x:+.3f}" for x in d) + " |")
-        if diffs:
-            lines.append(f"| {split} | {arm} | mean ± std | "
-                         + " | ".join(mean_std(col) for col in np.asarray(diffs).T) + " |")
+        for baseline_arm in BASELINES.get(arm, ()):
+            baseline = {r["seed"]: r for r in arms.get((split, baseline_arm), [])}
+            diffs = []
+            for run in sorted(runs, key=lambda r: r["seed"]):
+                if run["seed"] not in baseline:
+                    continue
+                d = [run["table"][g]["mse"] - baseline[run["seed"]]["table"][g]["mse"] for g in GROUPS]
+                diffs.append(d)
+                lines.append(f"| {split} | {arm} | {baseline_arm} | {run['seed']} | "
+                             + " | ".join(f"{x:+.3f}" for x in d) + " |")
+            if diffs:
+                lines.append(f"| {split} | {arm} | {baseline_arm} | mean ± std | "
+                             + " | ".join(mean_std(col) for col in np.asarray(diffs).T) + " |")
     lines += ["", "Runs (selected step, epochs, mean seconds per epoch: training steps + memory refill):", "",
               "| split | arm | seed | selected at step | epochs | steps s/epoch | refill s/epoch |", "|---|---|---|---|---|---|---|"]
     for (split, arm), runs in sorted(arms.items()):
         for r in sorted(runs, key=lambda r: r["seed"]):
             lines.append(f"| {split} | {arm} | {r['seed']} | {r['selected_step']} | {r['epochs']} | "
                          f"{r['steps_seconds']:.1f} | {r['memory_seconds']:.1f} |")
+    total = sum(r["total_seconds"] for runs in arms.values() for r in runs)
+    count = sum(len(runs) for runs in arms.values())
+    lines += ["", f"{count} runs, {total / 3600:.2f} hours of training wall time in all (steps, refills and "
+              "validations, one thread each)."]
     return "\n".join(lines) + "\n"
 
 

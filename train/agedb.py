@@ -5,12 +5,13 @@ on the AgeDB-DIR benchmark: parse the flags, load the data, build the model and 
 with validation and model selection, test the selected model.
 """
 
+import sys
 from functools import partial
 
-from srl_ext.training.cli import image_main
+from srl_ext.training.cli import command, image_main
 from srl_ext.training.data.images import AGEDB
 
 main = partial(image_main, AGEDB)  # main(argv=None) -> the test table
 
 if __name__ == "__main__":
-    main()
+    sys.exit(command(main))

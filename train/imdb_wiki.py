@@ -4,12 +4,14 @@
 IMDB-WIKI-DIR benchmark (srl_ext.training.data.images.IMDB_WIKI).
 """
 
+import sys
 from functools import partial
 
 from srl_ext.training import cli
+from srl_ext.training.cli import command
 from srl_ext.training.data import images
 
 main = partial(cli.image_main, images.IMDB_WIKI)  # main(argv=None) -> the test table
 
 if __name__ == "__main__":
-    main()
+    sys.exit(command(main))

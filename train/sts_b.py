@@ -5,8 +5,10 @@ Run `python train/sts_b.py --help` for the flags.
 
 from __future__ import annotations
 
+import sys
+
 from srl_ext import metrics, released
-from srl_ext.training import cli
+from srl_ext.training import cli, demo
 from srl_ext.training.config import Task
 from srl_ext.training.data import sts_b
 from srl_ext.training.models import REGRESSOR_HEADS, SentencePairRegressor
@@ -48,15 +50,15 @@ def parser():
     model.add_argument("--oov", choices=sts_b.OOV_MODES, default="random",
                        help="words without a GloVe vector: random = each its own frozen N(0, 1) vector, drawn from "
                             "--seed (released); zero = one shared zero vector")
-    model.add_argument("--hidden_size", type=int, default=1500, help="BiLSTM hidden units per direction")
-    model.add_argument("--num_layers", type=int, default=2, help="BiLSTM layers")
-    model.add_argument("--embedding_dropout", type=float, default=0.2, help="dropout on the word vectors")
-    model.add_argument("--lstm_dropout", type=float, default=0.2,
+    model.add_argument("--hidden_size", type=cli.ranged(int, 1), default=1500, help="BiLSTM hidden units per direction")
+    model.add_argument("--num_layers", type=cli.ranged(int, 1), default=2, help="BiLSTM layers")
+    model.add_argument("--embedding_dropout", type=cli.FRACTION, default=0.2, help="dropout on the word vectors")
+    model.add_argument("--lstm_dropout", type=cli.FRACTION, default=0.2,
                        help="dropout on the BiLSTM outputs before the max-pool (released: 0.2)")
     model.add_argument("--regressor", choices=REGRESSOR_HEADS, default="linear",
                        help="linear = one Linear(8H -> 1) on the pair feature (released); mlp = a one-hidden-layer "
                             "head (dropout, Linear(8H -> 512), tanh, LayerNorm, dropout, Linear(512 -> 1))")
-    model.add_argument("--max_tokens", type=int, default=sts_b.MAX_TOKENS, help="tokens kept per sentence")
+    model.add_argument("--max_tokens", type=cli.ranged(int, 1), default=sts_b.MAX_TOKENS, help="tokens kept per sentence")
     model.add_argument("--released_table", action="store_true",
                        help="build the surrogate table as the released STS-B code does: centroids of the float "
                             "scores scattered to rows int(score) (0..5 only), contrastive positive = nearest of 50 "
@@ -83,6 +85,7 @@ def build(config: dict):
         selection=("all", "mse"), gm_floor=metrics.STSB_GM_FLOOR, correlations=True, label_name="score",
         bin_values=[float(low + high) / 2 for low, high in zip(sts_b.BIN_EDGES[:-1], sts_b.BIN_EDGES[1:])],
         table_rule=released.sts_b_table_and_positives if config["released_table"] else None,
+        data_files=sts_b.split_files(cli.data_dir_path(config)),
     )
     model = SentencePairRegressor(
         embeddings, hidden_size=config["hidden_size"], num_layers=config["num_layers"],
@@ -95,8 +98,10 @@ def build(config: dict):
 
 def main(argv=None) -> dict:
     config, explicit = cli.parse(parser(), PRESET, argv)
+    if config["demo"]:
+        demo.prepare(config, explicit, demo.TEXT_SETTINGS, demo.write_sentence_pairs)
     return cli.run(config, explicit, build)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.command(main))

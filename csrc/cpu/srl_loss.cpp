@@ -6,8 +6,9 @@
 // thread-pool wake-ups and autograd node. The work goes in three phases:
 //
 //  1. Table, on the calling thread, O(B*D + K*D) (docs/method.md, "The surrogate table"): each
-//     feature row is checked (finite, its bin in [0, K)), normalised and added to its bin's sum;
-//     present bins become normalised means, absent ones normalised memory rows.
+//     feature row is checked (finite, a norm that fits, its bin in [0, K)), normalised and added
+//     to its bin's sum; present bins become normalised means, absent ones their memory rows
+//     (checked as the features), normalised.
 //  2. Terms, one parallel region of P parts (P = the thread count, fewer for small problems):
 //     part p takes B/P samples and N/P anchors, so the parts cost the same whatever the tiles.
 //     - Its samples (docs/method.md, "Contrastive"): one GEMM gives their K x rows block of
@@ -15,7 +16,9 @@
 //       samples); the sweeps turn it into d loss / d logits (softmax minus the one-hot label); a
 //       second GEMM gives d loss / d z, taken back through the normalisation into the output.
 //     - Its anchors (docs/method.md, "Enveloping"), in tiles whose K x cols block of cosines
-//       stays in L2: one GEMM, a running (arg)max (hard) or softmax (soft) sweep, and the
+//       stays in L2: one GEMM, each column divided by its anchor's norm (the anchors count as
+//       unit vectors whatever their scale, as the public API normalises them, here without a
+//       copy of the N x D anchors), a running (arg)max (hard) or softmax (soft) sweep, and the
 //       gradient w.r.t. the table into the part's own K x D buffer: a scatter of the anchor
 //       rows into their arg-max rows (hard) or one more GEMM (soft). The K x N matrix never
 //       exists.
@@ -37,6 +40,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <cstdio>
 #include <memory>
 #include <optional>
 
@@ -318,6 +322,26 @@ Workspace& thread_workspace() {
 // ------------------------------------------------------------------------------------------
 // Phase 1: the surrogate table.
 
+// A row whose squared norm is not finite: a non-finite value, or finite values whose norm
+// overflows; the errors of the Python checks (srl_ext/validation.py, finite_rows).
+template <typename T>
+[[noreturn]] __attribute__((noinline, cold)) void refuse_row(const T* row, int64_t dim, const char* name, int64_t index) {
+  T largest = 0;
+  for (int64_t d = 0; d < dim; ++d) {
+    TORCH_CHECK_VALUE(
+        std::isfinite(row[d]), "srl_ext: argument '", name, "' must be finite, got a non-finite value in row ", index);
+    largest = std::max(largest, std::abs(row[d]));
+  }
+  char shown[32];
+  std::snprintf(shown, sizeof(shown), "%.3g", static_cast<double>(largest));
+  TORCH_CHECK_VALUE(
+      false, "srl_ext: argument '", name, "' must be rows whose norm fits in ",
+      sizeof(T) == 4 ? "torch.float32" : "torch.float64",
+      " (the values are finite but the norm overflows), got row ", index, " with values up to ", shown,
+      "; scale the inputs down");
+  std::abort();  // not reached
+}
+
 template <typename T, bool kFma>
 SRL_INLINE void build_table(const Problem<T>& pr, const Buffers<T>& buf) {
   const int64_t B = pr.batch, K = pr.num_bins, D = pr.dim;
@@ -330,7 +354,7 @@ SRL_INLINE void build_table(const Problem<T>& pr, const Buffers<T>& buf) {
         b >= 0 && b < K, "srl_ext: argument 'bins' must hold bin indices in [0, ", K, "), got ", b, " at position ", i);
     const T* row = pr.features + i * D;
     const T sq = dot(row, row, D);
-    TORCH_CHECK_VALUE(std::isfinite(sq), "srl_ext: argument 'features' must be finite, got a non-finite value in row ", i);
+    if (!std::isfinite(sq)) refuse_row(row, D, "features", i);
     const T norm = std::sqrt(sq);
     buf.norms[i] = norm;
     const T inv = T(1) / std::max(norm, eps);
@@ -348,7 +372,9 @@ SRL_INLINE void build_table(const Problem<T>& pr, const Buffers<T>& buf) {
       const T inv_count = T(1) / static_cast<T>(buf.counts[k]);
       for (int64_t d = 0; d < D; ++d) row[d] *= inv_count;
     } else {
-      std::copy(pr.memory + k * D, pr.memory + (k + 1) * D, row);
+      const T* memory_row = pr.memory + k * D;
+      if (!std::isfinite(dot(memory_row, memory_row, D))) refuse_row(memory_row, D, "memory", k);
+      std::copy(memory_row, memory_row + D, row);
     }
     const T norm = std::sqrt(dot(row, row, D));
     buf.mean_norms[k] = norm;
@@ -411,32 +437,42 @@ SRL_INLINE double envelope_tile(const Problem<T>& pr, const Buffers<T>& buf, int
   T* s = buf.block + p * buf.block_stride;  // K x cols
   T* best = buf.vec_a + p * buf.vec_stride;
   T* denom = buf.vec_b + p * buf.vec_stride;
+  T* inv_norm = buf.vec_c + p * buf.vec_stride;
   T* grad_table = buf.grad_table + p * buf.grad_table_stride;
   const T* anchors = pr.anchors + j0 * D;
   const T neg_inv_n = T(-1) / static_cast<T>(pr.num_anchors);
+  const T eps = static_cast<T>(kNormEps);
 
-  // s = C A^T: the cosines of the tile's anchors, K x cols.
+  // s = C A^T: K x cols; divided by the anchors' norms, the cosines.
   gemm<T>(false, true, K, cols, D, T(1), buf.table, D, anchors, D, T(0), s, cols);
+  for (int64_t j = 0; j < cols; ++j) {
+    const T* anchor = anchors + j * D;
+    inv_norm[j] = T(1) / std::max(std::sqrt(dot(anchor, anchor, D)), eps);
+  }
   double covered = 0;
   if (pr.envelope_temperature == T(0)) {
+    // A positive scale per column leaves each column's arg-max where it is: the sweep runs on
+    // the products, and only the maxima and the gradient are scaled.
     index_t<T>* bin = buf.best_bin + p * buf.bin_stride;
     column_max<T>(s, K, cols, best, bin);
     for (int64_t j = 0; j < cols; ++j) {
-      covered += static_cast<double>(best[j]);
+      covered += static_cast<double>(best[j] * inv_norm[j]);
       const T* anchor = anchors + j * D;
+      const T scale = neg_inv_n * inv_norm[j];
       T* g = grad_table + static_cast<int64_t>(bin[j]) * D;
-      for (int64_t d = 0; d < D; ++d) g[d] += neg_inv_n * anchor[d];
+      for (int64_t d = 0; d < D; ++d) g[d] += scale * anchor[d];
     }
   } else {
     // Smooth maximum s_env * logsumexp(cos / s_env) = best + s_env * log(sum_k exp((cos - best) / s_env)).
     const T smooth = pr.envelope_temperature;
+    scale_columns<T>(s, K, cols, inv_norm);
     column_max<T>(s, K, cols, best, nullptr);
     exp_columns<T, kFma>(s, K, cols, best, T(1) / smooth, denom);
     for (int64_t j = 0; j < cols; ++j) {
       covered += static_cast<double>(best[j] + smooth * std::log(denom[j]));
-      denom[j] = neg_inv_n / denom[j];
+      denom[j] = neg_inv_n * inv_norm[j] / denom[j];  // and d cosine / d c = anchor / |anchor|
     }
-    scale_columns<T>(s, K, cols, denom);  // d loss / d cosine
+    scale_columns<T>(s, K, cols, denom);  // d loss / d product
     gemm<T>(false, false, K, D, cols, T(1), s, cols, anchors, D, T(1), grad_table, D);
   }
   return covered;

@@ -75,6 +75,7 @@ def srl_loss(features, bins, memory, anchors, settings) -> tuple:
 
 
 def checks_data(device: torch.device) -> bool:
-    """The CPU kernel of the whole-loss op checks the bins' range and that the features are
-    finite as it reads them (a ValueError)."""
+    """The CPU kernel of the whole-loss op checks the values as it reads them (bins in range,
+    finite features and used memory rows, norms that fit: a ValueError) and normalises the
+    anchors' cosines itself."""
     return device.type == "cpu" and "cpu" in _WHOLE_LOSS_DEVICES

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,15 +25,77 @@ import torch
 from .. import backends, settings
 from ..settings import ENVELOPES
 from ..memory import MODES as MEMORY_MODES
-from . import ddp, released_checkpoints
-from .checkpoint import BEST, LAST, load_checkpoint, make_run_dir, seed_everything
-from .config import EARLY_STOP_RULES, recipe
+from . import ddp, demo, released_checkpoints, reporting
+from .checkpoint import (BEST, LAST, PREVIOUS, RunFolderLock, data_fingerprint, fingerprint_changes, load_checkpoint,
+                         make_run_dir, seed_everything, set_aside)
+from .config import (BMSE_MODES, EARLY_STOP_RULES, KERNELS, RANKSIM_FEATURES, RANKSIM_RELEASED_WEIGHT, REWEIGHTS,
+                     method_settings, recipe, released_methods)
 from .engine import Engine
+from .errors import CheckpointError, UserError
 
 # Flags that a --resume or --evaluate may change: where the data is and how to run, not what is trained.
 # --epoch may be raised on --resume to train on.
-ENVIRONMENT_FLAGS = ("data_dir", "workers", "threads", "device", "progress")
+ENVIRONMENT_FLAGS = ("data_dir", "workers", "threads", "device", "progress", "debug")
 RESUME_FLAGS = ENVIRONMENT_FLAGS + ("epoch",)
+# Flags that act on this command only and are never taken from or compared with a saved config.
+COMMAND_FLAGS = ("resume", "evaluate", "trust_checkpoint", "data_changed", "debug", "demo")
+DRIVERS = {"agedb": "train/agedb.py", "imdb_wiki": "train/imdb_wiki.py", "sts_b": "train/sts_b.py"}
+BENCHMARK_TITLES = {"agedb": "AgeDB-DIR", "imdb_wiki": "IMDB-WIKI-DIR", "sts_b": "STS-B-DIR"}
+DEBUG_VARIABLE = "SRL_EXT_DEBUG"
+
+
+def ranged(kind: type, low: float | None = None, high: float | None = None, *, above: bool = False,
+           below: bool = False):
+    """An argparse ``type`` that parses ``kind`` (int or float, finite) in [low, high] (``above``:
+    strictly above low; ``below``: strictly below high), so that a flag out of range is refused
+    when the command line is parsed: ``error: argument --temp: expected a number > 0, got '0'``."""
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if above else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if below else '<='} {high:g}")
+    expected = ("an integer" if kind is int else "a number") + (" " + " and ".join(bounds) if bounds else "")
+
+    def parse_value(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not math.isfinite(value) or (low is not None and (value <= low if above else value < low)) or (
+            high is not None and (value >= high if below else value > high)
+        ):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse_value.__name__ = kind.__name__
+    return parse_value
+
+
+NON_NEGATIVE_INT = ranged(int, 0)
+POSITIVE = ranged(float, 0, above=True)
+NON_NEGATIVE = ranged(float, 0)
+FINITE = ranged(float)
+FRACTION = ranged(float, 0, 1, below=True)  # [0, 1)
+
+
+def command(main: Callable[[Sequence[str] | None], dict], argv: Sequence[str] | None = None) -> int:
+    """A driver's ``main`` run from the command line: 0 when it finishes; on a user mistake
+    (``errors.UserError``, a missing file, a released checkpoint that cannot be used) one line
+    ``error: ...`` on stderr and 2, without a traceback, unless ``--debug`` is given or
+    SRL_EXT_DEBUG=1 (then the traceback too)."""
+    from .released_checkpoints import ReleasedCheckpointError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    try:
+        main(args)
+    except (UserError, ReleasedCheckpointError, FileNotFoundError, UnicodeDecodeError) as error:
+        if debug:
+            traceback.print_exc()
+        message = " ".join(str(error).split("\n")[0].split()) if not isinstance(error, UserError) else str(error)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -56,8 +121,8 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
     data.add_argument("--run_name", default=None,
                       help="run folder name (default: <preset>-<srl|vanilla>-<date-time>); an existing one is never "
                            "reused: a suffix -2, -3, ... is added")
-    data.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    data.add_argument("--threads", type=int, default=0, help="CPU threads of torch (0: torch's default)")
+    data.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="data loader worker processes")
+    data.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, help="CPU threads of torch (0: torch's default)")
     data.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     data.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
     data.add_argument("--resume", metavar="CHECKPOINT", default=None,
@@ -69,52 +134,60 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                            "the DIR table, write test_metrics.json and test_errors.png beside it. A checkpoint "
                            "released by the SRL authors is converted to this project's model and its table written "
                            "to a new run folder under --runs_dir (docs/training.md)")
+    data.add_argument("--demo", action="store_true",
+                      help="try the driver without the benchmark: write a small SYNTHETIC dataset in its layout "
+                           "(under --runs_dir/demo-data) and train a small model on it, about a minute on a CPU")
+    data.add_argument("--data_changed", action="store_true",
+                      help="with --resume: continue although the data files differ from those the run started with "
+                           "(their sizes, SHA-256 and split counts are stored in the checkpoint)")
+    data.add_argument("--debug", action="store_true",
+                      help=f"show the traceback of an error (also: {DEBUG_VARIABLE}=1 in the environment)")
     data.add_argument("--trust_checkpoint", action="store_true",
                       help="with --evaluate: load a checkpoint file that pickles Python objects besides tensors "
                            "(an argparse namespace, ...), which runs code the file names; only for files you trust")
 
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--seed", type=int, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
-    train.add_argument("--epoch", type=int, default=p.epochs,
+    train.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
+    train.add_argument("--epoch", type=ranged(int, 1), default=p.epochs,
                        help="number of training epochs" + (" (none: until early stopping)" if p.epochs is None else ""))
-    train.add_argument("--batch_size", type=int, default=p.batch_size,
+    train.add_argument("--batch_size", type=ranged(int, 2), default=p.batch_size,
                        help="batch size (per process under torchrun: the global batch is this times the "
                             "number of processes)")
-    train.add_argument("--lr", type=float, default=p.lr, help="Adam learning rate")
-    train.add_argument("--weight_decay", type=float, default=p.weight_decay, help="Adam weight decay")
-    train.add_argument("--lr_milestones", type=int, nargs="*", default=list(p.lr_milestones),
+    train.add_argument("--lr", type=POSITIVE, default=p.lr, help="Adam learning rate")
+    train.add_argument("--weight_decay", type=NON_NEGATIVE, default=p.weight_decay, help="Adam weight decay")
+    train.add_argument("--lr_milestones", type=NON_NEGATIVE_INT, nargs="*", default=list(p.lr_milestones),
                        help="epochs at which the learning rate is multiplied by --lr_gamma")
-    train.add_argument("--lr_gamma", type=float, default=p.lr_gamma, help="learning rate factor at each milestone")
-    train.add_argument("--grad_clip", type=float, default=p.grad_clip_norm or 0.0,
+    train.add_argument("--lr_gamma", type=POSITIVE, default=p.lr_gamma, help="learning rate factor at each milestone")
+    train.add_argument("--grad_clip", type=NON_NEGATIVE, default=p.grad_clip_norm or 0.0,
                        help="clip the gradient norm to this value (0: no clipping)")
-    train.add_argument("--eval_every", type=int, default=p.eval_every_steps or 0,
+    train.add_argument("--eval_every", type=NON_NEGATIVE_INT, default=p.eval_every_steps or 0,
                        help="validate every so many training steps (0: at the end of every epoch)")
-    train.add_argument("--patience", type=int, default=p.early_stop_patience or 0,
+    train.add_argument("--patience", type=NON_NEGATIVE_INT, default=p.early_stop_patience or 0,
                        help="early stopping, read by --early_stop (0: no early stopping)")
     train.add_argument("--early_stop", choices=EARLY_STOP_RULES, default="released",
                        help="released: stop when the validation score is the worst of the last --patience + 1 "
                             "(the released STS-B trainer); no_improvement: stop after --patience validations "
                             "without a better model")
-    train.add_argument("--max_vals", dest="max_validations", type=int, default=p.max_validations or 0,
+    train.add_argument("--max_vals", dest="max_validations", type=NON_NEGATIVE_INT, default=p.max_validations or 0,
                        help="stop after so many validations (0: no limit)")
 
     srl = parser.add_argument_group("SRL loss (docs/method.md)")
     srl.add_argument("--vanilla", dest="srl", action="store_false",
                      help="train the plain regression baseline: no SRL terms, no surrogate memory")
-    srl.add_argument("--warmup", type=int, default=0, help="first epochs trained with the regression loss only")
-    srl.add_argument("--w1", type=float, default=loss.w1, help="weight of the contrastive term")
-    srl.add_argument("--w2", type=float, default=loss.w2, help="weight of the enveloping term")
-    srl.add_argument("--w3", type=float, default=loss.w3, help="weight of the homogeneity term")
-    srl.add_argument("--temp", type=float, default=loss.temperature, help="temperature of the contrastive term")
-    srl.add_argument("--num_anchors", type=int, default=loss.num_anchors, help="anchor points of the enveloping term")
-    srl.add_argument("--anchor_seed", type=int, default=loss.anchor_seed, help="seed of the anchor points")
-    srl.add_argument("--homogeneity_sign", type=float, default=loss.homogeneity_sign,
+    srl.add_argument("--warmup", type=NON_NEGATIVE_INT, default=0, help="first epochs trained with the regression loss only")
+    srl.add_argument("--w1", type=NON_NEGATIVE, default=loss.w1, help="weight of the contrastive term")
+    srl.add_argument("--w2", type=NON_NEGATIVE, default=loss.w2, help="weight of the enveloping term")
+    srl.add_argument("--w3", type=NON_NEGATIVE, default=loss.w3, help="weight of the homogeneity term")
+    srl.add_argument("--temp", type=POSITIVE, default=loss.temperature, help="temperature of the contrastive term")
+    srl.add_argument("--num_anchors", type=ranged(int, 1), default=loss.num_anchors, help="anchor points of the enveloping term")
+    srl.add_argument("--anchor_seed", type=NON_NEGATIVE_INT, default=loss.anchor_seed, help="seed of the anchor points")
+    srl.add_argument("--homogeneity_sign", type=FINITE, default=loss.homogeneity_sign,
                      help="sign of the sum of neighbouring surrogate cosines (-1: the paper's term)")
-    srl.add_argument("--homogeneity_beta", type=float, default=loss.homogeneity_beta,
+    srl.add_argument("--homogeneity_beta", type=NON_NEGATIVE, default=loss.homogeneity_beta,
                      help="weight of the variance of neighbouring cosines")
     srl.add_argument("--envelope", choices=ENVELOPES, default=loss.envelope,
                      help="enveloping term: hard max (released code) or smooth max (paper)")
-    srl.add_argument("--envelope_temperature", type=float, default=loss.envelope_temperature,
+    srl.add_argument("--envelope_temperature", type=POSITIVE, default=loss.envelope_temperature,
                      help="smoothness s of the soft envelope (the smooth max s * logsumexp(cos / s))")
     srl.add_argument("--label_weighting", action="store_true",
                      help="weight the contrastive denominator by label distance")
@@ -122,8 +195,112 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
     srl.add_argument("--memory_update", choices=MEMORY_MODES, default="epoch_pass",
                      help="refill of the surrogate memory: epoch_pass = one extra no-grad pass over the training set "
                           "at the end of each epoch (released code); online = the features of the training steps")
-    srl.add_argument("--memory_momentum", type=float, default=0.9, help="weight of the old memory in each update")
+    srl.add_argument("--memory_momentum", type=FRACTION, default=0.9, help="weight of the old memory in each update")
+    add_method_flags(parser, preset_name)
     return parser
+
+
+# ConR needs two augmented views of each sample: the image benchmarks only.
+CONR_PRESETS = ("agedb", "imdb_wiki")
+
+
+def add_method_flags(parser: argparse.ArgumentParser, preset_name: str) -> None:
+    """The flags of the methods that compose with SRL (docs/methods.md), with the released
+    repositories' names; the defaults are the benchmark's released settings (``released_methods``),
+    each method off until its switch is given. Any subset combines, with SRL or with --vanilla."""
+    m = released_methods(preset_name)
+    gamma = RANKSIM_RELEASED_WEIGHT[preset_name]
+    lds = parser.add_argument_group("LDS: label distribution smoothing (docs/methods.md, LDS)")
+    lds.add_argument("--reweight", choices=REWEIGHTS, default=m.reweight,
+                     help="weight each sample's regression loss by its label bin's inverse count: sqrt_inv, inverse; "
+                          "none = off (released command on this benchmark: "
+                          f"{'inverse' if preset_name == 'sts_b' else 'sqrt_inv'} --lds)")
+    lds.add_argument("--lds", action="store_true", help="smooth the counts with the LDS window before inverting")
+    lds.add_argument("--lds_kernel", choices=KERNELS, default=m.lds_kernel, help="LDS window")
+    lds.add_argument("--lds_ks", type=int, default=m.lds_ks, help="LDS window size (odd)")
+    lds.add_argument("--lds_sigma", type=float, default=m.lds_sigma, help="LDS window width (gaussian, laplace)")
+    fds = parser.add_argument_group("FDS: feature distribution smoothing (docs/methods.md, FDS)")
+    fds.add_argument("--fds", action="store_true",
+                     help="calibrate the regressor's input feature by bucket statistics smoothed across neighbouring "
+                          "buckets (statistics from the end-of-epoch pass that also refills the SRL memory)")
+    fds.add_argument("--fds_kernel", choices=KERNELS, default=m.fds_kernel, help="FDS window")
+    fds.add_argument("--fds_ks", type=int, default=m.fds_ks, help="FDS window size (odd)")
+    fds.add_argument("--fds_sigma", type=float, default=m.fds_sigma, help="FDS window width (gaussian, laplace)")
+    fds.add_argument("--start_update", type=int, default=m.start_update, help="first epoch whose statistics are kept")
+    fds.add_argument("--start_smooth", type=int, default=m.start_smooth, help="first epoch that is calibrated")
+    fds.add_argument("--bucket_num", type=int, default=m.bucket_num,
+                     help="FDS buckets" + (" (equal bins of the scores on [0, 5])" if preset_name == "sts_b" else
+                                           " (label int(y); labels past the last pool into it)"))
+    fds.add_argument("--bucket_start", type=int, default=m.bucket_start, help="first FDS bucket (lower labels pool into it)")
+    fds.add_argument("--fds_mmt", type=float, default=m.fds_mmt, help="momentum of FDS's running statistics")
+    rank = parser.add_argument_group("RankSim: ranking similarity (docs/methods.md, RankSim)")
+    rank.add_argument("--regularization_weight", type=float, default=m.regularization_weight,
+                      help=f"gamma, the weight of the RankSim term; 0 = off (released command on this benchmark: {gamma:g})")
+    rank.add_argument("--interpolation_lambda", type=float, default=m.interpolation_lambda,
+                      help="lambda of the ranking's blackbox gradient (released commands: 2; released argparse: 1)")
+    rank.add_argument("--ranksim_features", choices=RANKSIM_FEATURES, default=m.ranksim_features,
+                      help="the feature ranked: h = the regressor's input before FDS (RankSim code); projector = the "
+                           "SRL projection head's output (SRL code)")
+    bmse = parser.add_argument_group("Balanced MSE (docs/methods.md, Balanced MSE)")
+    bmse.add_argument("--bmse", action="store_true", help="Balanced MSE replaces the regression loss")
+    bmse.add_argument("--imp", choices=BMSE_MODES if preset_name != "sts_b" else ("bmc", "gai"), default=m.imp,
+                      help="bmc = batch Monte Carlo (no table); gai = a Gaussian mixture of the training targets "
+                           "(needs scikit-learn)" + ("" if preset_name == "sts_b" else "; bni = the integer-label histogram"))
+    bmse.add_argument("--init_noise_sigma", type=float, default=m.init_noise_sigma,
+                      help="initial noise scale sigma, in the units of the regression targets ("
+                           + ("1 / 5 of the released argparse default 1, since STS-B regresses score / 5: an assumption, "
+                              "there is no released STS-B recipe)" if preset_name == "sts_b" else
+                              "released argparse default; the released IMDB-WIKI second-stage commands use 10)"))
+    bmse.add_argument("--sigma_lr", type=float, default=m.sigma_lr,
+                      help="Adam learning rate of sigma, its own optimiser group outside the lr schedule")
+    bmse.add_argument("--fix_noise_sigma", action="store_true", help="keep sigma fixed at --init_noise_sigma")
+    if preset_name in CONR_PRESETS:
+        conr = parser.add_argument_group("ConR: contrastive regularisation on two augmented views (docs/methods.md, ConR)")
+        conr.add_argument("--conr", action="store_true",
+                          help="add beta * ConR on two extra augmented views of every training sample (a second "
+                               "forward per step on 2B images)")
+        conr.add_argument("-w", "--conr_w", type=float, default=m.conr_w, help="ConR's label and prediction window")
+        conr.add_argument("--beta", "--conr_beta", dest="conr_beta", type=float, default=m.conr_beta,
+                          help="weight of the ConR term")
+        conr.add_argument("-e", "--conr_e", type=float, default=m.conr_e,
+                          help="ConR's push strength growth with the label distance")
+
+
+def method_flag_errors(config: dict) -> list[tuple[bool, str, str, object]]:
+    """The parse-time checks of the method flags: (failed, flag, expected, actual)."""
+    c = config
+    rows = c["bucket_num"] - c["bucket_start"]
+    sklearn_missing = False
+    if c["bmse"] and c["imp"] == "gai":
+        import importlib.util
+
+        sklearn_missing = importlib.util.find_spec("sklearn") is None
+    return [
+        (c["lds"] and c["reweight"] == "none", "--lds", "--reweight sqrt_inv or inverse with it", "--reweight none"),
+        (c["lds_ks"] < 1 or c["lds_ks"] % 2 == 0, "--lds_ks", "an odd number >= 1", c["lds_ks"]),
+        (not c["lds_sigma"] > 0, "--lds_sigma", "a positive number", c["lds_sigma"]),
+        (c["fds_ks"] < 1 or c["fds_ks"] % 2 == 0, "--fds_ks", "an odd number >= 1", c["fds_ks"]),
+        (not c["fds_sigma"] > 0, "--fds_sigma", "a positive number", c["fds_sigma"]),
+        (c["start_update"] < 0, "--start_update", "0 or more", c["start_update"]),
+        (c["start_smooth"] < 0, "--start_smooth", "0 or more", c["start_smooth"]),
+        (c["bucket_start"] < 0, "--bucket_start", "0 or more", c["bucket_start"]),
+        (rows < 2 or rows <= c["fds_ks"] // 2, "--bucket_num",
+         f"at least --bucket_start + max(2, --fds_ks // 2 + 1) = {c['bucket_start'] + max(2, c['fds_ks'] // 2 + 1)}",
+         c["bucket_num"]),
+        (not 0 <= c["fds_mmt"] < 1, "--fds_mmt", "a number in [0, 1)", c["fds_mmt"]),
+        (not c["regularization_weight"] >= 0, "--regularization_weight", "0 or more", c["regularization_weight"]),
+        (not c["interpolation_lambda"] > 0, "--interpolation_lambda", "a positive number", c["interpolation_lambda"]),
+        (c["bmse"] and c["reweight"] != "none", "--reweight", "none with --bmse (Balanced MSE replaces the weighted "
+         "regression loss)", c["reweight"]),
+        (c["init_noise_sigma"] == 0 or c["init_noise_sigma"] != c["init_noise_sigma"], "--init_noise_sigma",
+         "a number other than 0", c["init_noise_sigma"]),
+        (not c["sigma_lr"] > 0, "--sigma_lr", "a positive number", c["sigma_lr"]),
+        (sklearn_missing, "--imp", "bmc or bni: gai fits its Gaussian mixture with scikit-learn, which is not "
+         "installed (pip install scikit-learn)", "gai"),
+        (not c.get("conr_w", 1.0) > 0, "-w", "a positive number", c.get("conr_w")),
+        (not c.get("conr_beta", 0.0) >= 0, "--beta", "0 or more", c.get("conr_beta")),
+        (not c.get("conr_e", 0.0) >= 0, "-e", "0 or more", c.get("conr_e")),
+    ]
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
@@ -164,7 +341,7 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
         (config["resume"] is not None and config["evaluate"] is not None, "--resume/--evaluate", "only one of them", "both"),
         (config["trust_checkpoint"] and config["evaluate"] is None, "--trust_checkpoint", "only with --evaluate",
          "no --evaluate"),
-    ]
+    ] + method_flag_errors(config)
     for failed, flag, expected, actual in checks:
         if failed:
             parser.error(f"{flag}: expected {expected}, got {actual}")
@@ -195,52 +372,121 @@ def run(config: dict, explicit: set[str], build: Build) -> dict:
 
 def _run(config: dict, explicit: set[str], build: Build) -> dict:
     main_process = ddp.is_main_process()
+    reporting.warn_missing_optional_packages()
     if config["evaluate"] is not None:
-        # Read without running pickled code; a file that is no checkpoint of this project is
-        # taken for a released SRL checkpoint (released_checkpoints.evaluate_released).
-        source = Path(config["evaluate"])
-        source = source / BEST if source.is_dir() else source
-        if source.is_file():
-            loaded = released_checkpoints.read_checkpoint(source, config.get("trust_checkpoint", False))
-            if not released_checkpoints.is_srl_ext_checkpoint(loaded):
-                return released_checkpoints.evaluate_released(config, explicit, build, source, loaded)
-        checkpoint, path = load_checkpoint(config["evaluate"], BEST)
-        saved = _merge(checkpoint["config"], config, explicit, ENVIRONMENT_FLAGS)
-        task, model, datasets = build(saved)
-        engine = Engine(saved, task, model, datasets, path.parent)
-        engine.model.load_state_dict(checkpoint["model"])
-        best = checkpoint.get("best") or {}
-        return engine.report(title=f"test, {path.name} (epoch {best.get('epoch')} step {best.get('step')})", out_dir=path.parent)
+        return _evaluate(config, explicit, build)
+    if config.get("data_changed") and config["resume"] is None:
+        raise UserError("--data_changed: expected only with --resume, got no --resume")
 
-    if config["resume"] is not None:
-        checkpoint, path = load_checkpoint(config["resume"], LAST)
-        saved = _merge(checkpoint["config"], config, explicit, RESUME_FLAGS)
-        task, model, datasets = build(saved)
-        engine = Engine(saved, task, model, datasets, path.parent)
-        engine.load_state_dict(checkpoint)
-        if main_process:
-            print(f"resumed {path} at epoch {engine.epoch} step {engine.global_step}", flush=True)
-    else:
-        seed_everything(config["seed"])
-        run_dir = None
-        if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
-            name = config["run_name"] or f"{config['preset']}-{'srl' if config['srl'] else 'vanilla'}-{time.strftime('%Y%m%d-%H%M%S')}"
-            run_dir = make_run_dir(config["runs_dir"], name)
-        run_dir = Path(ddp.broadcast_object(None if run_dir is None else str(run_dir)))
-        task, model, datasets = build(config)
-        if main_process:
-            (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            print(f"run folder {run_dir}", flush=True)
-        engine = Engine(config, task, model, datasets, run_dir)
-    engine.fit()
-    return engine.test()
+    lock = None
+    try:
+        if config["resume"] is not None:
+            checkpoint, path = load_checkpoint(config["resume"], LAST)
+            _check_benchmark(checkpoint, path, config["preset"], "resume")
+            if "optimizer" not in checkpoint:
+                raise CheckpointError(
+                    f"--resume {path}: expected a training state (last.pt), got the model selected on validation "
+                    f"(best.pt), which holds no optimiser, memory or RNG state to continue from: resume with "
+                    f"--resume {path.parent} (its last.pt); to test this model use --evaluate {path}"
+                )
+            if main_process:
+                lock = RunFolderLock(path.parent).acquire()
+            saved = _merge(checkpoint["config"], config, explicit, RESUME_FLAGS)
+            task, model, datasets = build(saved)
+            fingerprint = _fingerprint(task, datasets)
+            changes = fingerprint_changes(checkpoint["data_fingerprint"], fingerprint) if checkpoint.get("data_fingerprint") else []
+            if changes and not config.get("data_changed"):
+                raise CheckpointError(
+                    f"--resume {path}: the data changed since the run started ({'; '.join(changes)}); resume with "
+                    f"--data_changed if the change is intended"
+                )
+            if path.name == PREVIOUS and (path.parent / LAST).is_file() and main_process:
+                aside = set_aside(path.parent / LAST)  # the damaged last.pt, kept under another name
+                print(f"note: resuming from {path}; the damaged {LAST} is kept as {aside}", flush=True)
+            engine = Engine(saved, task, model, datasets, path.parent)
+            engine.load_state_dict(checkpoint)
+            engine.data_fingerprint = fingerprint
+            if main_process:
+                print(f"resumed {path} at epoch {engine.epoch} step {engine.global_step}", flush=True)
+        else:
+            seed_everything(config["seed"])
+            # The data first: a run that cannot start leaves no folder behind.
+            task, model, datasets = build(config)
+            fingerprint = _fingerprint(task, datasets)
+            run_dir = None
+            if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
+                kind = "+".join(["srl" if config["srl"] else "vanilla"] + method_settings(config).names())
+                name = config["run_name"] or f"{config['preset']}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+                run_dir = make_run_dir(config["runs_dir"], name)
+                lock = RunFolderLock(run_dir).acquire()
+                (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+                print(f"run folder {run_dir}", flush=True)
+            run_dir = Path(ddp.broadcast_object(None if run_dir is None else str(run_dir)))
+            engine = Engine(config, task, model, datasets, run_dir)
+            engine.data_fingerprint = fingerprint
+        engine.fit()
+        return engine.test()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate(config: dict, explicit: set[str], build: Build) -> dict:
+    """--evaluate: the test table of a checkpoint of this project, or of a released one."""
+    # Read without running pickled code; a file that is no checkpoint of this project is
+    # taken for a released SRL checkpoint (released_checkpoints.evaluate_released).
+    source = Path(config["evaluate"])
+    source = source / BEST if source.is_dir() else source
+    if source.is_file():
+        loaded = released_checkpoints.read_checkpoint(source, config.get("trust_checkpoint", False))
+        if not released_checkpoints.is_srl_ext_checkpoint(loaded):
+            return released_checkpoints.evaluate_released(config, explicit, build, source, loaded)
+    checkpoint, path = load_checkpoint(config["evaluate"], BEST)
+    _check_benchmark(checkpoint, path, config["preset"], "evaluate")
+    saved = _merge(checkpoint["config"], config, explicit, ENVIRONMENT_FLAGS)
+    task, model, datasets = build(saved)
+    fingerprint = _fingerprint(task, datasets)
+    engine = Engine(saved, task, model, datasets, path.parent)
+    engine.model.load_state_dict(checkpoint["model"])
+    best = checkpoint.get("best") or {}
+    # The run's own table (test_metrics.json) is only ever rewritten from the run's own data; a
+    # table from other data goes beside it, named after that data's fingerprint.
+    trained_on = checkpoint.get("data_fingerprint")
+    if trained_on is not None:
+        same_data = not fingerprint_changes(trained_on, fingerprint)
+    else:  # a run saved before fingerprints: the same --data_dir
+        same_data = Path(checkpoint["config"]["data_dir"]).expanduser().resolve() == data_dir_path(saved).resolve()
+    suffix = "" if same_data else "." + reporting.fingerprint_tag(fingerprint)
+    title = f"test, {path.name} (epoch {best.get('epoch')} step {best.get('step')})"
+    if not same_data:
+        title += f", data {saved['data_dir']}"
+    table = engine.report(title=title, out_dir=path.parent, suffix=suffix)
+    if ddp.is_main_process():
+        note = "" if same_data else " (other data than the run's: its own table is left as it is)"
+        print(f"wrote {reporting.TEST_METRICS.replace('.json', suffix + '.json')} to {path.parent}{note}", flush=True)
+    return table
+
+
+def _check_benchmark(checkpoint: dict, path: Path, preset: str, action: str) -> None:
+    """A checkpoint of another benchmark is refused, naming the driver that takes it."""
+    theirs = checkpoint.get("config", {}).get("preset")
+    if theirs is not None and theirs != preset:
+        raise CheckpointError(
+            f"--{action} {path}: expected a {BENCHMARK_TITLES[preset]} checkpoint, got a "
+            f"{BENCHMARK_TITLES.get(theirs, theirs)} run ({theirs}): use python {DRIVERS.get(theirs, 'train/' + theirs + '.py')} "
+            f"--{action} {path.parent if path.name in (LAST, BEST) else path}"
+        )
+
+
+def _fingerprint(task, datasets) -> dict:
+    return data_fingerprint(task.data_files, {split: len(dataset) for split, dataset in datasets.items()})
 
 
 def _merge(saved: dict, given: dict, explicit: set[str], changeable: Sequence[str]) -> dict:
     """The checkpoint's config, with the changeable flags given on this command line."""
     merged = dict(saved)
     merged.setdefault("early_stop", "no_improvement")  # the only rule of runs saved before --early_stop
-    ignored = sorted(key for key in explicit - set(changeable) if key not in ("resume", "evaluate", "trust_checkpoint") and given[key] != saved.get(key))
+    ignored = sorted(key for key in explicit - set(changeable) if key not in COMMAND_FLAGS and given[key] != saved.get(key))
     if ignored:
         print(f"note: the checkpoint's config is used; ignored: {', '.join('--' + key for key in ignored)}", file=sys.stderr)
     for key in changeable:
@@ -264,11 +510,14 @@ def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
     model.add_argument("--backbone", choices=IMAGE_BACKBONES, default="resnet50",
                        help="trained from scratch: resnet50 (the benchmark's), resnet18, or tiny (a small conv net for "
                             "quick runs and tests)")
-    model.add_argument("--img_size", type=int, default=images.IMAGE_SIZE, help="images are resized to this square size")
+    model.add_argument("--img_size", type=ranged(int, 16, 1024), default=images.IMAGE_SIZE, help="images are resized to this square size")
 
     def build(config: dict):
-        task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"])
+        task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"],
+                                               train_views=2 if config.get("conr") else 0)
         return task, ImageRegressor(config["backbone"]), datasets
 
     config, explicit = parse(parser, benchmark.preset, argv)
+    if config["demo"]:
+        demo.prepare(config, explicit, demo.IMAGE_SETTINGS, lambda root: demo.write_images(benchmark, root))
     return run(config, explicit, build)

@@ -2,6 +2,9 @@
 
 The loss settings of a run are an ``srl_ext.settings.SRLSettings`` (``srl_settings``): the
 drivers' SRL flags carry the field names, except ``--temp`` (tau, the field ``temperature``).
+The settings of the methods that compose with SRL (LDS, FDS, RankSim, Balanced MSE, ConR;
+docs/methods.md) are one ``MethodSettings`` (``method_settings``), whose fields are the drivers'
+flag destinations; ``released_methods(preset)`` gives each benchmark's released defaults.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..methods import FDS_RELEASED, LDS_RELEASED
 from ..settings import FIELDS as SRL_FIELDS
 from ..settings import SRLSettings
 
@@ -64,6 +68,106 @@ def srl_settings(config: dict) -> SRLSettings:
     return SRLSettings(**values)
 
 
+REWEIGHTS = ("none", "sqrt_inv", "inverse")
+KERNELS = ("gaussian", "triang", "laplace")
+BMSE_MODES = ("bmc", "gai", "bni")
+RANKSIM_FEATURES = ("h", "projector")
+# RankSim's gamma in the released README commands (docs/methods.md, "RankSim").
+RANKSIM_RELEASED_WEIGHT = {"agedb": 100.0, "imdb_wiki": 100.0, "sts_b": 3e-4}
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """The methods that compose with SRL, as one run uses them (docs/methods.md). Each is off
+    unless switched on: LDS by ``reweight`` != "none", FDS by ``fds``, RankSim by
+    ``regularization_weight`` > 0, Balanced MSE by ``bmse``, ConR by ``conr``. The field names
+    are the drivers' flag destinations (the released repositories' flag names; ConR's ``-w``,
+    ``--beta``, ``-e`` are ``conr_w``, ``conr_beta``, ``conr_e``)."""
+
+    # LDS: sample weights on the regression loss (lds_weights); bins and clip from LDS_RELEASED
+    reweight: str = "none"
+    lds: bool = False
+    lds_kernel: str = "gaussian"
+    lds_ks: int = 5
+    lds_sigma: float = 2.0
+    # FDS: calibration of h before the regressor; binning from FDS_RELEASED
+    fds: bool = False
+    fds_kernel: str = "gaussian"
+    fds_ks: int = 5
+    fds_sigma: float = 2.0
+    start_update: int = 0
+    start_smooth: int = 1
+    bucket_num: int = 100
+    bucket_start: int = 0
+    fds_mmt: float = 0.9
+    # RankSim: gamma (0: off), lambda, and which feature is ranked
+    regularization_weight: float = 0.0
+    interpolation_lambda: float = 2.0
+    ranksim_features: str = "h"
+    # Balanced MSE: replaces the regression loss; sigma has its own optimiser, no lr schedule
+    bmse: bool = False
+    imp: str = "bmc"
+    init_noise_sigma: float = 1.0
+    sigma_lr: float = 1e-2
+    fix_noise_sigma: bool = False
+    # ConR: a term on two extra augmented views (image benchmarks)
+    conr: bool = False
+    conr_w: float = 1.0
+    conr_beta: float = 4.0
+    conr_e: float = 0.01
+
+    @property
+    def any(self) -> bool:
+        return self.reweight != "none" or self.fds or self.ranksim or self.bmse or self.conr
+
+    @property
+    def ranksim(self) -> bool:
+        return self.regularization_weight > 0
+
+    def names(self) -> list[str]:
+        """The methods switched on, for run names and logs ("lds", "fds", "ranksim", "bmse", "conr")."""
+        on = [("lds" if self.lds else "rw"), "fds", "ranksim", "bmse", "conr"]
+        flags = [self.reweight != "none", self.fds, self.ranksim, self.bmse, self.conr]
+        return [name for name, flag in zip(on, flags) if flag]
+
+
+METHOD_FIELDS = tuple(f.name for f in fields(MethodSettings))
+
+
+def released_methods(preset: str) -> MethodSettings:
+    """Each method's released defaults for a benchmark (docs/methods.md), all methods off:
+    LDS's and FDS's windows and buckets (LDS_RELEASED, FDS_RELEASED), RankSim's lambda 2,
+    ConR's w 1, beta 4, e 0.01, Balanced MSE's sigma 1 (its argparse default; on STS-B, whose
+    targets are score / 5, 1 / 5: an assumption of this project, there is no released STS-B
+    recipe) with lr 1e-2."""
+    recipe(preset)  # the name check
+    lds, fds = LDS_RELEASED[preset], FDS_RELEASED[preset]
+    return MethodSettings(
+        lds_kernel=lds["kernel"], lds_ks=lds["ks"], lds_sigma=lds["sigma"],
+        fds_kernel=fds["kernel"], fds_ks=fds["ks"], fds_sigma=fds["sigma"], start_update=fds["start_update"],
+        start_smooth=fds["start_smooth"], bucket_num=fds["num_buckets"], bucket_start=fds["bucket_start"],
+        fds_mmt=fds["momentum"], init_noise_sigma=0.2 if preset == "sts_b" else 1.0,
+    )
+
+
+def fds_arguments(m: MethodSettings, preset: str) -> dict:
+    """``FDS``'s keyword arguments (after feature_dim) from the flags: the benchmark's binning
+    (FDS_RELEASED), the flags' window, buckets, epochs and momentum; the released quirks off."""
+    released = FDS_RELEASED[preset]
+    arguments = {key: released[key] for key in ("binning", "value_range") if key in released}
+    return dict(arguments, num_buckets=m.bucket_num, bucket_start=m.bucket_start, kernel=m.fds_kernel, ks=m.fds_ks,
+                sigma=m.fds_sigma, momentum=m.fds_mmt, start_update=m.start_update, start_smooth=m.start_smooth)
+
+
+def method_settings(config: dict) -> MethodSettings:
+    """The methods' settings of a run's config: its keys, the preset's released defaults for keys
+    it lacks (runs saved before the methods existed: every method off)."""
+    preset = config.get("preset")
+    base = released_methods(preset) if preset in RECIPES else MethodSettings()
+    values = {name: config[name] for name in METHOD_FIELDS if name in config}
+    return MethodSettings(**{**{f: getattr(base, f) for f in METHOD_FIELDS}, **values})
+
+
 @dataclass
 class TrainConfig:
     """The settings the engine reads (the drivers' flags of the same names fill them)."""
@@ -84,6 +188,7 @@ class TrainConfig:
     regression_loss: str = "l1"
     srl: bool = True  # False: the plain regression baseline
     loss: SRLSettings = field(default_factory=SRLSettings)  # the SRL terms' settings
+    methods: MethodSettings = field(default_factory=MethodSettings)  # LDS, FDS, RankSim, Balanced MSE, ConR
     backend: str = "auto"
     memory_update: str = "epoch_pass"
     memory_momentum: float = 0.9
@@ -94,8 +199,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)} - {"loss"}
-        return cls(loss=srl_settings(values), **{key: value for key, value in values.items() if key in names})
+        names = {f.name for f in fields(cls)} - {"loss", "methods"}
+        return cls(loss=srl_settings(values), methods=method_settings(values),
+                   **{key: value for key, value in values.items() if key in names})
 
 
 @dataclass
@@ -111,6 +217,8 @@ class Task:
         selection: (row, metric) of the validation table that selects the model, lower is better.
         gm_floor, correlations: DIR metric options (STS-B: 1e-10 and Pearson/Spearman).
         label_name: the x-axis name of the per-label error plot.
+        data_files: the files that hold the splits and labels; their sizes and SHA-256 are stored
+            in the checkpoints, so that a resume on changed data is noticed.
         table_rule: None for the library's surrogate table on ``label_bins``; else
             ``(features, labels, memory) -> (table, positive rows)``, a table built another way
             (``srl_ext.released``), single process only.
@@ -129,3 +237,4 @@ class Task:
     label_name: str = "label"
     bin_values: Sequence[float] = field(default_factory=tuple)  # the label value of each bin, for plots
     table_rule: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    data_files: Sequence[str] = field(default_factory=tuple)  # the split files, fingerprinted in checkpoints

@@ -10,6 +10,14 @@ Exact resumption: the checkpoint holds the model, optimiser, scheduler, anchors,
 early-stopping state, log history and every RNG state; the loaders' shuffling is seeded from
 (seed, epoch), so the epochs after a resume see the data in the same order as an unbroken run.
 
+The methods that compose with SRL (``TrainConfig.methods``, docs/methods.md "Hooking into a
+training loop"): LDS weights the regression loss (a weight per label bin, from the training
+labels); FDS is a submodule of the model (``model.fds``, its buffers in the model's state)
+calibrating h before the regressor, its statistics from the end-of-epoch pass that also refills
+the SRL memory (the pass runs for FDS in online memory mode too); RankSim and ConR add terms;
+Balanced MSE replaces the regression loss, its sigma in an Adam of its own (its group, its lr,
+no schedule), both saved in ``last.pt``.
+
 Data-parallel (launched with torchrun, see docs/distributed.md): when torch.distributed is
 initialised with more than one rank, the model is wrapped in DistributedDataParallel for the
 training steps, the training set is split by a DistributedSampler (seeded per epoch, as above;
@@ -33,12 +41,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .. import metrics as dir_metrics
+from .. import methods
 from ..loss import SRLLoss
 from ..memory import SurrogateMemory
 from .. import distributed
 from . import ddp
-from .checkpoint import BEST, CHECKPOINT_FORMAT, LAST, atomic_save, epoch_seed, load_checkpoint, rng_state, seed_everything, set_rng_state
-from .config import EARLY_STOP_RULES, REGRESSION_LOSSES, Task, TrainConfig
+from .checkpoint import (BEST, CHECKPOINT_FORMAT, LAST, PREVIOUS, atomic_save, epoch_seed, load_checkpoint, rng_state,
+                         seed_everything, set_rng_state)
+from .config import EARLY_STOP_RULES, REGRESSION_LOSSES, MethodSettings, Task, TrainConfig, fds_arguments
+from .errors import TrainingDiverged
 from .reporting import RunLog, progress, write_test_report
 
 
@@ -97,6 +108,9 @@ class Engine:
         self.run_dir = Path(run_dir)
         self.distributed = ddp.is_distributed()
         self.device = training_device(self.settings.device, self.distributed)
+        m = self.settings.methods
+        if m.fds:  # before DDP wraps the model: the FDS buffers are part of it
+            model.fds = methods.FDS(model.feature_width, **fds_arguments(m, task.name))
         self.model = model.to(self.device)  # the plain module: checkpoints, the memory pass, evaluation
         self.datasets = datasets
         self.main = ddp.is_main_process()  # rank 0 (always, without torch.distributed)
@@ -121,6 +135,7 @@ class Engine:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(trainable, lr=s.lr, weight_decay=s.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(s.lr_milestones), gamma=s.lr_gamma)
+        self._build_methods(m)
         self.epoch = 0  # epochs finished
         self.global_step = 0
         self.best: dict | None = None  # {"value", "epoch", "step"} of the selected model
@@ -129,11 +144,63 @@ class Engine:
         self.stopped = False
         self.last_validated_step = -1
         self.history: list[dict] = []
+        self.data_fingerprint: dict | None = None  # the split files' sizes and hashes (cli sets it)
         self.log = RunLog(self.run_dir) if self.main else None
         if self.distributed:
             # The model is built (and DDP has sent rank 0's weights): from here on each rank draws
             # its own augmentations and dropout masks. A resume then restores each rank's stream.
             seed_everything(epoch_seed(s.seed, 0, 1000 + ddp.rank()))
+
+    def _build_methods(self, m: MethodSettings) -> None:
+        """LDS's per-bin weights, Balanced MSE and sigma's optimiser, ConR's checks (FDS is on the model)."""
+        task = self.task
+        train_labels = torch.as_tensor(np.asarray(task.train_labels), dtype=torch.float32)
+        self.lds_bin_weights: torch.Tensor | None = None
+        self.lds_binning: dict = {}
+        if m.reweight != "none":
+            released = methods.LDS_RELEASED[task.name]
+            self.lds_binning = {key: released[key] for key in ("num_bins", "binning", "value_range") if key in released}
+            weights = methods.lds_weights(
+                train_labels, **self.lds_binning, reweight=m.reweight, lds=m.lds, kernel=m.lds_kernel, ks=m.lds_ks,
+                sigma=m.lds_sigma, inverse_clip=released["inverse_clip"],
+            )
+            # A sample's weight depends on its label bin only: one weight per bin, looked up per batch.
+            table = torch.zeros(self.lds_binning["num_bins"])
+            table[methods.label_bins(train_labels, **self.lds_binning)] = weights
+            self.lds_bin_weights = table.to(self.device)
+        self.balanced_mse: methods.BalancedMSE | None = None
+        self.sigma_optimizer: torch.optim.Optimizer | None = None
+        if m.bmse:
+            targets = train_labels.double() / task.target_scale  # in the units the loss sees
+            tables = {}
+            if m.imp == "bni":
+                tables = dict(zip(("bucket_centers", "bucket_weights"), methods.bni_buckets(targets)))
+            elif m.imp == "gai":
+                tables = {"gmm": methods.fit_gmm(targets)}
+            self.balanced_mse = methods.BalancedMSE(
+                m.imp, m.init_noise_sigma, fix_noise_sigma=m.fix_noise_sigma, **tables).to(self.device)
+            if not m.fix_noise_sigma:
+                # its own group (lr, no weight decay) in an Adam that no learning-rate schedule touches
+                self.sigma_optimizer = torch.optim.Adam([self.balanced_mse.param_group(m.sigma_lr)])
+        if m.conr and self.distributed:
+            raise ValueError("ConR runs in one process only (its second forward on the views is not synchronised "
+                             "by DistributedDataParallel)")
+
+    def regression(self, predictions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The regression loss of a batch (labels in label units): Balanced MSE, the LDS-weighted
+        loss, or the recipe's L1 / MSE."""
+        targets = labels / self.task.target_scale
+        if self.balanced_mse is not None:
+            return self.balanced_mse(predictions, targets)
+        if self.lds_bin_weights is not None:
+            weighted = methods.weighted_l1_loss if self.settings.regression_loss == "l1" else methods.weighted_mse_loss
+            return weighted(predictions, targets, self.lds_weights(labels))
+        return self.regression_loss(predictions, targets)
+
+    def lds_weights(self, labels: torch.Tensor) -> torch.Tensor | None:
+        if self.lds_bin_weights is None:
+            return None
+        return self.lds_bin_weights[methods.label_bins(labels, **self.lds_binning).to(self.device)]
 
     # ----- state -----
     def state_dict(self) -> dict:
@@ -147,12 +214,16 @@ class Engine:
             "scheduler": self.scheduler.state_dict(),
             "srl_loss": None if self.srl_loss is None else self.srl_loss.state_dict(),  # the anchors
             "memory": None if self.memory is None else self.memory.state_dict(),
+            # Balanced MSE: sigma (and its table), sigma's optimiser (FDS's buffers are in "model")
+            "balanced_mse": None if self.balanced_mse is None else self.balanced_mse.state_dict(),
+            "sigma_optimizer": None if self.sigma_optimizer is None else self.sigma_optimizer.state_dict(),
             "best": self.best,
             "bad_validations": self.bad_validations,
             "val_scores": self.val_scores,
             "stopped": self.stopped,
             "last_validated_step": self.last_validated_step,
             "history": self.history,
+            "data_fingerprint": self.data_fingerprint,
             "rng": rng_state(),
             # under torch.distributed (a collective: every rank calls state_dict), every rank's
             "rng_per_rank": ddp.gather_objects(rng_state()) if self.distributed else None,
@@ -165,6 +236,10 @@ class Engine:
         if self.srl_loss is not None:
             self.srl_loss.load_state_dict(checkpoint["srl_loss"])
             self.memory.load_state_dict(checkpoint["memory"])
+        if self.balanced_mse is not None:
+            self.balanced_mse.load_state_dict(checkpoint["balanced_mse"])
+        if self.sigma_optimizer is not None:
+            self.sigma_optimizer.load_state_dict(checkpoint["sigma_optimizer"])
         self.epoch = checkpoint["epoch"]
         self.global_step = checkpoint["global_step"]
         self.best = checkpoint["best"]
@@ -185,7 +260,7 @@ class Engine:
     def save(self) -> None:
         state = self.state_dict()  # on every rank: it gathers the ranks' RNG states
         if self.main:
-            atomic_save(state, self.run_dir / LAST)
+            atomic_save(state, self.run_dir / LAST, keep_previous=self.run_dir / PREVIOUS)
 
     # ----- loaders -----
     def loader(self, split: str, *, shuffle: bool = False, stream: int = 0) -> DataLoader:
@@ -213,6 +288,13 @@ class Engine:
             drop_last=split == "train" and length % batch_size == 1,
         )
 
+    def _training_inputs(self, inputs) -> tuple[tuple, torch.Tensor | None]:
+        """(inputs, ConR's views or None) of a training-set batch: with ConR the two views come
+        last (images.collate_images)."""
+        if self.settings.methods.conr:
+            return tuple(inputs[:-1]), inputs[-1]
+        return inputs, None
+
     def _to_device(self, inputs, labels):
         return tuple(x.to(self.device, non_blocking=True) for x in inputs), labels.to(self.device, non_blocking=True)
 
@@ -230,39 +312,74 @@ class Engine:
 
     def train_epoch(self) -> None:
         s = self.settings
+        m = s.methods
         use_srl = self.srl_loss is not None and self.epoch >= s.warmup
         # The memory is needed from the first SRL epoch on: fill it from the epoch before.
         feed_memory = self.memory is not None and self.epoch + 1 >= s.warmup
         online = feed_memory and s.memory_update == "online"
+        fds = self.model.fds if m.fds else None
+        # The training forward gets the labels and the epoch for FDS, and returns h for RankSim and ConR.
+        forward_options = {"labels": None, "epoch": self.epoch, "return_h": m.ranksim and m.ranksim_features == "h"}
         self.model.train()
         sums = {"loss": 0.0, "regression": 0.0, "srl_total": 0.0, "contrastive": 0.0, "enveloping": 0.0, "homogeneity": 0.0}
+        sums.update({key: 0.0 for key, on in (("ranksim", m.ranksim), ("conr", m.conr)) if on})
         num_steps = 0
         val_seconds = 0.0  # of the validations inside the epoch, kept out of train_seconds
         started = time.perf_counter()
         batches = progress(self.loader("train", shuffle=True), s.progress and self.main, f"epoch {self.epoch}")
         for inputs, labels in batches:
+            inputs, views = self._training_inputs(inputs)
             inputs, labels = self._to_device(inputs, labels)
-            predictions, features = self.train_model(*inputs)
-            regression = self.regression_loss(predictions, labels / self.task.target_scale)
+            if m.any:
+                outputs = self.train_model(*inputs, **{**forward_options, "labels": labels if fds is not None else None})
+                predictions, features = outputs[:2]
+            else:
+                predictions, features = self.train_model(*inputs)
+            if not self._all_finite(predictions, features):
+                self._diverged("the predictions or features are not finite")
+            regression = self.regression(predictions, labels)
             loss = regression
+            if m.ranksim:
+                ranked = outputs[2] if m.ranksim_features == "h" else features
+                term = methods.ranksim_loss(ranked, labels, interpolation_lambda=m.interpolation_lambda)
+                loss = loss + m.regularization_weight * term
+                sums["ranksim"] += term.detach()
+            if m.conr:
+                loss = loss + m.conr_beta * self.conr_term(views.to(self.device, non_blocking=True), labels)
+                sums["conr"] += self._last_conr
             bins = self.task.label_bins(labels) if (use_srl or online) else None
             if use_srl:
-                if self.task.table_rule is None:
-                    terms = self.srl_loss(features, bins, self.memory.table)
-                else:
-                    surrogates, positives = self.task.table_rule(features, labels, self.memory.table)
-                    terms = self.srl_loss.terms_from_table(features, positives, surrogates)
-                loss = regression + terms.total
+                try:
+                    if self.task.table_rule is None:
+                        terms = self.srl_loss(features, bins, self.memory.table)
+                    else:
+                        surrogates, positives = self.task.table_rule(features, labels, self.memory.table)
+                        terms = self.srl_loss.terms_from_table(features, positives, surrogates)
+                except ValueError as error:  # finite features whose norms overflow: the model blew up
+                    if "argument 'features'" not in str(error):
+                        raise
+                    self._diverged(f"the features' norms overflow ({error})")
+                loss = loss + terms.total  # on top of the RankSim and ConR terms
                 for key in ("contrastive", "enveloping", "homogeneity"):
                     sums[key] += getattr(terms, key).detach()
                 sums["srl_total"] += terms.total.detach()
+            if not self._all_finite(loss):
+                self._diverged(f"the loss is {float(loss.detach())}")
             if online:
                 self.memory.accumulate(features.detach(), bins)
             self.optimizer.zero_grad(set_to_none=True)
+            if self.sigma_optimizer is not None:
+                self.sigma_optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if s.grad_clip is not None:
+            if s.grad_clip is not None:  # sigma is left out, as released
                 nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
             self.optimizer.step()
+            if self.sigma_optimizer is not None:
+                if self.distributed:  # sigma is outside the DDP-wrapped model: average its gradient here
+                    grad = self.balanced_mse.noise_sigma.grad
+                    torch.distributed.all_reduce(grad)
+                    grad /= ddp.world_size()
+                self.sigma_optimizer.step()
             sums["loss"] += loss.detach()  # tensors: no device sync per step
             sums["regression"] += regression.detach()
             num_steps += 1
@@ -278,11 +395,17 @@ class Engine:
                     break
         train_seconds = time.perf_counter() - started - val_seconds
         memory_seconds = 0.0
-        if feed_memory and not self.stopped:
+        # One pass at the end of the epoch serves the memory (epoch_pass mode) and FDS's statistics.
+        pass_memory = feed_memory and s.memory_update == "epoch_pass"
+        pass_fds = fds is not None and fds.wants_statistics(self.epoch)
+        if (feed_memory or fds is not None) and not self.stopped:
             started = time.perf_counter()
-            if s.memory_update == "epoch_pass":
-                self.memory_pass()
-            self.memory.update()
+            if pass_memory or pass_fds:
+                self.memory_pass(memory=pass_memory, fds=pass_fds)
+            if feed_memory:
+                self.memory.update()
+            if fds is not None:
+                fds.update(self.epoch)
             memory_seconds = time.perf_counter() - started
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
@@ -291,20 +414,62 @@ class Engine:
         record = {"split": "train", "epoch": self.epoch, "step": self.global_step, "lr": lr, "srl_on": use_srl,
                   "train_seconds": train_seconds, "memory_seconds": memory_seconds, "val_seconds": val_seconds}
         record.update({key: float(value) / max(num_steps, 1) for key, value in sums.items()})
+        if self.balanced_mse is not None:
+            record["noise_sigma"] = float(self.balanced_mse.noise_sigma.detach())
         self._log(record)
         if not s.eval_every and not self.stopped:
             self.validate()
 
+    def _all_finite(self, *tensors: torch.Tensor) -> bool:
+        """Whether every value is finite on every rank (one host sync per call; under
+        torch.distributed one small all-reduce, so that all ranks stop together)."""
+        flag = torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all().to(torch.int32)
+        if self.distributed:
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag)
+
+    def _diverged(self, what: str) -> None:
+        """Stop: the step's weights are not saved, the last good checkpoint stays as it is."""
+        last = self.run_dir / LAST
+        # last.pt is written at the end of every epoch: it holds the self.epoch epochs finished
+        kept = (f"the last good checkpoint is {last} (after epoch {self.epoch})"
+                if last.is_file() else "no checkpoint was saved yet (it diverged in the first epoch)")
+        raise TrainingDiverged(
+            f"training diverged at epoch {self.epoch + 1}, step {self.global_step + 1}: {what}; {kept}; try a lower "
+            f"--lr (now {self.settings.lr:g})" + ("" if self.settings.grad_clip else " or --grad_clip")
+        )
+
+    def conr_term(self, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """ConR on the batch's two augmented views (2B rows, view 1 then view 2): a second forward
+        without FDS, h of the views, their detached predictions in label units, LDS weights
+        repeated when LDS is on."""
+        predictions, _, h = self.train_model(views, return_h=True)
+        weights = self.lds_weights(labels)
+        m = self.settings.methods
+        term = methods.conr_loss(
+            h, torch.cat([labels, labels]), (predictions.detach() * self.task.target_scale),
+            weights=None if weights is None else torch.cat([weights, weights]), w=m.conr_w, e=m.conr_e,
+        )
+        self._last_conr = term.detach()
+        return term
+
     @torch.no_grad()
-    def memory_pass(self) -> None:
+    def memory_pass(self, memory: bool = True, fds: bool = False) -> None:
         """The released code's refill: one pass over the training set, train mode (augmentations
-        and dropout on), no gradient, every batch's features into the memory."""
+        and dropout on), no gradient, every batch's features into the memory and, for FDS, every
+        batch's h (uncalibrated) and labels into FDS's statistics."""
         self.model.train()
         self._sync_buffers()
-        for inputs, labels in progress(self.loader("train", stream=1), self.settings.progress and self.main, "memory pass"):
-            inputs, labels = self._to_device(inputs, labels)
-            _, features = self.model(*inputs)
-            self.memory.accumulate(features, self.task.label_bins(labels))
+        name = "memory pass" if memory else "FDS statistics pass"
+        for inputs, labels in progress(self.loader("train", stream=1), self.settings.progress and self.main, name):
+            inputs, labels = self._to_device(self._training_inputs(inputs)[0], labels)
+            if fds:
+                _, features, h = self.model(*inputs, return_h=True)
+                self.model.fds.accumulate(h, labels)
+            else:
+                _, features = self.model(*inputs)
+            if memory:
+                self.memory.accumulate(features, self.task.label_bins(labels))
 
     # ----- evaluation -----
     @torch.no_grad()
@@ -349,7 +514,7 @@ class Engine:
             self.bad_validations = 0
             if self.main:
                 atomic_save({"format": CHECKPOINT_FORMAT, "config": self.config, "model": self.model.state_dict(),
-                             "best": self.best, "val": table}, self.run_dir / BEST)
+                             "best": self.best, "val": table, "data_fingerprint": self.data_fingerprint}, self.run_dir / BEST)
         else:
             self.bad_validations += 1
         self.val_scores.append(value)
@@ -382,12 +547,15 @@ class Engine:
                 ddp.broadcast_(tensor)
         return self.report(title=ddp.broadcast_object(title))
 
-    def report(self, title: str = "test", out_dir: Path | None = None) -> dict:
-        """Test table printed and saved as JSON, and the per-label error plot, in ``out_dir``."""
+    def report(self, title: str = "test", out_dir: Path | None = None, suffix: str = "") -> dict:
+        """Test table printed and saved as JSON, and the per-label error plot, in ``out_dir``
+        (``suffix`` in their names: a table of other data than the run's)."""
         out_dir = Path(out_dir or self.run_dir)
+        if self.config.get("demo"):
+            title = f"{title} [SYNTHETIC DEMO DATA, not the benchmark]"
         table, predictions, labels = self.evaluate("test")
         if self.main:
-            write_test_report(self.task, table, predictions, labels, title, out_dir)
+            write_test_report(self.task, table, predictions, labels, title, out_dir, suffix)
         return table
 
     def _log(self, record: dict) -> None:

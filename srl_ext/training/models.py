@@ -1,8 +1,11 @@
 """Models of the DIR benchmarks (docs/method.md, "DIR protocol"; docs/training.md for each model).
 
 Every model returns ``(predictions, features)``: ``predictions`` B regression outputs read from
-the backbone feature, ``features`` B x 128 outputs of a separate projection head, which the SRL
-terms act on.
+the backbone feature h, ``features`` B x 128 outputs of a separate projection head, which the SRL
+terms act on. For the methods that compose with SRL (docs/methods.md) the training forward
+also takes the batch's ``labels`` and the ``epoch`` (an ``FDS`` module in ``model.fds``
+calibrates h before the regressor, the projection head reads the raw h) and, with
+``return_h``, returns h third. ``feature_width`` is h's width.
 """
 
 from __future__ import annotations
@@ -45,18 +48,32 @@ def image_backbone(name: str) -> tuple[nn.Module, int]:
     raise ValueError(f"backbone must be one of {', '.join(map(repr, IMAGE_BACKBONES))}, got {name!r}")
 
 
+def regress_and_project(model: nn.Module, h: torch.Tensor, labels, epoch: int, return_h: bool):
+    """(predictions, features[, h]) of a model with ``regressor``, ``projector`` and ``fds`` (an
+    FDS module or None): FDS calibrates h for the regressor only, when given the labels."""
+    regressor_input = h
+    if model.fds is not None and labels is not None:
+        regressor_input = model.fds.smooth(h, labels, epoch)
+    predictions = model.regressor(regressor_input).squeeze(1)
+    if return_h:
+        return predictions, model.projector(h), h
+    return predictions, model.projector(h)
+
+
 class ImageRegressor(nn.Module):
     """Backbone, then a Linear regressor and a Linear F -> 128 projection head side by side."""
 
     def __init__(self, backbone: str = "resnet50", feature_dim: int = FEATURE_DIM) -> None:
         super().__init__()
         self.backbone, width = image_backbone(backbone)
+        self.feature_width = width
         self.regressor = nn.Linear(width, 1)
         self.projector = nn.Linear(width, feature_dim)
+        self.fds: nn.Module | None = None  # an srl_ext.methods.FDS on h, set by the engine with --fds
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        encoding = self.backbone(images)
-        return self.regressor(encoding).squeeze(1), self.projector(encoding)
+    def forward(self, images: torch.Tensor, *, labels: torch.Tensor | None = None, epoch: int = 0,
+                return_h: bool = False):
+        return regress_and_project(self, self.backbone(images), labels, epoch, return_h)
 
 
 class SentenceEncoder(nn.Module):
@@ -114,6 +131,8 @@ class SentencePairRegressor(nn.Module):
             raise ValueError(f"regressor must be one of {', '.join(map(repr, REGRESSOR_HEADS))}, got {regressor!r}")
         self.encoder = SentenceEncoder(embeddings, hidden_size, num_layers, embedding_dropout, lstm_dropout)
         width = 4 * self.encoder.out_features
+        self.feature_width = width
+        self.fds: nn.Module | None = None  # an srl_ext.methods.FDS on the pair feature, set by the engine with --fds
         if regressor == "linear":
             self.regressor = nn.Linear(width, 1)
         else:
@@ -123,8 +142,9 @@ class SentencePairRegressor(nn.Module):
             )
         self.projector = nn.Sequential(nn.Linear(width, feature_dim), nn.ReLU(inplace=True), nn.Linear(feature_dim, feature_dim))
 
-    def forward(self, ids1, lengths1, ids2, lengths2) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, ids1, lengths1, ids2, lengths2, *, labels: torch.Tensor | None = None, epoch: int = 0,
+                return_h: bool = False):
         u = self.encoder(ids1, lengths1)
         v = self.encoder(ids2, lengths2)
         pair = torch.cat([u, v, (u - v).abs(), u * v], dim=1)
-        return self.regressor(pair).squeeze(1), self.projector(pair)
+        return regress_and_project(self, pair, labels, epoch, return_h)

@@ -3,7 +3,9 @@ and the progress bars. Only rank 0 writes (the engine decides)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +40,45 @@ class RunLog:
                 handle.write(json.dumps(record) + "\n")
 
 
+def matplotlib_missing() -> str | None:
+    """Why the per-label plot cannot be drawn (matplotlib cannot be imported), or None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        return f"matplotlib cannot be imported ({error})"
+    return None
+
+
+def warn_missing_optional_packages() -> None:
+    """Said at the start of a run: what an optional package that is missing will skip."""
+    reason = matplotlib_missing()
+    if reason is not None:
+        print(f"warning: {reason}: the per-label plot {TEST_PLOT} will be skipped (pip install matplotlib)",
+              file=sys.stderr, flush=True)
+
+
+def fingerprint_tag(fingerprint: dict) -> str:
+    """A short name for a data fingerprint: ``data-<12 hex digits>``."""
+    return "data-" + hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def report_names(suffix: str = "") -> tuple[str, str]:
+    """(test table, plot) file names; ``suffix`` marks a table of other data than the run's."""
+    return TEST_METRICS.replace(".json", f"{suffix}.json"), TEST_PLOT.replace(".png", f"{suffix}.png")
+
+
 def write_test_report(task: Task, table: dict, predictions: np.ndarray, labels: np.ndarray, title: str,
-                      out_dir: Path) -> None:
-    """The test table printed and saved as JSON, and the per-label error plot, in ``out_dir``."""
+                      out_dir: Path, suffix: str = "") -> None:
+    """The test table printed and saved as JSON, and the per-label error plot, in ``out_dir``.
+    Without matplotlib the plot is skipped with a warning; the table is written all the same."""
     print(dir_metrics.format_table(table, title=f"{task.name} {title}"), flush=True)
-    (out_dir / TEST_METRICS).write_text(json.dumps({"title": title, "table": table}, indent=2) + "\n")
-    plot_errors_per_label(task, predictions, labels, out_dir / TEST_PLOT)
+    metrics_name, plot_name = report_names(suffix)
+    (out_dir / metrics_name).write_text(json.dumps({"title": title, "table": table}, indent=2) + "\n")
+    reason = matplotlib_missing()
+    if reason is not None:
+        print(f"warning: {reason}: {plot_name} not drawn", file=sys.stderr, flush=True)
+        return
+    plot_errors_per_label(task, predictions, labels, out_dir / plot_name)
 
 
 def plot_errors_per_label(task: Task, predictions: np.ndarray, labels: np.ndarray, path: Path) -> None:

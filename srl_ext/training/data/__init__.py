@@ -8,17 +8,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DataError, UserError
 
-class MissingDataError(FileNotFoundError):
-    """A data file the run needs is not there; the message says what is expected where."""
+DEMO_HINT = "or try the driver with --demo (a small synthetic dataset in this layout, about a minute on a CPU)"
+
+
+class MissingDataError(FileNotFoundError, UserError):
+    """A data file the run needs is not there; the message says in one line what is expected
+    where, where to get it, and points to ``--demo``."""
 
 
 def require_files(data_dir: str | Path, names: list[str], dataset: str, where_to_get: str) -> None:
-    """Raise ``MissingDataError`` listing every missing file under ``data_dir`` and where to get them."""
+    """Raise ``MissingDataError`` naming every missing file under ``data_dir`` and where to get them."""
     data_dir = Path(data_dir)
     missing = [name for name in names if not (data_dir / name).is_file()]
     if missing:
-        expected = "\n".join(f"  {data_dir / name}" + ("   <- missing" if name in missing else "") for name in names)
+        found = [name for name in names if name not in missing]
         raise MissingDataError(
-            f"{dataset}: data not found under --data_dir {str(data_dir)!r}.\nExpected files:\n{expected}\n{where_to_get}"
+            f"{dataset}: data not found under --data_dir {str(data_dir)!r}: missing "
+            f"{', '.join(str(data_dir / name) for name in missing)}"
+            + (f" (found {', '.join(found)})" if found else "") + f". {where_to_get} Or {DEMO_HINT[3:]}."
         )
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 data file; a file that is not UTF-8 raises DataError naming the line."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise DataError(
+            f"{path}:{line}: expected UTF-8 text, got the byte 0x{raw[error.start]:02x} at column {column} "
+            "(convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8)"
+        ) from None

@@ -8,6 +8,8 @@ Layout (the DIR benchmark's): ``<data_dir>/<csv>`` with the columns ``age``, ``p
 from __future__ import annotations
 
 import csv
+import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ from torch.utils.data import Dataset
 from ... import metrics
 from ...settings import NUM_BINS
 from ..config import Task, recipe
-from . import MissingDataError, require_files
+from ..errors import DataError
+from . import MissingDataError, read_text, require_files
 
 SPLITS = ("train", "val", "test")
 CSV_COLUMNS = ("age", "path", "split")
@@ -87,35 +90,54 @@ IMDB_WIKI = Benchmark(
 
 
 def read_age_csv(path: str | Path, num_bins: int) -> dict[str, list[tuple[str, int]]]:
-    """{"train", "val", "test"} -> [(relative image path, age)]; a malformed row raises ValueError
+    """{"train", "val", "test"} -> [(relative image path, age)]; a malformed row, an age that is
+    not a finite integer in range or a file that is not UTF-8 raises DataError (a ValueError)
     naming the file and line."""
     path = Path(path)
     rows: dict[str, list[tuple[str, int]]] = {split: [] for split in SPLITS}
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or any(column not in header for column in CSV_COLUMNS):
-            raise ValueError(f"{path}:1: expected a header with the columns {', '.join(CSV_COLUMNS)}, got {header}")
-        column = {name: header.index(name) for name in CSV_COLUMNS}
-        for fields in reader:
-            line = reader.line_num
-            if not fields:
-                continue
-            if len(fields) != len(header):
-                raise ValueError(f"{path}:{line}: expected {len(header)} comma-separated fields, got {len(fields)}")
-            age_text, image, split = (fields[column[name]].strip() for name in CSV_COLUMNS)
-            try:
-                age = float(age_text)
-            except ValueError:
-                raise ValueError(f"{path}:{line}: age {age_text!r} is not a number") from None
-            if age != int(age) or not 0 <= age < num_bins:
-                raise ValueError(f"{path}:{line}: age {age_text!r} is not an integer in [0, {num_bins - 1}]")
-            if split not in rows:
-                raise ValueError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
-            if not image:
-                raise ValueError(f"{path}:{line}: empty image path")
-            rows[split].append((image, int(age)))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    header = next(reader, None)
+    if header is None or any(column not in header for column in CSV_COLUMNS):
+        raise DataError(f"{path}:1: expected a header with the columns {', '.join(CSV_COLUMNS)}, got {header}")
+    column = {name: header.index(name) for name in CSV_COLUMNS}
+    for fields in reader:
+        line = reader.line_num
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise DataError(f"{path}:{line}: expected {len(header)} comma-separated fields, got {len(fields)}")
+        age_text, image, split = (fields[column[name]].strip() for name in CSV_COLUMNS)
+        try:
+            age = float(age_text)
+        except ValueError:
+            raise DataError(f"{path}:{line}: age {age_text!r} is not a number") from None
+        if not math.isfinite(age):
+            raise DataError(f"{path}:{line}: age {age_text!r} is not a finite number")
+        if age != int(age) or not 0 <= age < num_bins:
+            raise DataError(f"{path}:{line}: age {age_text!r} is not an integer in [0, {num_bins - 1}]")
+        if split not in rows:
+            raise DataError(f"{path}:{line}: split {split!r} is not one of {', '.join(SPLITS)}")
+        if not image:
+            raise DataError(f"{path}:{line}: empty image path")
+        rows[split].append((image, int(age)))
     return rows
+
+
+def check_images(benchmark: "Benchmark", data_dir: Path, rows: dict[str, list[tuple[str, int]]], shown: int = 5) -> None:
+    """Every image of every split is a file, before any training: a missing test image must not
+    end a run after hours. MissingDataError counts the missing ones and names the first few."""
+    missing = []
+    for split in SPLITS:
+        for number, (relative, _) in enumerate(rows[split], start=1):
+            if not (data_dir / relative).is_file():
+                missing.append(f"{data_dir / relative} (row {number} of the {split} split)")
+    if missing:
+        total = sum(len(r) for r in rows.values())
+        raise MissingDataError(
+            f"{benchmark.preset}: {len(missing)} of the {total} images of {benchmark.csv_name} are missing: "
+            f"{'; '.join(missing[:shown])}" + (f"; and {len(missing) - shown} more" if len(missing) > shown else "")
+            + f"; the images are expected at --data_dir/<path of the CSV>. {benchmark.where_to_get}"
+        )
 
 
 def transforms(train: bool, image_size: int = IMAGE_SIZE):
@@ -131,12 +153,15 @@ def transforms(train: bool, image_size: int = IMAGE_SIZE):
 
 
 class AgeImageDataset(Dataset):
-    """Items ``(image tensor, age)`` from (relative path, age) rows under ``root``."""
+    """Items ``(image tensor, age)`` from (relative path, age) rows under ``root``; with
+    ``views=2`` (ConR) ``(image, view 1, view 2, age)``: the transform drawn three times, as the
+    released ConR code does."""
 
-    def __init__(self, rows: Sequence[tuple[str, int]], root: str | Path, transform) -> None:
+    def __init__(self, rows: Sequence[tuple[str, int]], root: str | Path, transform, views: int = 0) -> None:
         self.rows = list(rows)
         self.root = Path(root)
         self.transform = transform
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -151,6 +176,8 @@ class AgeImageDataset(Dataset):
                 image = image.convert("RGB")
         except OSError as error:
             raise OSError(f"cannot read image {path}: {error}") from None
+        if self.views:
+            return (self.transform(image), *(self.transform(image) for _ in range(self.views)), float(age))
         return self.transform(image), float(age)
 
     @property
@@ -159,7 +186,12 @@ class AgeImageDataset(Dataset):
 
 
 def collate_images(items):
-    """A batch ``((images,), ages)``."""
+    """A batch ``((images,), ages)``; of items with two views ``((images, views), ages)``, the
+    views 2B x C x H x W, all first views then all second views (ConR's layout)."""
+    if len(items[0]) == 4:
+        images, first, second, ages = zip(*items)
+        views = torch.cat([torch.stack(first), torch.stack(second)])
+        return (torch.stack(images), views), torch.tensor(ages, dtype=torch.float32)
     images, ages = zip(*items)
     return (torch.stack(images),), torch.tensor(ages, dtype=torch.float32)
 
@@ -174,22 +206,21 @@ class AgeBins:
         return torch.as_tensor(labels).long().clamp(0, self.num_bins - 1)
 
 
-def load_benchmark(benchmark: Benchmark, data_dir: str | Path, image_size: int = IMAGE_SIZE) -> tuple[Task, dict[str, Dataset]]:
-    """The Task (bins, shot groups from the training counts) and the three datasets."""
+def load_benchmark(benchmark: Benchmark, data_dir: str | Path, image_size: int = IMAGE_SIZE,
+                   train_views: int = 0) -> tuple[Task, dict[str, Dataset]]:
+    """The Task (bins, shot groups from the training counts) and the three datasets; with
+    ``train_views`` = 2 (ConR) the training set yields two extra augmented views per image."""
     data_dir = Path(data_dir)
     require_files(data_dir, [benchmark.csv_name], benchmark.preset, benchmark.where_to_get)
     rows = read_age_csv(data_dir / benchmark.csv_name, benchmark.num_bins)
     for split in SPLITS:
         if not rows[split]:
-            raise ValueError(f"{data_dir / benchmark.csv_name}: no row of split {split!r}")
-    first_image = data_dir / rows["train"][0][0]
-    if not first_image.is_file():
-        raise MissingDataError(
-            f"{benchmark.preset}: image {first_image} (row 1 of the train split of {benchmark.csv_name}) is missing; "
-            f"the images are expected at --data_dir/<path of the CSV>.\n{benchmark.where_to_get}"
-        )
+            raise DataError(f"{data_dir / benchmark.csv_name}: the {split} split is empty (no row with split {split!r})")
+    check_images(benchmark, data_dir, rows)
     datasets = {
-        split: AgeImageDataset(rows[split], data_dir, transforms(split == "train", image_size)) for split in SPLITS
+        split: AgeImageDataset(rows[split], data_dir, transforms(split == "train", image_size),
+                               views=train_views if split == "train" else 0)
+        for split in SPLITS
     }
     train_labels = datasets["train"].labels
     bins = AgeBins(benchmark.num_bins)
@@ -198,5 +229,6 @@ def load_benchmark(benchmark: Benchmark, data_dir: str | Path, image_size: int =
         name=benchmark.preset, num_bins=benchmark.num_bins, label_bins=bins,
         bin_groups=metrics.shot_groups_from_counts(train_counts), train_labels=train_labels, collate=collate_images,
         selection=("all", "mae"), label_name="age", bin_values=list(range(benchmark.num_bins)),
+        data_files=(str(data_dir / benchmark.csv_name),),
     )
     return task, datasets

@@ -12,7 +12,9 @@ as the released code used).
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ...settings import NUM_BINS as _BINS
-from . import require_files
+from ..errors import DataError
+from . import MissingDataError, read_text, require_files
 
 SPLIT_FILES = {"train": "train_new.tsv", "val": "dev_new.tsv", "test": "test_new.tsv"}
 COLUMNS = ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score")
@@ -68,34 +71,45 @@ class Pair:
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
-    """The pairs of one TSV file; a malformed row raises ValueError naming the file and line."""
+    """The pairs of one TSV file; a malformed row, a score that is not a finite number in
+    [0, 5] or a file that is not UTF-8 raises DataError (a ValueError) naming the file and line."""
     path = Path(path)
     pairs = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            fields = line.rstrip("\r\n").split("\t")
-            if line_number == 1:
-                if tuple(fields) != COLUMNS:
-                    raise ValueError(f"{path}:1: expected the header {HEADER!r}, got {line.rstrip()!r}")
-                continue
-            if not line.strip():
-                continue
-            if len(fields) != len(COLUMNS):
-                raise ValueError(f"{path}:{line_number}: expected {len(COLUMNS)} tab-separated columns, got {len(fields)}")
-            try:
-                score = float(fields[-1])
-            except ValueError:
-                raise ValueError(f"{path}:{line_number}: score {fields[-1]!r} is not a number") from None
-            if not 0.0 <= score <= SCORE_MAX:
-                raise ValueError(f"{path}:{line_number}: score {score} is outside [0, {SCORE_MAX}]")
-            pairs.append(Pair(fields[7], fields[8], score))
+    for line_number, line in enumerate(read_text(path).splitlines(), start=1):
+        fields = line.split("\t")
+        if line_number == 1:
+            if tuple(fields) != COLUMNS:
+                raise DataError(f"{path}:1: expected the header {HEADER!r}, got {line.rstrip()!r}")
+            continue
+        if not line.strip():
+            continue
+        if len(fields) != len(COLUMNS):
+            raise DataError(f"{path}:{line_number}: expected {len(COLUMNS)} tab-separated columns, got {len(fields)}")
+        try:
+            score = float(fields[-1])
+        except ValueError:
+            raise DataError(f"{path}:{line_number}: score {fields[-1]!r} is not a number") from None
+        if not math.isfinite(score):
+            raise DataError(f"{path}:{line_number}: score {fields[-1]!r} is not a finite number")
+        if not 0.0 <= score <= SCORE_MAX:
+            raise DataError(f"{path}:{line_number}: score {score} is outside [0, {SCORE_MAX}]")
+        pairs.append(Pair(fields[7], fields[8], score))
     return pairs
 
 
 def load_splits(data_dir: str | Path) -> dict[str, list[Pair]]:
     """{"train", "val", "test"} -> pairs, after checking that the three files are there."""
     require_files(data_dir, list(SPLIT_FILES.values()), "STS-B-DIR", WHERE_TO_GET)
-    return {split: read_pairs(Path(data_dir) / name) for split, name in SPLIT_FILES.items()}
+    splits = {split: read_pairs(Path(data_dir) / name) for split, name in SPLIT_FILES.items()}
+    for split, pairs in splits.items():
+        if not pairs:
+            raise DataError(f"{Path(data_dir) / SPLIT_FILES[split]}: the {split} split is empty (a header and no sentence pair)")
+    return splits
+
+
+def split_files(data_dir: str | Path) -> tuple[str, ...]:
+    """The three split files (fingerprinted in checkpoints)."""
+    return tuple(str(Path(data_dir) / name) for name in SPLIT_FILES.values())
 
 
 class Vocabulary:
@@ -130,32 +144,54 @@ def glove_package_vectors() -> tuple[list[str], np.ndarray]:
 
 
 def read_glove_text(path: str | Path, keep: set[str] | None = None) -> dict[str, np.ndarray]:
-    """{word: vector} from a GloVe text file (word, then the values, space-separated). The 840B
-    file has words with spaces: the last D fields are the vector, D from the first line."""
-    vectors: dict[str, np.ndarray] = {}
-    dim = None
+    """{word: vector} from a GloVe text file (word, then the values, space-separated).
+
+    The width D is that of most of the first 1000 lines, so a short first line cannot set it. The
+    840B file has words with spaces, so a line with more fields is a word with spaces and its last
+    D fields the vector, unless every field after the first is a number (then the line is wider
+    than the others). A line with fewer values, more values, or a value that is not a finite
+    number raises DataError naming the line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--glove: no GloVe text file at {str(path)!r}")
+        raise MissingDataError(f"--glove: no GloVe text file at {str(path)!r}")
+    vectors: dict[str, np.ndarray] = {}
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        head = [line for _, line in zip(range(1000), handle)]
+    widths = Counter(len(line.rstrip().split(" ")) - 1 for line in head if line.strip())
+    if not widths:
+        raise DataError(f"{path}: empty GloVe file")
+    dim = widths.most_common(1)[0][0]
+    if dim < 1:
+        raise DataError(f"{path}:1: expected a word and its vector, got {head[0][:80]!r}")
     with path.open(encoding="utf-8", errors="replace") as handle:
         for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
             fields = line.rstrip().split(" ")
-            if dim is None:
-                dim = len(fields) - 1
-                if dim < 1:
-                    raise ValueError(f"{path}:{line_number}: expected a word and its vector, got {line[:80]!r}")
-            if len(fields) < dim + 1:
-                raise ValueError(f"{path}:{line_number}: expected {dim} values after the word, got {len(fields) - 1}")
+            if len(fields) != dim + 1 and (len(fields) < dim + 1 or _all_numbers(fields[1:])):
+                raise DataError(
+                    f"{path}:{line_number}: expected {dim} values after the word, got {len(fields) - 1} (most lines of "
+                    f"the file have {dim})"
+                )
             word = " ".join(fields[:-dim])
             if keep is not None and word not in keep:
                 continue
             try:
-                vectors[word] = np.asarray(fields[-dim:], dtype=np.float32)
+                vector = np.asarray(fields[-dim:], dtype=np.float32)
             except ValueError:
-                raise ValueError(f"{path}:{line_number}: the vector of {word!r} has a non-number") from None
-    if dim is None:
-        raise ValueError(f"{path}: empty GloVe file")
+                raise DataError(f"{path}:{line_number}: the vector of {word!r} has a non-number") from None
+            if not np.isfinite(vector).all():
+                raise DataError(f"{path}:{line_number}: the vector of {word!r} has a non-finite value")
+            vectors[word] = vector
     return vectors
+
+
+def _all_numbers(fields: Sequence[str]) -> bool:
+    try:
+        [float(f) for f in fields]
+    except ValueError:
+        return False
+    return True
 
 
 OOV_MODES = ("random", "zero")
