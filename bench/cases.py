@@ -8,9 +8,11 @@ is the forward plus the backward to the term's differentiable input (the feature
 ``contrastive`` and ``srl``, the surrogate table for the other two). Implementations: the
 baselines ``reference`` (the vectorised PyTorch of ``srl_ext.reference``) and ``released``
 (``bench/released.py``), the fused backends ``cpu``, ``cuda``, ``triton`` through the public
-``srl_ext.functional`` API, and, for the enveloping term only, ``matmul``: the floor, one
-K x D by D x N matrix product into a preallocated output (forward only, no parity: it computes
-no loss).
+``srl_ext.functional`` API (for ``srl``: ``functional.srl_loss``, the backend's whole-loss op
+where it has one), for ``srl`` also ``cpu-terms`` and ``triton-terms`` (the same backend's four
+term ops weighed in Python: the way before the whole-loss op), and, for the enveloping term and
+the whole loss, ``matmul``: the floor, one K x D by D x N matrix product into a preallocated
+output (forward only, no parity: it computes no loss).
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ ZERO_ROW_EVERY = 20
 TERMS = ("contrastive", "enveloping", "homogeneity", "srl")
 BASELINES = ("reference", "released")
 FUSED = ("cpu", "triton", "cuda")
-FLOOR = "matmul"  # one K x D by D x N product: the floor of the enveloping term
+# The whole loss by a fused backend's four term ops, weighed in Python (functional.srl_terms):
+# how the fused backends computed it before their whole-loss op, kept to show the difference.
+# (On CUDA the whole loss is the term ops already: no CUDA whole-loss kernel yet.)
+PER_TERM = {"cpu-terms": "cpu", "triton-terms": "triton"}
+FLOOR = "matmul"  # one K x D by D x N product: the floor of the enveloping term and of the whole loss
+FLOOR_TERMS = ("enveloping", "srl")
 
 # Parity tolerance (float32). Every compared value is a sum over up to max(D, K, N) products, so
 # its rounding error scales with the largest entry of the tensor, not with each entry: allow
@@ -120,7 +127,8 @@ def benchmarks(full: bool, device: torch.device | str = "cpu") -> list[Benchmark
     def add(case: Case, terms: tuple[str, ...]) -> None:
         baselines = BASELINES if case.envelope == "hard" else ("reference",)  # the released code is hard only
         for term in terms:
-            for impl in baselines + FUSED + ((FLOOR,) if term == "enveloping" else ()):
+            per_term = tuple(PER_TERM) if term == "srl" else ()
+            for impl in baselines + FUSED + per_term + ((FLOOR,) if term in FLOOR_TERMS else ()):
                 out.append(Benchmark(case, term, impl))
 
     for name in settings.PRESETS:
@@ -148,12 +156,16 @@ class Impl:
     enveloping: Callable  # (surrogates, anchors, settings) -> loss
     homogeneity: Callable  # (surrogates, settings) -> loss
     srl_terms: Callable  # (features, bins, memory, anchors, settings) -> 3 losses
+    # (features, bins, memory, anchors, settings) -> (total, 3 losses): the whole loss in one
+    # call; None: the step weighs srl_terms' losses itself.
+    srl_loss: Callable | None = None
 
 
-def functional_impl(backend: str) -> Impl:
-    """A backend of the public API (the reference too goes through it, with its input checks)."""
+def functional_impl(backend: str, whole_loss: bool = True) -> Impl:
+    """A backend of the public API (the reference too goes through it, with its input checks);
+    the whole loss by ``functional.srl_loss``, or (`whole_loss` False) by the term functions."""
     return Impl(
-        name=backend,
+        name=backend if whole_loss else f"{backend}-terms",
         contrastive=lambda f, b, c, s: functional.contrastive_loss(f, b, c, temperature=s.temperature, backend=backend),
         enveloping=lambda c, a, s: functional.enveloping_loss(
             c, a, envelope=s.envelope, envelope_temperature=s.envelope_temperature, backend=backend
@@ -162,6 +174,7 @@ def functional_impl(backend: str) -> Impl:
             c, sign=s.homogeneity_sign, beta=s.homogeneity_beta, backend=backend
         ),
         srl_terms=lambda f, b, m, a, s: functional.srl_terms(f, b, m, a, s, backend=backend),
+        srl_loss=(lambda f, b, m, a, s: functional.srl_loss(f, b, m, a, s, backend=backend)) if whole_loss else None,
     )
 
 
@@ -175,13 +188,18 @@ RELEASED = Impl(
 
 
 def impl(name: str) -> Impl:
-    return RELEASED if name == "released" else functional_impl(name)
+    if name == "released":
+        return RELEASED
+    if name in PER_TERM:
+        return functional_impl(PER_TERM[name], whole_loss=False)
+    return functional_impl(name)
 
 
 def skip_reason(name: str, device: torch.device) -> str | None:
     """Why implementation `name` is not benchmarked on `device`, or None."""
     if name in BASELINES or name == FLOOR:
         return None
+    name = PER_TERM.get(name, name)
     if name == "triton" and device.type == "cpu":
         return (
             "backend 'triton' on CPU tensors runs only under TRITON_INTERPRET=1, an interpreter about "
@@ -245,8 +263,8 @@ def make_step(term: str, implementation: Impl | str, inputs: Inputs, case: Case)
     gradient without accumulating it, so the step can be repeated as is.
     """
     if implementation == FLOOR:
-        if term != "enveloping":
-            raise ValueError(f"the {FLOOR} floor belongs to the enveloping term, got term {term!r}")
+        if term not in FLOOR_TERMS:
+            raise ValueError(f"the {FLOOR} floor belongs to the terms {FLOOR_TERMS}, got term {term!r}")
         surrogates, anchors = inputs.surrogates, inputs.anchors
         # Into an output allocated once: a fresh K x N tensor would add its page faults (seconds
         # at K = 1000, N = 10^6), which are a cost of materialising the matrix, not of the GEMM.
@@ -273,8 +291,11 @@ def make_step(term: str, implementation: Impl | str, inputs: Inputs, case: Case)
         return tuple(implementation.srl_terms(x, bins, memory, anchors, s))
 
     def step() -> tuple:
-        values = losses()
-        total = values[0] if term != "srl" else s.w1 * values[0] + s.w2 * values[1] + s.w3 * values[2]
+        if term == "srl" and implementation.srl_loss is not None:
+            total, *values = implementation.srl_loss(x, bins, memory, anchors, s)
+        else:
+            values = losses()
+            total = values[0] if term != "srl" else s.w1 * values[0] + s.w2 * values[1] + s.w3 * values[2]
         (grad,) = torch.autograd.grad(total, x)
         return tuple(v.detach() for v in values), grad
 

@@ -2,7 +2,9 @@
 
 Every run writes its pytest-benchmark JSON (timings, the peak memory and parity errors in each
 benchmark's extra_info, the machine) to bench/results/raw/<UTC time>.json unless
---benchmark-json says otherwise; ``python bench/report.py`` reads the newest one.
+--benchmark-json says otherwise, then its report (bench/report.py: bench/results/latest.md and the
+PNG plots, or --bench-report PATH), and ends with the verdict: one line per case of the whole
+loss. pytest-benchmark's own tables are shown with --bench-raw-tables.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from . import _measure, cases
+from . import _measure, cases, report
 
 RESULTS = Path(__file__).parent / "results"
 RAW_RESULTS = RESULTS / "raw"
@@ -57,6 +59,16 @@ def pytest_addoption(parser):
     group.addoption(
         "--bench-no-memory", action="store_true", help="skip the peak memory measurement (timings and parity only)"
     )
+    group.addoption(
+        "--bench-raw-tables", action="store_true",
+        help="also print pytest-benchmark's tables of every benchmark (hidden by default: the run ends with its "
+        "verdict, and the full tables are in the report)",
+    )
+    group.addoption(
+        "--bench-report", type=Path, default=report.RESULTS / "latest.md",
+        help="where the run's report goes, the PNG plots next to it (default bench/results/latest.md)",
+    )
+    group.addoption("--bench-no-report", action="store_true", help="write no report (the JSON only)")
 
 
 SKIPPED = pytest.StashKey[dict]()  # implementation -> why it was not benchmarked, for the report
@@ -69,6 +81,8 @@ def pytest_configure(config):
         torch.set_num_threads(config.getoption("bench_threads"))
     if config.getoption("collectonly"):
         return
+    if not config.getoption("bench_raw_tables"):
+        config.option.benchmark_quiet = True  # the verdict below instead; the full tables go to the report
     if config.getoption("benchmark_json", None) is None:
         config.option.benchmark_json = RAW_RESULTS / time.strftime("%Y%m%dT%H%M%SZ.json", time.gmtime())
     # pytest-benchmark writes the JSON only at the very end: a missing folder would lose the run.
@@ -155,3 +169,40 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json["srl_bench_skipped"] = config.stash.get(SKIPPED, {})
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark has saved the JSON (in its sessionfinish)
+def pytest_terminal_summary(terminalreporter, config):
+    """The report of this run, then its verdict and where the report went."""
+    source = config.getoption("benchmark_json", None)
+    if config.getoption("collectonly") or source is None or not Path(source).exists():
+        return
+    source = Path(source)
+    try:
+        rows = report.load(source, "min", None)[1]
+    except (OSError, ValueError, KeyError):
+        return
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.ensure_newline()
+    tr.section("srl-ext bench verdict", sep="=", bold=True)
+    if config.getoption("bench_no_report"):
+        meta, rows = report.load(source, "min", None)
+        written = []
+    else:
+        meta, rows, pngs = report.write(source, config.getoption("bench_report"))
+        written = [config.getoption("bench_report"), *pngs]
+    for line in report.verdict(meta, rows, "min") + report.target_lines(rows):
+        tr.write_line(line)
+    if written:
+        tr.write_line(f"Full tables and plots: {', '.join(_shown(p) for p in written)}")
+    tr.write_line(f"This run's data: {_shown(source)}" + ("" if config.getoption("bench_raw_tables") else
+                  "; pytest-benchmark's tables: rerun with --bench-raw-tables"))
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -31,7 +31,8 @@ GROUP_TITLES = {
     "sweep_b": "Scaling in B (batch), imdb_wiki otherwise (K 187, N 2000)",
     "large": "Large: K = 1000, N = 10^6 (imdb_wiki otherwise)",
 }
-IMPL_ORDER = ("released", "reference", "cpu", "triton", "cuda", "matmul")
+IMPL_ORDER = ("released", "reference", "cpu", "cpu-terms", "triton", "triton-terms", "cuda", "matmul")
+BASELINE_IMPLS = ("released", "reference", "matmul")
 TERM_ORDER = ("srl", "contrastive", "enveloping", "homogeneity")
 MEMORY_RESOLUTION = 64 * 1024  # RSS counts pages, and small blocks come from memory malloc already holds
 SWEEP_AXES = {"sweep_n": ("num_anchors", "N"), "sweep_k": ("num_bins", "K"), "sweep_b": ("batch", "B")}
@@ -162,8 +163,12 @@ def header(meta: dict, stat: str, source: Path) -> list[str]:
         f"- Peak memory: {meta.get('memory_method', '?')}. `<0.06` = below the 64 KiB resolution of that measure.",
         f"- Every row passed parity with the reference before it was timed ({meta.get('parity', '?')}).",
         "- Speed-up = baseline time / backend time (> 1 is faster); memory ratio = backend peak / baseline peak "
-        "(< 1 is less); time / matmul = the enveloping term over one K x D by D x N product into a "
-        "preallocated output, its floor (that row's memory is its K x N output, paged in by its first write).",
+        "(< 1 is less); time / matmul = the enveloping term or the whole loss over one K x D by D x N product "
+        "into a preallocated output, their floor (that row's memory is its K x N output, paged in by its first "
+        "write).",
+        "- Backends: `cpu`, `triton`, `cuda` compute the whole loss (`srl`) with `srl_ext.functional.srl_loss` (one "
+        "whole-loss op where the backend has one: `cpu`, `triton`); `cpu-terms`, `triton-terms` with the same "
+        "backend's four term ops weighed in Python, as before the whole-loss op.",
         "- Baselines: `reference` = srl_ext.reference (vectorised PyTorch, B x K and N x K matrices); "
         "`released` = bench/released.py, the way the released training code computes (a Python loop over the "
         "labels in the batch, the full K x N cosine matrix with a mask).",
@@ -215,8 +220,95 @@ def plots(rows: dict, out_dir: Path) -> list[Path]:
     return written
 
 
+# What issue 14 asks of the whole loss (term "srl", forward + backward) on the CPU: (what, group,
+# case label, backend, quantity, bound). Quantities: "floor" = time / the K x N product, "released" =
+# the released code's time / the backend's, "memory" = the backend's peak / the released code's.
+TARGETS = (
+    ("time <= 1.5x the K x N product", "preset", "imdb_wiki", "cpu", "floor", 1.5),
+    ("time <= 1.5x the K x N product", "preset", "agedb", "cpu", "floor", 1.5),
+    ("time <= 2.5x the K x N product", "preset", "sts_b", "cpu", "floor", 2.5),
+    (">= 10x faster than the released code", "preset", "imdb_wiki", "cpu", "released", 10.0),
+    ("time <= 1x the K x N product", "large", "K=1000,N=1000000", "cpu", "floor", 1.0),
+    ("peak memory <= 1/1000 of the released code's", "large", "K=1000,N=1000000", "cpu", "memory", 1e-3),
+)
+
+
+def _srl_keys(rows: dict) -> list[tuple]:
+    keys = [k for k in rows if k[2] == "srl"]
+    return sorted(keys, key=lambda k: (_sort_key(k)[0], _case_sort(rows, k)))
+
+
+def _fused_impls(by_impl: dict) -> list[str]:
+    return sorted((i for i in by_impl if i not in BASELINE_IMPLS), key=lambda i: IMPL_ORDER.index(i)
+                  if i in IMPL_ORDER else 99)
+
+
+def _case_name(rows: dict, key: tuple) -> str:
+    first = next(iter(rows[key].values()))
+    return f"{key[1]} ({first['batch']}, {first['num_bins']}, {first['num_anchors']})"
+
+
+def _quantity(rows: dict, key: tuple, impl: str, quantity: str) -> float | None:
+    by_impl = rows.get(key, {})
+    mine, base = by_impl.get(impl), by_impl.get({"floor": "matmul", "released": "released", "memory": "released"}[quantity])
+    if mine is None or base is None:
+        return None
+    if quantity == "floor":
+        return mine["time_s"] / base["time_s"]
+    if quantity == "released":
+        return base["time_s"] / mine["time_s"]
+    if mine["memory_bytes"] is None or base["memory_bytes"] is None or base["memory_bytes"] <= 0:
+        return None
+    return max(mine["memory_bytes"], MEMORY_RESOLUTION) / base["memory_bytes"]  # below resolution: a bound
+
+
+def verdict(meta: dict, rows: dict, stat: str) -> list[str]:
+    """One line per case of the whole loss: each fused backend's speed-up over the reference and the
+    released code, its time over the K x N product, its peak memory over the released code's."""
+    keys = _srl_keys(rows)
+    if not keys:
+        return []
+    lines = [
+        f"Whole SRL loss, forward + backward, float32, on {meta.get('device', '?')}"
+        f" ({meta.get('torch_threads', '?')} threads; {stat} time of the rounds). Per backend: speed-up over the "
+        "reference / over the released code, time over the K x N product (the floor), peak memory / the released code's:",
+    ]
+    width = max(len(_case_name(rows, k)) for k in keys)
+    for key in keys:
+        by_impl = rows[key]
+        ref, rel, floor = by_impl.get("reference"), by_impl.get("released"), by_impl.get("matmul")
+        parts = []
+        for impl in _fused_impls(by_impl):
+            r = by_impl[impl]
+            parts.append(
+                f"{impl} {_ratio(ref and ref['time_s'], r['time_s'])}x / {_ratio(rel and rel['time_s'], r['time_s'])}x, "
+                f"{_ratio(r['time_s'], floor and floor['time_s'])}x floor, memory "
+                f"{_memory_ratio(r['memory_bytes'], rel and rel['memory_bytes'])}"
+            )
+        lines.append(f"  {_case_name(rows, key):<{width}}  " + (" | ".join(parts) or "no fused backend ran"))
+    return lines
+
+
+def target_lines(rows: dict) -> list[str]:
+    """Each target of TARGETS whose case ran: the measured value, and met or not."""
+    lines = []
+    for what, group, label, impl, quantity, bound in TARGETS:
+        key = (group, label, "srl")
+        value = _quantity(rows, key, impl, quantity)
+        if value is None:
+            continue
+        met = value >= bound if quantity == "released" else value <= bound
+        shown = f"{value:.2g}" if value < 0.01 else f"{value:.2f}"
+        unit = {"floor": "x the product", "released": "x faster", "memory": " of the released peak"}[quantity]
+        lines.append(f"  {'met' if met else 'NOT MET'}: {label} {impl}, {what}: {shown}{unit}")
+    return lines
+
+
 def render(meta: dict, rows: dict, stat: str, source: Path, pngs: list[Path]) -> str:
     lines = header(meta, stat, source)
+    summary = verdict(meta, rows, stat)
+    if summary:
+        lines += ["", "## Verdict", "", "```", *summary, *target_lines(rows), "```"]
     for group, title in GROUP_TITLES.items():
         if any(k[0] == group for k in rows):
             lines += ["", f"## {title}", "", *table(rows, group)]
@@ -229,9 +321,24 @@ def update_readme(meta: dict, rows: dict, stat: str, source: Path) -> None:
     text = README.read_text()
     if README_START not in text or README_END not in text:
         sys.exit(f"{README} has no {README_START} ... {README_END} markers")
-    block = "\n".join([*header(meta, stat, source)[2:], "", *table(rows, "preset")])
+    summary = verdict(meta, rows, stat)
+    targets = target_lines(rows)
+    block = "\n".join([*header(meta, stat, source)[2:], "", *(["```", *summary, *targets, "```", ""] if summary else []),
+                       *table(rows, "preset")])
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
     README.write_text(pattern.sub(lambda _: f"{README_START}\n{block}\n{README_END}", text))
+
+
+def write(source: Path, output: Path, stat: str = "min", groups: list[str] | None = None,
+          with_plots: bool = True) -> tuple[dict, dict, list[Path]]:
+    """Write the report of run `source` to `output` (and the PNG plots next to it)."""
+    meta, rows = load(source, stat, groups)
+    if not rows:
+        sys.exit(f"{source}: no benchmarks{' in groups ' + ', '.join(groups) if groups else ''}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    pngs = plots(rows, output.parent) if with_plots else []
+    output.write_text(render(meta, rows, stat, source, pngs))
+    return meta, rows, pngs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,12 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     source = args.json or latest_json()
-    meta, rows = load(source, args.stat, args.group)
-    if not rows:
-        sys.exit(f"{source}: no benchmarks{' in groups ' + ', '.join(args.group) if args.group else ''}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    pngs = [] if args.no_plots else plots(rows, args.output.parent)
-    args.output.write_text(render(meta, rows, args.stat, source, pngs))
+    meta, rows, pngs = write(source, args.output, args.stat, args.group, not args.no_plots)
+    print("\n".join(verdict(meta, rows, args.stat) + target_lines(rows)))
     print(f"wrote {args.output}" + "".join(f", {p.name}" for p in pngs))
     if args.update_readme:
         update_readme(meta, rows, args.stat, source)

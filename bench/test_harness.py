@@ -22,7 +22,8 @@ def small_inputs() -> cases.Inputs:
 
 
 def _wrong(**overrides) -> cases.Impl:
-    return replace(cases.impl("reference"), name="wrong", **overrides)
+    # srl_loss None: the whole loss comes from the (overridden) srl_terms, weighed by the step.
+    return replace(cases.impl("reference"), name="wrong", srl_loss=None, **overrides)
 
 
 def test_parity_fails_a_backend_with_a_wrong_loss(small_inputs):
@@ -77,3 +78,47 @@ def test_cpu_memory_measure_sees_the_released_k_by_n_matrix():
 def test_triton_on_cpu_is_skipped_with_a_reason():
     assert "TRITON_INTERPRET" in cases.skip_reason("triton", CPU)
     assert cases.skip_reason("reference", CPU) is None and cases.skip_reason("matmul", CPU) is None
+
+
+def test_whole_loss_and_per_term_impls_of_a_fused_backend():
+    whole, per_term = cases.impl("cpu"), cases.impl("cpu-terms")
+    assert whole.srl_loss is not None and per_term.srl_loss is None and per_term.name == "cpu-terms"
+    assert cases.skip_reason("cpu-terms", CPU) == cases.skip_reason("cpu", CPU)
+    assert "TRITON_INTERPRET" in cases.skip_reason("triton-terms", CPU)
+    ids = {b.id for b in cases.benchmarks(full=False)}
+    assert {"preset-imdb_wiki-srl-cpu-terms", "preset-imdb_wiki-srl-matmul", "preset-imdb_wiki-enveloping-matmul"} <= ids
+    assert "preset-imdb_wiki-contrastive-cpu-terms" not in ids and "preset-imdb_wiki-homogeneity-matmul" not in ids
+
+
+@pytest.mark.parametrize("implementation", ["cpu", "cpu-terms"])
+def test_fused_whole_loss_passes_parity(small_inputs, implementation):
+    if cases.skip_reason(implementation, CPU):
+        pytest.skip(cases.skip_reason(implementation, CPU))
+    errors = cases.check_parity("srl", implementation, small_inputs, SMALL)
+    assert errors and all(e <= 1e-5 for e in errors.values())
+
+
+def test_report_ends_with_a_verdict_and_the_targets(tmp_path):
+    import json
+
+    from . import report
+
+    def bench(impl, time_s, memory, num_anchors=2000, num_bins=187, label="imdb_wiki", group="preset"):
+        info = dict(group=group, case=label, term="srl", impl=impl, batch=256, num_bins=num_bins,
+                    num_anchors=num_anchors, dim=128, peak_memory_bytes=memory)
+        return {"extra_info": info, "stats": {"min": time_s, "median": time_s, "mean": time_s}}
+
+    run = {"benchmarks": [bench("released", 8.6e-3, 6 << 20), bench("reference", 4e-3, 2 << 20),
+                          bench("cpu", 0.8e-3, 1 << 20), bench("cpu-terms", 1.56e-3, 1 << 19),
+                          bench("matmul", 0.55e-3, 3 << 20)],
+           "machine_info": {"srl_bench": {"device": "cpu", "torch_threads": 2}}, "datetime": "now"}
+    source = tmp_path / "run.json"
+    source.write_text(json.dumps(run))
+    meta, rows, _ = report.write(source, tmp_path / "latest.md", with_plots=False)
+    lines = report.verdict(meta, rows, "min")
+    assert len(lines) == 2 and "imdb_wiki (256, 187, 2000)" in lines[1]
+    assert "cpu 5.00x / 10.75x, 1.45x floor, memory 0.17" in lines[1] and "cpu-terms 2.56x / 5.51x, 2.84x floor" in lines[1]
+    targets = report.target_lines(rows)
+    assert targets == ["  met: imdb_wiki cpu, time <= 1.5x the K x N product: 1.45x the product",
+                       "  met: imdb_wiki cpu, >= 10x faster than the released code: 10.75x faster"]
+    assert "## Verdict" in (tmp_path / "latest.md").read_text()

@@ -30,4 +30,12 @@ TORCH_LIBRARY(srl_ext, m) {
   m.def("envelope(Tensor surrogates, Tensor anchors, float? envelope_temperature) -> (Tensor, Tensor)");
   // -> (loss, d loss / d surrogates)
   m.def("homogeneity(Tensor surrogates, float sign, float beta) -> (Tensor, Tensor)");
+  // The whole loss in one call (the table, the three terms and the weighted total; CPU kernel
+  // only, csrc/cpu/srl_loss.cpp). -> (total, contrastive, enveloping, homogeneity, grads): four
+  // 0-d losses and grads, 4 x B x D, the gradients of total, contrastive, enveloping and
+  // homogeneity w.r.t. the features. envelope_temperature None: hard envelope.
+  m.def(
+      "srl_loss(Tensor features, Tensor bins, Tensor memory, Tensor anchors, float w1, float w2, float w3, "
+      "float temperature, float homogeneity_sign, float homogeneity_beta, float? envelope_temperature, "
+      "bool label_weighting) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

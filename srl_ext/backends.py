@@ -1,6 +1,7 @@
 """Which implementation computes the terms: a backend is a module with the four term functions
 of ``srl_ext.reference`` (surrogate_table, contrastive_loss, enveloping_loss, homogeneity_loss),
-the same signatures, the same results.
+the same signatures, the same results. A fused backend may also have ``srl_loss``, the whole
+weighted loss in one op (``whole_loss``).
 
 - ``reference``: ``srl_ext.reference``, plain PyTorch, any device.
 - ``cpu``: the fused C++ kernels (``srl_ext.ops`` on CPU tensors).
@@ -22,6 +23,7 @@ from types import ModuleType
 import torch
 
 from . import ops, reference
+from .ops.fused import weighted_terms
 
 NAMES = ("auto", "reference", "cpu", "cuda", "triton")
 # Set to True once the CUDA C++ kernels have passed tests/test_gpu.py on a real GPU: then "auto"
@@ -94,3 +96,20 @@ def apply_terms(impl: ModuleType, features, bins, surrogates, anchors, settings)
         impl.enveloping_loss(surrogates, anchors, settings.soft_envelope_temperature),
         impl.homogeneity_loss(surrogates, settings.homogeneity_sign, settings.homogeneity_beta),
     )
+
+
+def whole_loss(impl: ModuleType, features, bins, memory, anchors, settings) -> tuple:
+    """(total, contrastive, enveloping, homogeneity) by backend module `impl` on checked inputs,
+    with the ``SRLSettings`` `settings`: its whole-loss op if it has one (one call, one autograd
+    node), else its four term functions weighed together."""
+    srl_loss = getattr(impl, "srl_loss", None)
+    if srl_loss is not None:
+        return srl_loss(features, bins, memory, anchors, settings)
+    return weighted_terms(impl, features, bins, memory, anchors, settings)
+
+
+def checks_data(impl: ModuleType, device: torch.device) -> bool:
+    """Whether `impl`'s whole-loss op checks the input values itself on `device` (bins in range,
+    finite features), so that the Python layer need not read them first."""
+    checks = getattr(impl, "checks_data", None)
+    return checks is not None and checks(device)

@@ -1,16 +1,67 @@
 """The public functional API: checked inputs, then the chosen backend (``srl_ext.backends``).
 
 The math of each term is in ``srl_ext.reference`` and docs/method.md; every backend returns the
-same numbers. ``srl_terms`` takes an ``SRLSettings`` and/or any of its fields as keywords.
+same numbers. ``srl_loss`` and ``srl_terms`` take an ``SRLSettings`` and/or any of its fields as
+keywords.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import torch
 from torch import Tensor
 
 from . import backends
 from . import validation as check
 from .settings import SRLSettings
+
+
+class SRLTerms(NamedTuple):
+    total: torch.Tensor  # w1 * contrastive + w2 * enveloping + w3 * homogeneity
+    contrastive: torch.Tensor
+    enveloping: torch.Tensor
+    homogeneity: torch.Tensor
+
+
+# The signature (shapes, dtypes, devices) of the last inputs of ``srl_loss`` whose metadata
+# passed the checks: a training loop calls it with the same shapes at every step.
+_last_checked: list = [None]
+
+
+def srl_loss(features: Tensor, bins: Tensor, memory: Tensor, anchors: Tensor, settings: SRLSettings | None = None,
+             *, backend: str = "auto", **options) -> SRLTerms:
+    """The weighted SRL loss and its terms for one batch: ``SRLTerms(total, contrastive,
+    enveloping, homogeneity)`` (docs/method.md, "The loss"); each is differentiable.
+
+    The arguments are those of ``srl_terms``, the weights ``w1``, ``w2``, ``w3`` included. Where
+    the backend has a whole-loss op ("cpu", "triton") one op computes the surrogate table, the
+    three terms, the total and their gradients (one call, one autograd node); elsewhere ("cuda",
+    "reference") the backend's term functions are weighed together. The inputs' metadata are
+    checked once per signature (shapes, dtypes, devices). The CPU kernel checks the values as it
+    reads them (bins in [0, K), finite features and used memory rows, norms that fit) and divides
+    each cosine by its anchor's norm, so the anchors are not copied; on the other backends the
+    values are checked and the anchors normalised as ``srl_terms`` does.
+    """
+    name = "srl_loss"
+    settings = SRLSettings.resolve(name, settings, **options)
+    if torch.compiler.is_compiling():  # traced once per graph anyway
+        check.srl_inputs(name, features, bins, memory, anchors, read_data=False)
+    else:
+        signature = check.signature(features, bins, memory, anchors)
+        if signature is None or signature != _last_checked[0]:
+            check.srl_inputs(name, features, bins, memory, anchors, read_data=False)
+            _last_checked[0] = signature
+    impl = backends.resolve(backend, features.device, name)
+    if not backends.checks_data(impl, features.device):  # the values, and the anchors normalised (a copy)
+        features, bins, memory, anchors = check.srl_inputs(name, features, bins, memory, anchors)
+    try:
+        return SRLTerms(*backends.whole_loss(impl, features, bins, memory, anchors, settings))
+    except ValueError as error:  # the kernel's own checks: named after this function, as the others
+        message = str(error)
+        if message.startswith("srl_ext: "):
+            raise ValueError(f"{name}: {message[len('srl_ext: '):]}") from None
+        raise
 
 
 def srl_terms(features: Tensor, bins: Tensor, memory: Tensor, anchors: Tensor, settings: SRLSettings | None = None,

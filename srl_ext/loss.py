@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
 from . import backends, distributed, functional
 from . import validation as check
+from .functional import SRLTerms
 from .settings import FIELDS, SRLSettings
 from .settings import preset as loss_preset
 
@@ -18,13 +17,6 @@ def sample_anchors(num_anchors: int, dim: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     points = torch.randn(num_anchors, dim, generator=generator)
     return points / points.norm(dim=1, keepdim=True)
-
-
-class SRLTerms(NamedTuple):
-    total: torch.Tensor  # w1 * contrastive + w2 * enveloping + w3 * homogeneity
-    contrastive: torch.Tensor
-    enveloping: torch.Tensor
-    homogeneity: torch.Tensor
 
 
 class SRLLoss(nn.Module):
@@ -87,9 +79,9 @@ class SRLLoss(nn.Module):
             terms = distributed.srl_terms(
                 features, bins, memory, self.anchors, self.settings, backend=self.backend, group=self.process_group
             )
-        else:
-            terms = functional.srl_terms(features, bins, memory, self.anchors, self.settings, backend=self.backend)
-        return self._weighted(*terms)
+            return self._weighted(*terms)
+        # The whole loss in one fused op where the backend has one (the CPU kernel).
+        return functional.srl_loss(features, bins, memory, self.anchors, self.settings, backend=self.backend)
 
     def terms_from_table(self, features: torch.Tensor, positives: torch.Tensor, surrogates: torch.Tensor) -> SRLTerms:
         """The weighted terms on a surrogate table built elsewhere (``srl_ext.released``):

@@ -62,6 +62,8 @@ class SRLSettings:
         """``settings`` (the defaults if None) with the settings given as keywords; errors name `function`."""
         if settings is not None and not isinstance(settings, cls):
             check.fail(function, "settings", "an SRLSettings or None", f"{type(settings).__name__} {settings!r}")
+        if settings is not None and not overrides:
+            return settings  # frozen and checked when built: nothing to redo on every loss step
         unknown = sorted(set(overrides) - FIELDS)
         if unknown:
             raise TypeError(f"{function}() got an unexpected keyword argument {unknown[0]!r}")

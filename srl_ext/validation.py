@@ -78,24 +78,26 @@ def finite_rows(function: str, argument: str, x: torch.Tensor, acc: torch.dtype,
              f"row {row} with values up to {largest:.3g}; scale the inputs down")
 
 
-def features(function: str, x: object) -> torch.Tensor:
+def features(function: str, x: object, read_data: bool = True) -> torch.Tensor:
+    """`read_data=False`: metadata only, for the kernels that check the values themselves."""
     x = tensor(function, "features", x, 2, "B x D")
     floating(function, "features", x)
     if x.shape[0] < 1 or x.shape[1] < 1:
         fail(function, "features", "a non-empty B x D tensor", f"shape {tuple(x.shape)}")
-    if reads_data(x):
+    if read_data and reads_data(x):
         finite_rows(function, "features", x.detach(), accumulation_dtype(x.dtype))
     return x
 
 
-def bins(function: str, x: object, batch: int, num_bins: int, features_: torch.Tensor) -> torch.Tensor:
+def bins(function: str, x: object, batch: int, num_bins: int, features_: torch.Tensor,
+         read_data: bool = True) -> torch.Tensor:
     x = tensor(function, "bins", x, 1, "B bin indices")
     if x.dtype != torch.int64:
         fail(function, "bins", "an int64 tensor", x.dtype)
     if x.shape[0] != batch:
         fail(function, "bins", f"of length B = {batch} (rows of 'features')", f"length {x.shape[0]}")
     same_device(function, "bins", x, features_)
-    if reads_data(x) and batch > 0:
+    if read_data and reads_data(x) and batch > 0:
         low, high = int(x.min()), int(x.max())
         if low < 0 or high >= num_bins:
             bad = low if low < 0 else high
@@ -126,13 +128,17 @@ def num_bins(function: str, argument: str, x: torch.Tensor) -> int:
     return x.shape[0]
 
 
-def anchors(function: str, x: object, dim: int, features_: torch.Tensor) -> torch.Tensor:
+def anchors(function: str, x: object, dim: int, features_: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """The anchors as the terms use them: constants (detached, so no backend returns a gradient
     for them) normalised to unit rows (a zero row stays zero), whatever their scale: the
-    enveloping term measures cosines, and anchors scaled by 10 would make it negative."""
+    enveloping term measures cosines, and anchors scaled by 10 would make it negative.
+    `normalize=False`: checked only, for the whole-loss CPU kernel, which divides each cosine by
+    its anchor's norm instead of copying the N x D anchors."""
     x = table(function, "anchors", x, dim, features_, "N x D vectors")
     if x.shape[0] < 1:
         fail(function, "anchors", "at least N = 1 anchor", f"shape {tuple(x.shape)}")
+    if not normalize:
+        return x
     x = x.detach()
     acc = accumulation_dtype(x.dtype)
     return (x.to(acc) / torch.linalg.vector_norm(x.to(acc), dim=1, keepdim=True).clamp_min(1e-12)).to(x.dtype)
@@ -161,17 +167,31 @@ def envelope(function: str, mode: object, temperature: object) -> float | None:
 
 
 
-def table_inputs(function: str, h: object, y: object, rows: object, name: str = "memory"):
+def table_inputs(function: str, h: object, y: object, rows: object, name: str = "memory", read_data: bool = True):
     """Checked (features, bins, K x D table `name`): bins index the table's rows."""
-    h = features(function, h)
+    h = features(function, h, read_data)
     rows = table(function, name, rows, h.shape[1], h, "K x D")
-    y = bins(function, y, h.shape[0], num_bins(function, name, rows), h)
-    if name == "memory":
+    y = bins(function, y, h.shape[0], num_bins(function, name, rows), h, read_data)
+    if name == "memory" and read_data:
         used_memory_rows(function, rows, y, h)
     return h, y, rows
 
 
-def srl_inputs(function: str, h: object, y: object, memory: object, p: object):
-    """The checked (features, bins, memory, anchors) of the SRL terms (errors name `function`)."""
-    h, y, memory = table_inputs(function, h, y, memory)
-    return h, y, memory, anchors(function, p, h.shape[1], h)
+def srl_inputs(function: str, h: object, y: object, memory: object, p: object, read_data: bool = True):
+    """The checked (features, bins, memory, anchors) of the SRL terms (errors name `function`), the
+    anchors normalised. `read_data=False`: metadata only, the anchors as given, for the
+    whole-loss CPU kernel, which checks the values (bins in range, finite features and used
+    memory rows, norms that fit) and normalises the anchors' cosines itself."""
+    h, y, memory = table_inputs(function, h, y, memory, read_data=read_data)
+    return h, y, memory, anchors(function, p, h.shape[1], h, normalize=read_data)
+
+
+def signature(*tensors: object) -> tuple | None:
+    """What the metadata checks of `tensors` depend on (shapes, dtypes, devices), or None when one
+    is not a tensor: a call with the signature of the last checked one needs no new checks."""
+    key = []
+    for x in tensors:
+        if not isinstance(x, torch.Tensor):
+            return None
+        key += (x.shape, x.dtype, x.device)
+    return tuple(key)

@@ -5,6 +5,9 @@ The ops are defined in ``csrc/srl_ext.cpp`` with CPU kernels in ``csrc/cpu`` and
 contract, so that ``torch.compile`` traces them without graph breaks), their autograd and the
 four term functions (the signatures of ``srl_ext.reference``) are those of every fused op:
 ``srl_ext.ops.fused``, shared with the Triton ops.
+
+``srl_loss`` is the whole loss: one op call (``srl_ext::srl_loss``) on CPU tensors, where it has
+a kernel (csrc/cpu/srl_loss.cpp), and the four term ops weighed together elsewhere.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def has_cuda_kernels() -> bool:
 
 
 if available():
-    for _name in ("surrogate_table", "surrogate_table_backward", "contrastive", "envelope", "homogeneity"):
+    for _name in ("surrogate_table", "surrogate_table_backward", "contrastive", "envelope", "homogeneity", "srl_loss"):
         torch.library.register_fake(f"srl_ext::{_name}", getattr(fused, f"fake_{_name}"))
     fused.register_table_autograd(
         "srl_ext::surrogate_table", lambda *args: torch.ops.srl_ext.surrogate_table_backward(*args)
@@ -39,9 +42,40 @@ if available():
     fused.register_loss_autograd("srl_ext::contrastive", num_inputs=5)
     fused.register_loss_autograd("srl_ext::envelope", num_inputs=3)
     fused.register_loss_autograd("srl_ext::homogeneity", num_inputs=3)
+    # srl_ext::srl_loss has its autograd in C++ (csrc/cpu/srl_loss.cpp: the Python registration
+    # costs ~30 us per call for an op of twelve arguments); fused.register_srl_loss_autograd is
+    # the same backward, for the Triton op.
 
 _terms = fused.Terms(lambda name: getattr(torch.ops.srl_ext, name))
 surrogate_table = _terms.surrogate_table
 contrastive_loss = _terms.contrastive_loss
 enveloping_loss = _terms.enveloping_loss
 homogeneity_loss = _terms.homogeneity_loss
+
+
+def whole_loss_devices() -> frozenset[str]:
+    """The device types whose tensors the whole-loss op has a kernel for."""
+    if not available():
+        return frozenset()
+    return frozenset(
+        device for device in ("cpu", "cuda")
+        if torch._C._dispatch_has_kernel_for_dispatch_key("srl_ext::srl_loss", device.upper())
+    )
+
+
+_WHOLE_LOSS_DEVICES = whole_loss_devices()
+
+
+def srl_loss(features, bins, memory, anchors, settings) -> tuple:
+    """(total, contrastive, enveloping, homogeneity) with the ``SRLSettings`` `settings`: the
+    whole-loss op where it has a kernel, the four term ops weighed together elsewhere."""
+    if features.device.type in _WHOLE_LOSS_DEVICES:
+        return _terms.srl_loss(features, bins, memory, anchors, settings)
+    return fused.weighted_terms(_terms, features, bins, memory, anchors, settings)
+
+
+def checks_data(device: torch.device) -> bool:
+    """The CPU kernel of the whole-loss op checks the values as it reads them (bins in range,
+    finite features and used memory rows, norms that fit: a ValueError) and normalises the
+    anchors' cosines itself."""
+    return device.type == "cpu" and "cpu" in _WHOLE_LOSS_DEVICES

@@ -6,6 +6,11 @@ Every loss op returns ``(loss, grad)``, ``grad`` being the gradient of the loss 
 its one differentiable input, computed in the same sweep; the backward scales it by the incoming
 gradient and returns it in that input's dtype. The surrogate table op returns
 ``(surrogates, mean_norms, counts)`` and has a backward op of its own.
+
+The whole-loss op ``srl_loss`` (the table, the three terms and their weighted total in one call)
+returns ``(total, contrastive, enveloping, homogeneity, grads)``, ``grads`` (4 x B x D) holding
+the gradient of each of the four losses with respect to the features: one autograd node, whose
+backward weighs them by the incoming gradients (usually only the total's: one multiplication).
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ def check_homogeneity(surrogates) -> None:
     torch._check_value(surrogates.shape[0] >= 2, lambda: "srl_ext: argument 'surrogates' must have K >= 2 rows")
 
 
+def check_srl_loss(features, bins, memory, anchors) -> None:
+    check_table(features, bins, memory)
+    torch._check_value(memory.shape[0] >= 2, lambda: "srl_ext: argument 'memory' must have K >= 2 rows")
+    _check_rows("anchors", anchors, features.shape[1])
+
+
 # Fake kernels: the contract, then outputs allocated contiguous, as the kernels return them
 # (empty_like would keep the strides of a transposed input; opcheck and inductor compare them).
 def fake_surrogate_table(features, bins, memory):
@@ -74,6 +85,14 @@ def fake_homogeneity(surrogates, sign, beta):
     check_homogeneity(surrogates)
     acc = accumulation_dtype(surrogates.dtype)
     return surrogates.new_empty((), dtype=acc), surrogates.new_empty(surrogates.shape, dtype=acc)
+
+
+def fake_srl_loss(features, bins, memory, anchors, w1, w2, w3, temperature, homogeneity_sign, homogeneity_beta,
+                  envelope_temperature, label_weighting):
+    check_srl_loss(features, bins, memory, anchors)
+    acc = accumulation_dtype(features.dtype)
+    losses = tuple(features.new_empty((), dtype=acc) for _ in range(4))
+    return (*losses, features.new_empty((4, *features.shape), dtype=acc))
 
 
 # ----- autograd, one registration for both namespaces -----
@@ -114,7 +133,46 @@ def register_table_autograd(op, backward_op: Callable) -> None:
     _register(op, backward, setup_context)
 
 
+SRL_LOSS_INPUTS = 12  # features, bins, memory, anchors, then the eight settings
+
+
+def register_srl_loss_autograd(op) -> None:
+    """The backward of whole-loss op `op`: the features get the saved gradients of the four losses
+    weighed by the incoming ones (None for a loss that reached no backward, so a plain
+    total.backward() costs one multiplication), in the features' dtype."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(output[4])
+        ctx.input_dtype = inputs[0].dtype
+
+    def backward(ctx, *grad_losses):
+        (grads,) = ctx.saved_tensors
+        grad = None
+        for index, grad_loss in enumerate(grad_losses[:4]):
+            if grad_loss is not None:
+                term = grad_loss * grads[index]
+                grad = term if grad is None else grad + term
+        if grad is not None:
+            grad = grad.to(ctx.input_dtype)
+        return (grad,) + (None,) * (SRL_LOSS_INPUTS - 1)
+
+    _register(op, backward, setup_context)
+
+
 # ----- the term functions (the signatures of srl_ext.reference) -----
+def weighted_terms(impl, features, bins, memory, anchors, settings) -> tuple:
+    """(total, contrastive, enveloping, homogeneity) from the four term functions of `impl` (a
+    backend module, or ``Terms``), weighed with the ``SRLSettings`` `settings`: the whole loss
+    where no whole-loss op runs."""
+    surrogates = impl.surrogate_table(features, bins, memory)
+    contrastive = impl.contrastive_loss(features, bins, surrogates, settings.temperature, settings.label_weighting)
+    enveloping = impl.enveloping_loss(surrogates, anchors, settings.soft_envelope_temperature)
+    homogeneity = impl.homogeneity_loss(surrogates, settings.homogeneity_sign, settings.homogeneity_beta)
+    total = settings.w1 * contrastive + settings.w2 * enveloping + settings.w3 * homogeneity
+    return total, contrastive, enveloping, homogeneity
+
+
 class Terms:
     """``surrogate_table``, ``contrastive_loss``, ``enveloping_loss`` and ``homogeneity_loss`` on
     four fused ops, given as a function from the op name to the op."""
@@ -134,3 +192,12 @@ class Terms:
 
     def homogeneity_loss(self, surrogates, sign: float = -1.0, beta: float = 0.1):
         return self._op("homogeneity")(surrogates, float(sign), float(beta))[0]
+
+    def srl_loss(self, features, bins, memory, anchors, settings) -> tuple:
+        """(total, contrastive, enveloping, homogeneity) by the whole-loss op, with the
+        ``SRLSettings`` `settings`; one autograd node."""
+        s = settings
+        return self._op("srl_loss")(
+            features, bins, memory, anchors, s.w1, s.w2, s.w3, s.temperature, s.homogeneity_sign, s.homogeneity_beta,
+            s.soft_envelope_temperature, s.label_weighting,
+        )[:4]

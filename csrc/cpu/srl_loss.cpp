@@ -1,0 +1,834 @@
+// The whole SRL loss in one call (docs/method.md, "The loss"), CPU: the surrogate table, the
+// three terms, their weighted total and the gradient of each with respect to the features.
+//
+// One op instead of four (table, contrastive, envelope, homogeneity and the table's backward)
+// saves the per-call costs that dominate at small sizes: each op's checks, output allocations,
+// thread-pool wake-ups and autograd node. The work goes in three phases:
+//
+//  1. Table, on the calling thread, O(B*D + K*D) (docs/method.md, "The surrogate table"): each
+//     feature row is checked (finite, a norm that fits, its bin in [0, K)), normalised and added
+//     to its bin's sum; present bins become normalised means, absent ones their memory rows
+//     (checked as the features), normalised.
+//  2. Terms, one parallel region of P parts (P = the thread count, fewer for small problems):
+//     part p takes B/P samples and N/P anchors, so the parts cost the same whatever the tiles.
+//     - Its samples (docs/method.md, "Contrastive"): one GEMM gives their K x rows block of
+//       logits (samples along the contiguous axis, so the sweeps over K are vectorised across
+//       samples); the sweeps turn it into d loss / d logits (softmax minus the one-hot label); a
+//       second GEMM gives d loss / d z, taken back through the normalisation into the output.
+//     - Its anchors (docs/method.md, "Enveloping"), in tiles whose K x cols block of cosines
+//       stays in L2: one GEMM, each column divided by its anchor's norm (the anchors count as
+//       unit vectors whatever their scale, as the public API normalises them, here without a
+//       copy of the N x D anchors), a running (arg)max (hard) or softmax (soft) sweep, and the
+//       gradient w.r.t. the table into the part's own K x D buffer: a scatter of the anchor
+//       rows into their arg-max rows (hard) or one more GEMM (soft). The K x N matrix never
+//       exists.
+//  3. Gradients, on the calling thread, O(P*K*D + B*D): the parts' table gradients summed in
+//     part order (deterministic for a given thread count), the homogeneity term and its table
+//     gradient (docs/method.md, "Homogeneity"), both taken back through the table to the
+//     features, and the weighted total.
+//
+// Returns (total, contrastive, enveloping, homogeneity, grads): four 0-d losses, and grads,
+// 4 x B x D: the gradients of the total and of each term w.r.t. the features. The autograd,
+// registered here in C++ (the end of this file), combines them with the incoming gradients, so
+// each loss is differentiable on its own and a plain total.backward() costs one multiplication.
+//
+// Buffers are kept by the calling thread between calls (grown, never shrunk: O(B*D + P*K*D +
+// P*block)), so a training step allocates only its outputs. The loops are compiled for AVX-512
+// and AVX2 besides the baseline ISA, and the CPU's best is picked at run time.
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <cstdio>
+#include <memory>
+#include <optional>
+
+#include "common.h"
+
+namespace srl_ext {
+namespace {
+
+// A part's K x cols block of cosines (or K x rows block of logits) is cut to at most this many
+// bytes. Fewer, larger GEMM calls win over blocks that fit in L2: each BLAS call packs the K x D
+// table again, and the sweeps stream the block (measured on a 2-core AMD EPYC: 256 KiB blocks
+// took 1.43x the K x N product at (B, K, N) = (256, 187, 2000), 1 MiB blocks 1.36x).
+constexpr int64_t kBlockBytes = 1024 * 1024;
+constexpr int64_t kMinBlockCols = 16;
+// A part gets at least this many multiply-adds: below, waking a thread costs more than it saves.
+constexpr int64_t kMinPartWork = int64_t(1) << 18;
+
+#if defined(__GNUC__) || defined(__clang__)
+#define SRL_INLINE inline __attribute__((always_inline))
+#define SRL_RESTRICT __restrict__
+#else
+#define SRL_INLINE inline
+#define SRL_RESTRICT
+#endif
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SRL_X86_DISPATCH 1
+#if defined(__clang__)
+#define SRL_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#else
+#define SRL_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#endif
+#define SRL_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+// ------------------------------------------------------------------------------------------
+// Vectorisable helpers. Reductions keep one partial sum per lane of a 512-bit register and
+// add them pairwise at the end: the compiler vectorises them without reassociating (no
+// -ffast-math), and the order is fixed, so results do not depend on the ISA picked.
+
+template <typename T>
+SRL_INLINE T dot(const T* SRL_RESTRICT a, const T* SRL_RESTRICT b, int64_t d) {
+  constexpr int kLanes = 64 / sizeof(T);
+  T acc[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= d; k += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[k + l] * b[k + l];
+  }
+  for (int l = 0; k < d; ++k, ++l) acc[l] += a[k] * b[k];
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
+  }
+  return acc[0];
+}
+
+// out = d(y / max(|x|, eps)) / dx applied to g, given y = x / max(|x|, eps) and |x| (out may
+// alias g).
+template <typename T>
+SRL_INLINE void normalize_backward_into(const T* y, T norm, const T* g, T* out, int64_t d) {
+  if (norm > static_cast<T>(kNormEps)) {
+    const T yg = dot(y, g, d);
+    const T inv = T(1) / norm;
+    for (int64_t k = 0; k < d; ++k) out[k] = (g[k] - y[k] * yg) * inv;
+  } else {
+    const T inv = T(1) / static_cast<T>(kNormEps);
+    for (int64_t k = 0; k < d; ++k) out[k] = g[k] * inv;
+  }
+}
+
+// exp(x) for float, a few ulp from std::exp, written so that loops over it vectorise (Cody-Waite
+// reduction to r in [-ln2/2, ln2/2], the Cephes polynomial, 2^n from the exponent bits). Inputs
+// are clamped to [-87.3, 88.3] (the float range): exp of a large negative number gives ~1e-38
+// instead of 0, which no sum of softmax terms can tell apart. double goes to std::exp.
+template <bool kFma>
+SRL_INLINE float madd(float a, float b, float c) {
+  if constexpr (kFma) {
+    return __builtin_fmaf(a, b, c);
+  } else {
+    return a * b + c;
+  }
+}
+
+template <typename T, bool kFma>
+SRL_INLINE T exp_approx(T x) {
+  if constexpr (std::is_same_v<T, double>) {
+    return std::exp(x);
+  } else {
+    constexpr float kShift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+    x = std::min(std::max(x, -87.3f), 88.3f);
+    const float t = madd<kFma>(x, 1.44269504088896341f, kShift);
+    const float n = t - kShift;
+    int32_t t_bits;
+    std::memcpy(&t_bits, &t, sizeof(t_bits));
+    const int32_t exponent = t_bits - 0x4B400000;  // n as an integer
+    float r = madd<kFma>(n, -0.693359375f, x);
+    r = madd<kFma>(n, 2.12194440e-4f, r);
+    float y = 1.9875691500e-4f;
+    y = madd<kFma>(y, r, 1.3981999507e-3f);
+    y = madd<kFma>(y, r, 8.3334519073e-3f);
+    y = madd<kFma>(y, r, 4.1665795894e-2f);
+    y = madd<kFma>(y, r, 1.6666665459e-1f);
+    y = madd<kFma>(y, r, 5.0000001201e-1f);
+    y = madd<kFma>(y, r * r, r + 1.0f);
+    const int32_t scale_bits = (exponent + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &scale_bits, sizeof(scale));
+    return y * scale;
+  }
+}
+
+// Index of the running arg-max: as wide as the values, so the compare-and-select vectorises.
+template <typename T>
+using index_t = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+
+// best[j] = max_k block[k][j] and (if bin) its lowest arg-max k, for a K x cols row-major block.
+// Strict '>' keeps the lowest k on ties, as torch.max.
+template <typename T>
+SRL_INLINE void column_max(const T* SRL_RESTRICT block, int64_t num_bins, int64_t cols, T* SRL_RESTRICT best,
+                           index_t<T>* SRL_RESTRICT bin) {
+  std::copy(block, block + cols, best);
+  if (bin != nullptr) {
+    std::fill(bin, bin + cols, index_t<T>(0));
+    for (index_t<T> k = 1; k < num_bins; ++k) {
+      const T* row = block + k * cols;
+      for (int64_t j = 0; j < cols; ++j) {
+        const bool better = row[j] > best[j];
+        best[j] = better ? row[j] : best[j];
+        bin[j] = better ? k : bin[j];
+      }
+    }
+  } else {
+    for (int64_t k = 1; k < num_bins; ++k) {
+      const T* row = block + k * cols;
+      for (int64_t j = 0; j < cols; ++j) best[j] = std::max(best[j], row[j]);
+    }
+  }
+}
+
+// block[k][j] = exp((block[k][j] - top[j]) * scale), denom[j] = sum_k of them.
+template <typename T, bool kFma>
+SRL_INLINE void exp_columns(T* SRL_RESTRICT block, int64_t num_bins, int64_t cols, const T* SRL_RESTRICT top,
+                            T scale, T* SRL_RESTRICT denom) {
+  std::fill(denom, denom + cols, T(0));
+  for (int64_t k = 0; k < num_bins; ++k) {
+    T* row = block + k * cols;
+    for (int64_t j = 0; j < cols; ++j) {
+      const T e = exp_approx<T, kFma>((row[j] - top[j]) * scale);
+      row[j] = e;
+      denom[j] += e;
+    }
+  }
+}
+
+// block[k][j] *= column_scale[j].
+template <typename T>
+SRL_INLINE void scale_columns(T* SRL_RESTRICT block, int64_t num_bins, int64_t cols,
+                              const T* SRL_RESTRICT column_scale) {
+  for (int64_t k = 0; k < num_bins; ++k) {
+    T* row = block + k * cols;
+    for (int64_t j = 0; j < cols; ++j) row[j] *= column_scale[j];
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// The problem and its buffers.
+
+template <typename T>
+struct Problem {
+  const T* features;      // B x D
+  const int64_t* bins;    // B
+  const T* memory;        // K x D
+  const T* anchors;       // N x D
+  int64_t batch, num_bins, num_anchors, dim, parts;
+  int64_t rows_cap, cols_cap;  // largest tile of samples, of anchors, per part
+  T temperature, envelope_temperature;  // envelope_temperature: 0 for the hard envelope
+  bool label_weighting;
+  double w1, w2, w3, homogeneity_sign, homogeneity_beta;
+  int64_t max_distance;   // label weighting: max over the batch of the largest |y_i - k| + 1
+};
+
+template <typename T>
+struct Buffers {
+  // Shared.
+  T* z;              // B x D normalised features
+  T* norms;          // B
+  T* table;          // K x D surrogates (bin sums until normalised)
+  T* mean_norms;     // K
+  int64_t* counts;   // K
+  T* log_weight;     // K: log w for each label distance 0 .. K-1 (label weighting)
+  T* grad_env;       // K x D: d enveloping / d table, then d / d bin mean
+  T* grad_homo;      // K x D: the same for the homogeneity term
+  T* pair_cos;       // K - 1: <c_{k+1}, c_k>
+  double* part_contrastive;  // P: sum of the part's sample losses
+  double* part_coverage;     // P: sum of the part's anchor coverages
+  // Per part, `part` apart.
+  T* block;          // K x max(rows_cap, cols_cap)
+  T* vec_a;          // max(rows_cap, cols_cap) each
+  T* vec_b;
+  T* vec_c;
+  index_t<T>* best_bin;  // cols_cap
+  T* grad_z;         // rows_cap x D
+  T* grad_table;     // K x D: d enveloping / d table of the part's anchors
+  // Strides of the per-part buffers.
+  int64_t block_stride, vec_stride, bin_stride, grad_z_stride, grad_table_stride;
+  // Outputs.
+  T* grads;          // 4 x B x D
+};
+
+// A bump allocator over one 64-byte aligned buffer; with base == 0 it only counts the bytes.
+struct Arena {
+  uintptr_t base = 0;
+  size_t offset = 0;
+  template <typename U>
+  U* take(int64_t count) {
+    const size_t at = offset;
+    offset += (static_cast<size_t>(count) * sizeof(U) + 63) & ~size_t(63);
+    return reinterpret_cast<U*>(base + at);
+  }
+};
+
+template <typename T>
+void carve(Arena& arena, const Problem<T>& pr, Buffers<T>& buf) {
+  const int64_t B = pr.batch, K = pr.num_bins, D = pr.dim, P = pr.parts;
+  const int64_t block_cols = std::max(pr.rows_cap, pr.cols_cap);
+  buf.z = arena.take<T>(B * D);
+  buf.norms = arena.take<T>(B);
+  buf.table = arena.take<T>(K * D);
+  buf.mean_norms = arena.take<T>(K);
+  buf.counts = arena.take<int64_t>(K);
+  buf.log_weight = arena.take<T>(K);
+  buf.grad_env = arena.take<T>(K * D);
+  buf.grad_homo = arena.take<T>(K * D);
+  buf.pair_cos = arena.take<T>(K);
+  buf.part_contrastive = arena.take<double>(P);
+  buf.part_coverage = arena.take<double>(P);
+  // Per-part strides rounded to 64 bytes, so that parts never share a cache line.
+  const auto padded = [](int64_t count) { return (count * int64_t(sizeof(T)) + 63) / 64 * 64 / int64_t(sizeof(T)); };
+  buf.block_stride = padded(K * block_cols);
+  buf.vec_stride = padded(block_cols);
+  buf.bin_stride = (pr.cols_cap * int64_t(sizeof(index_t<T>)) + 63) / 64 * 64 / int64_t(sizeof(index_t<T>));
+  buf.grad_z_stride = padded(pr.rows_cap * D);
+  buf.grad_table_stride = padded(K * D);
+  buf.block = arena.take<T>(P * buf.block_stride);
+  buf.vec_a = arena.take<T>(P * buf.vec_stride);
+  buf.vec_b = arena.take<T>(P * buf.vec_stride);
+  buf.vec_c = arena.take<T>(P * buf.vec_stride);
+  buf.best_bin = arena.take<index_t<T>>(P * buf.bin_stride);
+  buf.grad_z = arena.take<T>(P * buf.grad_z_stride);
+  buf.grad_table = arena.take<T>(P * buf.grad_table_stride);
+}
+
+// The calling thread's buffer, kept between calls.
+class Workspace {
+ public:
+  char* reserve(size_t bytes) {
+    if (bytes > capacity_) {
+      const size_t rounded = (bytes + 4095) & ~size_t(4095);
+      data_.reset(static_cast<char*>(std::aligned_alloc(64, rounded)));
+      TORCH_CHECK(data_ != nullptr, "srl_ext: could not allocate ", rounded, " bytes of workspace");
+      capacity_ = rounded;
+    }
+    return data_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  std::unique_ptr<char, Free> data_;
+  size_t capacity_ = 0;
+};
+
+Workspace& thread_workspace() {
+  thread_local Workspace workspace;
+  return workspace;
+}
+
+// ------------------------------------------------------------------------------------------
+// Phase 1: the surrogate table.
+
+// A row whose squared norm is not finite: a non-finite value, or finite values whose norm
+// overflows; the errors of the Python checks (srl_ext/validation.py, finite_rows).
+template <typename T>
+[[noreturn]] __attribute__((noinline, cold)) void refuse_row(const T* row, int64_t dim, const char* name, int64_t index) {
+  T largest = 0;
+  for (int64_t d = 0; d < dim; ++d) {
+    TORCH_CHECK_VALUE(
+        std::isfinite(row[d]), "srl_ext: argument '", name, "' must be finite, got a non-finite value in row ", index);
+    largest = std::max(largest, std::abs(row[d]));
+  }
+  char shown[32];
+  std::snprintf(shown, sizeof(shown), "%.3g", static_cast<double>(largest));
+  TORCH_CHECK_VALUE(
+      false, "srl_ext: argument '", name, "' must be rows whose norm fits in ",
+      sizeof(T) == 4 ? "torch.float32" : "torch.float64",
+      " (the values are finite but the norm overflows), got row ", index, " with values up to ", shown,
+      "; scale the inputs down");
+  std::abort();  // not reached
+}
+
+template <typename T, bool kFma>
+SRL_INLINE void build_table(const Problem<T>& pr, const Buffers<T>& buf) {
+  const int64_t B = pr.batch, K = pr.num_bins, D = pr.dim;
+  const T eps = static_cast<T>(kNormEps);
+  std::fill(buf.table, buf.table + K * D, T(0));
+  std::fill(buf.counts, buf.counts + K, int64_t(0));
+  for (int64_t i = 0; i < B; ++i) {
+    const int64_t b = pr.bins[i];
+    TORCH_CHECK_VALUE(
+        b >= 0 && b < K, "srl_ext: argument 'bins' must hold bin indices in [0, ", K, "), got ", b, " at position ", i);
+    const T* row = pr.features + i * D;
+    const T sq = dot(row, row, D);
+    if (!std::isfinite(sq)) refuse_row(row, D, "features", i);
+    const T norm = std::sqrt(sq);
+    buf.norms[i] = norm;
+    const T inv = T(1) / std::max(norm, eps);
+    T* z = buf.z + i * D;
+    T* sum = buf.table + b * D;
+    for (int64_t d = 0; d < D; ++d) {
+      z[d] = row[d] * inv;
+      sum[d] += z[d];
+    }
+    buf.counts[b] += 1;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    T* row = buf.table + k * D;
+    if (buf.counts[k] > 0) {
+      const T inv_count = T(1) / static_cast<T>(buf.counts[k]);
+      for (int64_t d = 0; d < D; ++d) row[d] *= inv_count;
+    } else {
+      const T* memory_row = pr.memory + k * D;
+      if (!std::isfinite(dot(memory_row, memory_row, D))) refuse_row(memory_row, D, "memory", k);
+      std::copy(memory_row, memory_row + D, row);
+    }
+    const T norm = std::sqrt(dot(row, row, D));
+    buf.mean_norms[k] = norm;
+    const T inv = T(1) / std::max(norm, eps);
+    for (int64_t d = 0; d < D; ++d) row[d] *= inv;
+  }
+  if (pr.label_weighting) {
+    for (int64_t d = 0; d < K; ++d) {
+      buf.log_weight[d] = std::log(static_cast<T>(d + 1) / static_cast<T>(pr.max_distance));
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Phase 2: one part's samples and anchors.
+
+template <typename T, bool kFma>
+SRL_INLINE double contrastive_tile(const Problem<T>& pr, const Buffers<T>& buf, int64_t p, int64_t r0, int64_t rows) {
+  const int64_t K = pr.num_bins, D = pr.dim;
+  T* s = buf.block + p * buf.block_stride;  // K x rows
+  T* positive = buf.vec_a + p * buf.vec_stride;
+  T* top = buf.vec_b + p * buf.vec_stride;
+  T* denom = buf.vec_c + p * buf.vec_stride;
+  T* grad_z = buf.grad_z + p * buf.grad_z_stride;
+  const int64_t* y = pr.bins + r0;
+  const T* z = buf.z + r0 * D;
+
+  // s = C z^T / tau: the logits of the tile's samples, K x rows.
+  gemm<T>(false, true, K, rows, D, T(1) / pr.temperature, buf.table, D, z, D, T(0), s, rows);
+  for (int64_t j = 0; j < rows; ++j) positive[j] = s[y[j] * rows + j];  // the numerator carries no weight
+  if (pr.label_weighting) {
+    for (int64_t k = 0; k < K; ++k) {
+      T* row = s + k * rows;
+      for (int64_t j = 0; j < rows; ++j) row[j] += buf.log_weight[std::abs(y[j] - k)];
+    }
+  }
+  column_max<T>(s, K, rows, top, nullptr);
+  exp_columns<T, kFma>(s, K, rows, top, T(1), denom);
+  double loss = 0;
+  const T grad_scale = T(1) / (pr.temperature * static_cast<T>(pr.batch));  // the mean and the 1/tau
+  for (int64_t j = 0; j < rows; ++j) {
+    loss += static_cast<double>(top[j] + std::log(denom[j]) - positive[j]);
+    denom[j] = grad_scale / denom[j];
+  }
+  // d loss / d logit_kj = softmax_kj - [k == y_j], scaled.
+  scale_columns<T>(s, K, rows, denom);
+  for (int64_t j = 0; j < rows; ++j) s[y[j] * rows + j] -= grad_scale;
+  // d loss / d z = (d loss / d logits)^T C: rows x D.
+  gemm<T>(true, false, rows, D, K, T(1), s, rows, buf.table, D, T(0), grad_z, D);
+  T* out = buf.grads + (pr.batch + r0) * D;  // grads[1]: the contrastive term's
+  for (int64_t r = 0; r < rows; ++r) {
+    normalize_backward_into(z + r * D, buf.norms[r0 + r], grad_z + r * D, out + r * D, D);
+  }
+  return loss;
+}
+
+template <typename T, bool kFma>
+SRL_INLINE double envelope_tile(const Problem<T>& pr, const Buffers<T>& buf, int64_t p, int64_t j0, int64_t cols) {
+  const int64_t K = pr.num_bins, D = pr.dim;
+  T* s = buf.block + p * buf.block_stride;  // K x cols
+  T* best = buf.vec_a + p * buf.vec_stride;
+  T* denom = buf.vec_b + p * buf.vec_stride;
+  T* inv_norm = buf.vec_c + p * buf.vec_stride;
+  T* grad_table = buf.grad_table + p * buf.grad_table_stride;
+  const T* anchors = pr.anchors + j0 * D;
+  const T neg_inv_n = T(-1) / static_cast<T>(pr.num_anchors);
+  const T eps = static_cast<T>(kNormEps);
+
+  // s = C A^T: K x cols; divided by the anchors' norms, the cosines.
+  gemm<T>(false, true, K, cols, D, T(1), buf.table, D, anchors, D, T(0), s, cols);
+  for (int64_t j = 0; j < cols; ++j) {
+    const T* anchor = anchors + j * D;
+    inv_norm[j] = T(1) / std::max(std::sqrt(dot(anchor, anchor, D)), eps);
+  }
+  double covered = 0;
+  if (pr.envelope_temperature == T(0)) {
+    // A positive scale per column leaves each column's arg-max where it is: the sweep runs on
+    // the products, and only the maxima and the gradient are scaled.
+    index_t<T>* bin = buf.best_bin + p * buf.bin_stride;
+    column_max<T>(s, K, cols, best, bin);
+    for (int64_t j = 0; j < cols; ++j) {
+      covered += static_cast<double>(best[j] * inv_norm[j]);
+      const T* anchor = anchors + j * D;
+      const T scale = neg_inv_n * inv_norm[j];
+      T* g = grad_table + static_cast<int64_t>(bin[j]) * D;
+      for (int64_t d = 0; d < D; ++d) g[d] += scale * anchor[d];
+    }
+  } else {
+    // Smooth maximum s_env * logsumexp(cos / s_env) = best + s_env * log(sum_k exp((cos - best) / s_env)).
+    const T smooth = pr.envelope_temperature;
+    scale_columns<T>(s, K, cols, inv_norm);
+    column_max<T>(s, K, cols, best, nullptr);
+    exp_columns<T, kFma>(s, K, cols, best, T(1) / smooth, denom);
+    for (int64_t j = 0; j < cols; ++j) {
+      covered += static_cast<double>(best[j] + smooth * std::log(denom[j]));
+      denom[j] = neg_inv_n * inv_norm[j] / denom[j];  // and d cosine / d c = anchor / |anchor|
+    }
+    scale_columns<T>(s, K, cols, denom);  // d loss / d product
+    gemm<T>(false, false, K, D, cols, T(1), s, cols, anchors, D, T(1), grad_table, D);
+  }
+  return covered;
+}
+
+template <typename T, bool kFma>
+SRL_INLINE void run_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t p) {
+  const int64_t P = pr.parts;
+  double contrastive = 0;
+  const int64_t r_begin = p * pr.batch / P, r_end = (p + 1) * pr.batch / P;
+  if (r_end > r_begin) {
+    const int64_t tiles = (r_end - r_begin + pr.rows_cap - 1) / pr.rows_cap;
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t r0 = r_begin + t * (r_end - r_begin) / tiles, r1 = r_begin + (t + 1) * (r_end - r_begin) / tiles;
+      contrastive += contrastive_tile<T, kFma>(pr, buf, p, r0, r1 - r0);
+    }
+  }
+  buf.part_contrastive[p] = contrastive;
+
+  T* grad_table = buf.grad_table + p * buf.grad_table_stride;
+  std::fill(grad_table, grad_table + pr.num_bins * pr.dim, T(0));
+  double covered = 0;
+  const int64_t j_begin = p * pr.num_anchors / P, j_end = (p + 1) * pr.num_anchors / P;
+  if (j_end > j_begin) {
+    const int64_t tiles = (j_end - j_begin + pr.cols_cap - 1) / pr.cols_cap;
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t j0 = j_begin + t * (j_end - j_begin) / tiles, j1 = j_begin + (t + 1) * (j_end - j_begin) / tiles;
+      covered += envelope_tile<T, kFma>(pr, buf, p, j0, j1 - j0);
+    }
+  }
+  buf.part_coverage[p] = covered;
+}
+
+// ------------------------------------------------------------------------------------------
+// Phase 3: the homogeneity term, and every table gradient back to the features.
+
+struct Losses {
+  double total, contrastive, enveloping, homogeneity;
+};
+
+template <typename T, bool kFma>
+SRL_INLINE Losses finish(const Problem<T>& pr, const Buffers<T>& buf) {
+  const int64_t B = pr.batch, K = pr.num_bins, D = pr.dim, P = pr.parts;
+  Losses out{};
+  for (int64_t p = 0; p < P; ++p) {
+    out.contrastive += buf.part_contrastive[p];
+    out.enveloping += buf.part_coverage[p];
+  }
+  out.contrastive /= static_cast<double>(B);
+  out.enveloping = 1.0 - out.enveloping / static_cast<double>(pr.num_anchors);
+
+  // d enveloping / d table: the parts' buffers, summed in part order.
+  std::copy(buf.grad_table, buf.grad_table + K * D, buf.grad_env);
+  for (int64_t p = 1; p < P; ++p) {
+    const T* part = buf.grad_table + p * buf.grad_table_stride;
+    for (int64_t e = 0; e < K * D; ++e) buf.grad_env[e] += part[e];
+  }
+
+  // Homogeneity: a_k = <c_{k+1}, c_k>; L = sign * sum_k a_k + beta * Var(a) (unbiased; 0 for one pair).
+  const int64_t pairs = K - 1;
+  const T* c = buf.table;
+  double sum = 0;
+  for (int64_t k = 0; k < pairs; ++k) {
+    buf.pair_cos[k] = dot(c + (k + 1) * D, c + k * D, D);
+    sum += static_cast<double>(buf.pair_cos[k]);
+  }
+  const double mean = sum / static_cast<double>(pairs);
+  out.homogeneity = pr.homogeneity_sign * sum;
+  double var_scale = 0;  // d Var / d a_k = var_scale * (a_k - mean)
+  if (pairs > 1) {
+    double squares = 0;
+    for (int64_t k = 0; k < pairs; ++k) {
+      const double centred = static_cast<double>(buf.pair_cos[k]) - mean;
+      squares += centred * centred;
+    }
+    out.homogeneity += pr.homogeneity_beta * squares / static_cast<double>(pairs - 1);
+    var_scale = 2.0 / static_cast<double>(pairs - 1);
+  }
+  // pair_cos becomes d L / d a_k; then d L / d c_k = da_k c_{k+1} + da_{k-1} c_{k-1}.
+  for (int64_t k = 0; k < pairs; ++k) {
+    buf.pair_cos[k] = static_cast<T>(
+        pr.homogeneity_sign + pr.homogeneity_beta * var_scale * (static_cast<double>(buf.pair_cos[k]) - mean));
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    T* g = buf.grad_homo + k * D;
+    const T up = k < pairs ? buf.pair_cos[k] : T(0);   // pair (k, k+1)
+    const T down = k > 0 ? buf.pair_cos[k - 1] : T(0);  // pair (k-1, k)
+    const T* next = c + std::min(k + 1, K - 1) * D;
+    const T* prev = c + std::max(k - 1, int64_t(0)) * D;
+    for (int64_t d = 0; d < D; ++d) g[d] = up * next[d] + down * prev[d];
+  }
+  out.total = pr.w1 * out.contrastive + pr.w2 * out.enveloping + pr.w3 * out.homogeneity;
+
+  // Through the table: d / d bin mean = normalisation backward / count, for present bins (only
+  // they have samples; absent rows come from the detached memory).
+  for (int64_t k = 0; k < K; ++k) {
+    if (buf.counts[k] == 0) continue;
+    const T inv_count = T(1) / static_cast<T>(buf.counts[k]);
+    for (T* g : {buf.grad_env + k * D, buf.grad_homo + k * D}) {
+      normalize_backward_into(c + k * D, buf.mean_norms[k], g, g, D);
+      for (int64_t d = 0; d < D; ++d) g[d] *= inv_count;
+    }
+  }
+  // Through each sample's normalisation, and the weighted total.
+  T* grad_total = buf.grads;
+  const T* grad_contrastive = buf.grads + B * D;
+  T* grad_enveloping = buf.grads + 2 * B * D;
+  T* grad_homogeneity = buf.grads + 3 * B * D;
+  const T w1 = static_cast<T>(pr.w1), w2 = static_cast<T>(pr.w2), w3 = static_cast<T>(pr.w3);
+  for (int64_t i = 0; i < B; ++i) {
+    const int64_t b = pr.bins[i];
+    const T* z = buf.z + i * D;
+    T* env = grad_enveloping + i * D;
+    T* homo = grad_homogeneity + i * D;
+    normalize_backward_into(z, buf.norms[i], buf.grad_env + b * D, env, D);
+    normalize_backward_into(z, buf.norms[i], buf.grad_homo + b * D, homo, D);
+    const T* con = grad_contrastive + i * D;
+    T* total = grad_total + i * D;
+    for (int64_t d = 0; d < D; ++d) total[d] = w1 * con[d] + w2 * env[d] + w3 * homo[d];
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------
+// The phases for each ISA, picked once.
+
+template <typename T>
+struct Kernels {
+  void (*build_table)(const Problem<T>&, const Buffers<T>&);
+  void (*run_part)(const Problem<T>&, const Buffers<T>&, int64_t);
+  Losses (*finish)(const Problem<T>&, const Buffers<T>&);
+};
+
+#define SRL_DEFINE_KERNELS(NAME, ATTRIBUTE, FMA)                                                             \
+  template <typename T>                                                                                      \
+  ATTRIBUTE void NAME##_build_table(const Problem<T>& pr, const Buffers<T>& buf) {                           \
+    build_table<T, FMA>(pr, buf);                                                                            \
+  }                                                                                                          \
+  template <typename T>                                                                                      \
+  ATTRIBUTE void NAME##_run_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t p) {                   \
+    run_part<T, FMA>(pr, buf, p);                                                                            \
+  }                                                                                                          \
+  template <typename T>                                                                                      \
+  ATTRIBUTE Losses NAME##_finish(const Problem<T>& pr, const Buffers<T>& buf) {                              \
+    return finish<T, FMA>(pr, buf);                                                                          \
+  }                                                                                                          \
+  template <typename T>                                                                                      \
+  Kernels<T> NAME##_kernels() {                                                                              \
+    return {&NAME##_build_table<T>, &NAME##_run_part<T>, &NAME##_finish<T>};                                 \
+  }
+
+SRL_DEFINE_KERNELS(baseline, , false)
+#ifdef SRL_X86_DISPATCH
+SRL_DEFINE_KERNELS(avx2, SRL_TARGET_AVX2, true)
+SRL_DEFINE_KERNELS(avx512, SRL_TARGET_AVX512, true)
+#endif
+
+template <typename T>
+const Kernels<T>& kernels() {
+  static const Kernels<T> picked = [] {
+#ifdef SRL_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
+      return avx512_kernels<T>();
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2_kernels<T>();
+#endif
+    return baseline_kernels<T>();
+  }();
+  return picked;
+}
+
+// ------------------------------------------------------------------------------------------
+// The op.
+
+void check_table(const at::Tensor& t, const char* name, int64_t dim, const char* rows_name, int64_t min_rows) {
+  TORCH_CHECK_VALUE(t.dim() == 2, "srl_ext: argument '", name, "' must be 2-D, got ", t.dim(), "-D");
+  TORCH_CHECK_VALUE(
+      t.size(1) == dim, "srl_ext: argument '", name, "' must have ", dim, " columns (D of 'features'), got ", t.size(1));
+  TORCH_CHECK_VALUE(
+      t.size(0) >= min_rows, "srl_ext: argument '", name, "' must have ", rows_name, " >= ", min_rows, " rows, got ",
+      t.size(0));
+  TORCH_CHECK_VALUE(
+      at::isFloatingType(t.scalar_type()), "srl_ext: argument '", name, "' must be floating point, got ",
+      t.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_cpu(
+    const at::Tensor& features, const at::Tensor& bins, const at::Tensor& memory, const at::Tensor& anchors,
+    double w1, double w2, double w3, double temperature, double homogeneity_sign, double homogeneity_beta,
+    std::optional<double> envelope_temperature, bool label_weighting) {
+  const BelowAutograd below_autograd;
+  // Metadata checks only: they cost nothing next to the sweeps. Bins and finite features are
+  // checked in the table's sweep, which reads them anyway.
+  TORCH_CHECK_VALUE(features.dim() == 2, "srl_ext: argument 'features' must be 2-D, got ", features.dim(), "-D");
+  TORCH_CHECK_VALUE(
+      at::isFloatingType(features.scalar_type()), "srl_ext: argument 'features' must be floating point, got ",
+      features.scalar_type());
+  const int64_t batch = features.size(0), dim = features.size(1);
+  check_feature_dim(dim, "features");
+  TORCH_CHECK_VALUE(batch >= 1, "srl_ext: argument 'features' must have B >= 1 rows, got ", batch);
+  TORCH_CHECK_VALUE(
+      bins.dim() == 1 && bins.size(0) == batch && bins.scalar_type() == at::kLong,
+      "srl_ext: argument 'bins' must be an int64 tensor of shape (", batch, ",), got ", bins.scalar_type(), " of shape ",
+      bins.sizes());
+  check_table(memory, "memory", dim, "K", 2);
+  check_table(anchors, "anchors", dim, "N", 1);
+  TORCH_CHECK_VALUE(temperature > 0, "srl_ext: argument 'temperature' must be > 0, got ", temperature);
+  if (envelope_temperature.has_value()) {
+    TORCH_CHECK_VALUE(
+        *envelope_temperature > 0, "srl_ext: argument 'envelope_temperature' must be > 0, got ", *envelope_temperature);
+  }
+
+  const auto acc = accumulation_type(features.scalar_type());
+  // No copies for contiguous inputs of the accumulation dtype (the usual case): the anchors,
+  // the largest input, are read where they are.
+  const at::Tensor h = features.detach().to(acc).contiguous();
+  const at::Tensor b = bins.detach().contiguous();
+  const at::Tensor mem = memory.detach().to(acc).contiguous();
+  const at::Tensor a = anchors.detach().to(acc).contiguous();
+  const int64_t num_bins = mem.size(0), num_anchors = a.size(0);
+
+  const auto options = h.options();
+  at::Tensor total = at::empty({}, options), contrastive = at::empty({}, options);
+  at::Tensor enveloping = at::empty({}, options), homogeneity = at::empty({}, options);
+  at::Tensor grads = at::empty({4, batch, dim}, options);
+
+  AT_DISPATCH_FLOATING_TYPES(acc, "srl_loss_cpu", [&] {
+    using T = scalar_t;
+    Problem<T> pr{};
+    pr.features = h.data_ptr<T>();
+    pr.bins = b.data_ptr<int64_t>();
+    pr.memory = mem.data_ptr<T>();
+    pr.anchors = a.data_ptr<T>();
+    pr.batch = batch;
+    pr.num_bins = num_bins;
+    pr.num_anchors = num_anchors;
+    pr.dim = dim;
+    // Parts: one per thread, fewer when the work is small (a part's multiply-adds: its samples'
+    // two K x D products and its anchors' one).
+    const int64_t work = (2 * batch + num_anchors) * num_bins * dim;
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    pr.parts = std::max<int64_t>(1, std::min<int64_t>(threads, work / kMinPartWork));
+    const int64_t block_cols = std::max(kMinBlockCols, kBlockBytes / (num_bins * int64_t(sizeof(T))));
+    pr.rows_cap = std::min(block_cols, (batch + pr.parts - 1) / pr.parts);
+    pr.cols_cap = std::min(block_cols, (num_anchors + pr.parts - 1) / pr.parts);
+    pr.temperature = static_cast<T>(temperature);
+    pr.envelope_temperature = envelope_temperature.has_value() ? static_cast<T>(*envelope_temperature) : T(0);
+    pr.label_weighting = label_weighting;
+    pr.w1 = w1;
+    pr.w2 = w2;
+    pr.w3 = w3;
+    pr.homogeneity_sign = homogeneity_sign;
+    pr.homogeneity_beta = homogeneity_beta;
+    // Label weighting: w_ik = (|y_i - k| + 1) / max over the batch-by-K table, whose maximum is
+    // max_i max(y_i, K - 1 - y_i) + 1 (bins out of range are refused before it is used).
+    pr.max_distance = 1;
+    if (label_weighting) {
+      for (int64_t i = 0; i < batch; ++i) {
+        pr.max_distance = std::max({pr.max_distance, pr.bins[i] + 1, num_bins - pr.bins[i]});
+      }
+    }
+
+    Buffers<T> buf{};
+    Arena counting;
+    carve(counting, pr, buf);
+    Arena arena{reinterpret_cast<uintptr_t>(thread_workspace().reserve(counting.offset))};
+    carve(arena, pr, buf);
+    buf.grads = grads.data_ptr<T>();
+
+    const Kernels<T>& k = kernels<T>();
+    k.build_table(pr, buf);
+    if (pr.parts == 1) {
+      k.run_part(pr, buf, 0);
+    } else {
+      at::parallel_for(0, pr.parts, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) k.run_part(pr, buf, p);
+      });
+    }
+    const Losses losses = k.finish(pr, buf);
+    *total.data_ptr<T>() = static_cast<T>(losses.total);
+    *contrastive.data_ptr<T>() = static_cast<T>(losses.contrastive);
+    *enveloping.data_ptr<T>() = static_cast<T>(losses.enveloping);
+    *homogeneity.data_ptr<T>() = static_cast<T>(losses.homogeneity);
+  });
+  return {total, contrastive, enveloping, homogeneity, grads};
+}
+
+// ------------------------------------------------------------------------------------------
+// Autograd, in C++: the Python registration (torch.library.register_autograd, as the per-term ops
+// use) spends about 30 us per call re-reading the schema of an op with twelve arguments, a
+// fifth of the whole step at the STS-B size. The backward weighs the saved gradients of the four
+// losses by the incoming gradients; undefined ones (losses that reached no backward) are skipped.
+// The gradients are taken as constants: no double backward, as for the per-term ops.
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using SRLLossOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using SRLLossSignature = SRLLossOutputs(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double, double, double,
+    double, std::optional<double>, bool);
+constexpr int kSRLLossInputs = 12;
+
+class SRLLossFunction : public torch::autograd::Function<SRLLossFunction> {
+ public:
+  static variable_list forward(
+      AutogradContext* ctx, const at::Tensor& features, const at::Tensor& bins, const at::Tensor& memory,
+      const at::Tensor& anchors, double w1, double w2, double w3, double temperature, double homogeneity_sign,
+      double homogeneity_beta, std::optional<double> envelope_temperature, bool label_weighting) {
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("srl_ext::srl_loss", "").typed<SRLLossSignature>();
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [total, contrastive, enveloping, homogeneity, grads] = op.call(
+        features, bins, memory, anchors, w1, w2, w3, temperature, homogeneity_sign, homogeneity_beta,
+        envelope_temperature, label_weighting);
+    ctx->save_for_backward({grads});
+    ctx->saved_data["dtype"] = features.scalar_type();
+    ctx->mark_non_differentiable({grads});
+    ctx->set_materialize_grads(false);
+    return {total, contrastive, enveloping, homogeneity, grads};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const at::Tensor grads = ctx->get_saved_variables()[0];
+    at::Tensor grad;
+    for (int64_t i = 0; i < 4; ++i) {
+      if (!grad_outputs[i].defined()) continue;
+      at::Tensor term = grad_outputs[i] * grads.select(0, i);
+      grad = grad.defined() ? grad + term : term;
+    }
+    if (grad.defined()) grad = grad.to(ctx->saved_data["dtype"].toScalarType());
+    variable_list out(kSRLLossInputs);
+    out[0] = grad;
+    return out;
+  }
+};
+
+SRLLossOutputs srl_loss_autograd(
+    const at::Tensor& features, const at::Tensor& bins, const at::Tensor& memory, const at::Tensor& anchors, double w1,
+    double w2, double w3, double temperature, double homogeneity_sign, double homogeneity_beta,
+    std::optional<double> envelope_temperature, bool label_weighting) {
+  auto out = SRLLossFunction::apply(
+      features, bins, memory, anchors, w1, w2, w3, temperature, homogeneity_sign, homogeneity_beta,
+      envelope_temperature, label_weighting);
+  return {out[0], out[1], out[2], out[3], out[4]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(srl_ext, CPU, m) {
+  m.impl("srl_loss", &srl_loss_cpu);
+}
+
+TORCH_LIBRARY_IMPL(srl_ext, Autograd, m) {
+  m.impl("srl_loss", &srl_loss_autograd);
+}
+
+}  // namespace srl_ext

@@ -1,0 +1,273 @@
+"""The whole SRL loss as one Triton op (docs/method.md, "The loss"), with its autograd: the
+surrogate table, the three terms, their weighted total and the gradient of each with respect to
+the features, as ``srl_ext::srl_loss`` (csrc/cpu/srl_loss.cpp) computes them on the CPU.
+
+The term ops run a loss step as about twenty launches: their six kernels, torch's reductions and
+scalings of the losses (row sums, the envelope's mean), the weighted sum of the terms, and in the
+backward the scaling of each term's gradient, the table's backward kernel and the additions of
+the gradients. This op runs six kernels and one torch sum, and its backward one multiplication:
+
+1. the table (``table._surrogate_table_kernel``);
+2. the contrastive term: its per-sample losses and gradient rows (``contrastive._contrastive_kernel``);
+3. the envelope's coverage per anchor, then ``coverage.sum()`` (torch: one parallel reduction);
+4. the envelope's partial table gradients (``envelope._gradient_partials_kernel``);
+5. per tile of bins (``_table_gradient_kernel``): the envelope's partials summed in split order,
+   the homogeneity term and its table gradient (program 0 writes its loss), both taken back
+   through the row normalisation and the bin mean;
+6. per tile of samples (``_features_gradient_kernel``): both through each sample's
+   normalisation, the four gradient rows (the total's weighed from the terms'), and (program 0)
+   the losses.
+
+No float atomics: deterministic run to run, as the term ops (across processes in the
+deterministic mode only, ``utils.set_deterministic``).
+"""
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op
+
+from ...ops.fused import register_srl_loss_autograd
+from ...reference import accumulation_dtype
+from .contrastive import _contrastive_kernel
+from .envelope import _coverage_kernel, _gradient_partials_kernel, _num_splits
+from .homogeneity import _neighbour_cosines
+from .table import _surrogate_table_kernel, normalize_backward
+from .utils import (
+    EPS,
+    autotune,
+    autotune_configs,
+    block_dim,
+    check_feature_dim,
+    joined,
+    launch,
+    on_inputs_device,
+    split_float,
+)
+
+_TABLE_GRADIENT_CONFIGS = autotune_configs(
+    ("BLOCK_K", "num_warps", "num_stages"),
+    hopper=[(16, 4, 2), (32, 4, 2)],
+    ampere=[(16, 4, 2), (32, 4, 2)],
+    fallback=(8, 2, 1), interpreter=(4,),
+)
+
+_FEATURES_GRADIENT_CONFIGS = autotune_configs(
+    ("BLOCK_B", "num_warps", "num_stages"),
+    hopper=[(32, 4, 2), (64, 8, 2)],
+    ampere=[(16, 4, 2), (32, 4, 2)],
+    fallback=(8, 2, 1), interpreter=(4,),
+)
+
+# Program 0 of the last kernel sums the per-sample losses in chunks of this many.
+_ROW_CHUNK = 1024
+
+
+@autotune(_TABLE_GRADIENT_CONFIGS, key=["K", "D"])
+@triton.jit
+def _table_gradient_kernel(
+    c_ptr, mean_norm_ptr, count_ptr, partial_ptr, grad_mean_ptr, homogeneity_ptr,
+    K, D, N, num_splits, sign_hi, sign_lo, beta_hi, beta_lo, eps,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    acc_dtype = c_ptr.dtype.element_ty
+    sign = joined(sign_hi, sign_lo, acc_dtype)
+    beta = joined(beta_hi, beta_lo, acc_dtype)
+    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    d = tl.arange(0, BLOCK_D)
+    k_mask = k < K
+    d_mask = d < D
+    rows = k[:, None] * D + d[None, :]
+    row_mask = k_mask[:, None] & d_mask[None, :]
+
+    # Enveloping: dL/dc_k = -(1/N) sum_j w_jk p_j, the partials summed in split order.
+    grad_env = tl.zeros((BLOCK_K, BLOCK_D), dtype=acc_dtype)
+    for split in range(0, num_splits):
+        grad_env += tl.load(partial_ptr + split * K * D + rows, mask=row_mask, other=0.0)
+    grad_env = grad_env * (-1.0 / tl.cast(tl.maximum(N, 1), acc_dtype))
+
+    # Homogeneity (as homogeneity._homogeneity_kernel): the sum and the squared deviations of
+    # all K - 1 neighbour cosines, then the gradient of this tile's rows.
+    num_pairs = K - 1
+    total = tl.zeros((BLOCK_K,), dtype=acc_dtype)
+    for k0 in range(0, num_pairs, BLOCK_K):
+        a, _ = _neighbour_cosines(c_ptr, k0 + tl.arange(0, BLOCK_K), d, d_mask, K, D)
+        total += a
+    total_sum = tl.sum(total, axis=0)
+    mean = total_sum / tl.cast(num_pairs, acc_dtype)
+    squares = tl.zeros((BLOCK_K,), dtype=acc_dtype)
+    for k0 in range(0, num_pairs, BLOCK_K):
+        a, pair_mask = _neighbour_cosines(c_ptr, k0 + tl.arange(0, BLOCK_K), d, d_mask, K, D)
+        squares += tl.where(pair_mask, (a - mean) * (a - mean), 0.0)
+    has_variance = num_pairs > 1
+    dof = tl.cast(tl.maximum(num_pairs - 1, 1), acc_dtype)
+    var_scale = tl.where(has_variance, 2.0 / dof, 0.0)
+    variance = tl.where(has_variance, tl.sum(squares, axis=0) / dof, 0.0)
+    if tl.program_id(0) == 0:
+        tl.store(homogeneity_ptr, (sign * total_sum + beta * variance).to(acc_dtype))
+    a_up, up_mask = _neighbour_cosines(c_ptr, k, d, d_mask, K, D)  # pair (k, k+1)
+    a_down, down_mask = _neighbour_cosines(c_ptr, k - 1, d, d_mask, K, D)  # pair (k-1, k)
+    up = tl.where(up_mask, sign + beta * var_scale * (a_up - mean), 0.0)
+    down = tl.where(down_mask, sign + beta * var_scale * (a_down - mean), 0.0)
+    after = tl.load(c_ptr + (k[:, None] + 1) * D + d[None, :], mask=up_mask[:, None] & d_mask[None, :], other=0.0)
+    before = tl.load(c_ptr + (k[:, None] - 1) * D + d[None, :], mask=down_mask[:, None] & d_mask[None, :], other=0.0)
+    grad_homo = up[:, None] * after + down[:, None] * before
+
+    # Through the row normalisation and the mean: d / d mean_k = (normalisation backward) / count
+    # (absent bins have no samples to reach).
+    c = tl.load(c_ptr + rows, mask=row_mask, other=0.0)
+    mean_norm = tl.load(mean_norm_ptr + k, mask=k_mask, other=1.0)
+    inv_count = 1.0 / tl.maximum(tl.load(count_ptr + k, mask=k_mask, other=1), 1).to(acc_dtype)
+    tl.store(grad_mean_ptr + rows, normalize_backward(c, mean_norm, grad_env, eps) * inv_count[:, None], mask=row_mask)
+    tl.store(grad_mean_ptr + K * D + rows, normalize_backward(c, mean_norm, grad_homo, eps) * inv_count[:, None],
+             mask=row_mask)
+
+
+@autotune(_FEATURES_GRADIENT_CONFIGS, key=["K", "D"])
+@triton.jit
+def _features_gradient_kernel(
+    h_ptr, bins_ptr, grad_mean_ptr, grad_con_ptr, grads_ptr, row_loss_ptr, coverage_sum_ptr, homogeneity_ptr,
+    total_ptr, contrastive_ptr, enveloping_ptr,
+    B, K, D, N, w1_hi, w1_lo, w2_hi, w2_lo, w3_hi, w3_lo, coverage_scale_hi, coverage_scale_lo, eps,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, ROW_CHUNK: tl.constexpr,
+):
+    acc_dtype = grads_ptr.dtype.element_ty
+    w1 = joined(w1_hi, w1_lo, acc_dtype)
+    w2 = joined(w2_hi, w2_lo, acc_dtype)
+    w3 = joined(w3_hi, w3_lo, acc_dtype)
+    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    d = tl.arange(0, BLOCK_D)
+    b_mask = b < B
+    d_mask = d < D
+    mask = b_mask[:, None] & d_mask[None, :]
+    own = b[:, None] * D + d[None, :]
+    h = tl.load(h_ptr + own, mask=mask, other=0.0).to(acc_dtype)
+    norm = tl.sqrt(tl.sum(h * h, axis=1))
+    z = h / tl.maximum(norm, eps)[:, None]
+    y = tl.load(bins_ptr + b, mask=b_mask, other=0)
+    # Bins are not checked on the GPU (a host sync): an out-of-range one reads nothing, and its
+    # sample's gradient rows are NaN, as in the table's backward kernel.
+    gather_rows = b_mask & (y >= 0) & (y < K)
+    gather = gather_rows[:, None] & d_mask[None, :]
+    bin_rows = y[:, None] * D + d[None, :]
+    grad_env = normalize_backward(z, norm, tl.load(grad_mean_ptr + bin_rows, mask=gather, other=0.0), eps)
+    grad_homo = normalize_backward(z, norm, tl.load(grad_mean_ptr + K * D + bin_rows, mask=gather, other=0.0), eps)
+    grad_env = tl.where(gather_rows[:, None], grad_env, float("nan"))
+    grad_homo = tl.where(gather_rows[:, None], grad_homo, float("nan"))
+    grad_con = tl.load(grad_con_ptr + own, mask=mask, other=0.0)
+    tl.store(grads_ptr + own, w1 * grad_con + w2 * grad_env + w3 * grad_homo, mask=mask)
+    tl.store(grads_ptr + B * D + own, grad_con, mask=mask)
+    tl.store(grads_ptr + 2 * B * D + own, grad_env, mask=mask)
+    tl.store(grads_ptr + 3 * B * D + own, grad_homo, mask=mask)
+
+    if tl.program_id(0) == 0:  # the four losses
+        rows = tl.zeros((ROW_CHUNK,), dtype=acc_dtype)
+        for r0 in range(0, B, ROW_CHUNK):
+            r = r0 + tl.arange(0, ROW_CHUNK)
+            rows += tl.load(row_loss_ptr + r, mask=r < B, other=0.0)
+        contrastive = tl.sum(rows, axis=0) / tl.cast(B, acc_dtype)
+        coverage_scale = joined(coverage_scale_hi, coverage_scale_lo, acc_dtype)
+        enveloping = 1.0 - tl.load(coverage_sum_ptr) * coverage_scale / tl.cast(N, acc_dtype)
+        homogeneity = tl.load(homogeneity_ptr)
+        tl.store(contrastive_ptr, contrastive)
+        tl.store(enveloping_ptr, enveloping)
+        tl.store(total_ptr, w1 * contrastive + w2 * enveloping + w3 * homogeneity)
+
+
+@triton_op("srl_ext_triton::srl_loss", mutates_args=())
+@on_inputs_device
+def srl_loss_op(
+    features: torch.Tensor,
+    bins: torch.Tensor,
+    memory: torch.Tensor,
+    anchors: torch.Tensor,
+    w1: float,
+    w2: float,
+    w3: float,
+    temperature: float,
+    homogeneity_sign: float,
+    homogeneity_beta: float,
+    envelope_temperature: Optional[float],
+    label_weighting: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, contrastive, enveloping, homogeneity, grads 4 x B x D), as ``srl_ext::srl_loss``."""
+    batch, dim = features.shape
+    num_bins = memory.shape[0]
+    num_anchors = anchors.shape[0]
+    check_feature_dim("srl_loss", "features", dim)
+    if num_bins < 2:
+        raise ValueError(f"srl_loss: argument 'memory' must have K >= 2 rows, got {num_bins}")
+    if envelope_temperature is not None and not envelope_temperature > 0:
+        raise ValueError(f"srl_loss: argument 'envelope_temperature' must be > 0 or None, got {envelope_temperature}")
+    soft = envelope_temperature is not None
+    acc = accumulation_dtype(features.dtype)
+    features = features.contiguous()
+    bins = bins.contiguous()
+    memory = memory.to(acc).contiguous()
+    anchors = anchors.to(acc).contiguous()  # no copy for contiguous anchors of the accumulation dtype
+    block_d = block_dim(dim)
+
+    # 1. The table.
+    surrogates = features.new_empty((num_bins, dim), dtype=acc)
+    mean_norms = features.new_empty((num_bins,), dtype=acc)
+    counts = bins.new_empty((num_bins,))
+    launch(_surrogate_table_kernel)[lambda meta: (triton.cdiv(num_bins, meta["BLOCK_K"]),)](
+        features, bins, memory, surrogates, mean_norms, counts, batch, num_bins, dim, EPS, BLOCK_D=block_d,
+    )
+
+    # 2. The contrastive term: per-sample losses and gradient rows (copied into grads[1] by 6).
+    if label_weighting:  # as contrastive.contrastive_op: on the device, no host sync
+        max_distance = torch.maximum(bins + 1, num_bins - bins).max().reshape(1)
+    else:
+        max_distance = bins.new_ones((1,))
+    row_losses = features.new_empty((batch,), dtype=acc)
+    grad_contrastive = features.new_empty((batch, dim), dtype=acc)
+    launch(_contrastive_kernel)[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
+        features, bins, surrogates, max_distance, row_losses, grad_contrastive,
+        batch, num_bins, dim, *split_float(1.0 / temperature), EPS,
+        LABEL_WEIGHTING=label_weighting, BLOCK_D=block_d,
+    )
+
+    # 3-4. The envelope: coverage per anchor and its sum, then the partial table gradients.
+    inv_smoothness = 1.0 / envelope_temperature if soft else 1.0
+    coverage = surrogates.new_empty((num_anchors,))
+    arg_max = surrogates.new_empty((num_anchors if not soft else 1,), dtype=torch.int32)
+    launch(_coverage_kernel)[lambda meta: (triton.cdiv(num_anchors, meta["BLOCK_N"]),)](
+        surrogates, anchors, coverage, arg_max, num_anchors, num_bins, dim, *split_float(inv_smoothness),
+        SOFT=soft, BLOCK_D=block_d,
+    )
+    coverage_sum = coverage.sum()
+    num_splits = _num_splits(surrogates.device, num_anchors, num_bins)
+    partials = surrogates.new_empty((num_splits, num_bins, dim))
+    launch(_gradient_partials_kernel)[lambda meta: (num_splits, triton.cdiv(num_bins, meta["BLOCK_K"]))](
+        surrogates, anchors, coverage, arg_max, partials, num_anchors, num_bins, dim, *split_float(inv_smoothness),
+        num_splits, SOFT=soft, BLOCK_D=block_d,
+    )
+
+    # 5. Both table gradients to d / d bin mean, and the homogeneity term.
+    grad_means = surrogates.new_empty((2, num_bins, dim))
+    homogeneity = surrogates.new_empty(())
+    launch(_table_gradient_kernel)[lambda meta: (triton.cdiv(num_bins, meta["BLOCK_K"]),)](
+        surrogates, mean_norms, counts, partials, grad_means, homogeneity,
+        num_bins, dim, num_anchors, num_splits, *split_float(homogeneity_sign), *split_float(homogeneity_beta), EPS,
+        BLOCK_D=block_d,
+    )
+
+    # 6. To the features, the total's gradient, and the losses.
+    grads = features.new_empty((4, batch, dim), dtype=acc)
+    total = surrogates.new_empty(())
+    contrastive = surrogates.new_empty(())
+    enveloping = surrogates.new_empty(())
+    launch(_features_gradient_kernel)[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
+        features, bins, grad_means, grad_contrastive, grads, row_losses, coverage_sum, homogeneity, total, contrastive,
+        enveloping,
+        batch, num_bins, dim, num_anchors, *split_float(w1), *split_float(w2), *split_float(w3),
+        *split_float(envelope_temperature if soft else 1.0), EPS,
+        BLOCK_D=block_d, ROW_CHUNK=_ROW_CHUNK,
+    )
+    return total, contrastive, enveloping, homogeneity, grads
+
+
+register_srl_loss_autograd(srl_loss_op)
