@@ -234,7 +234,8 @@ TARGETS = (
 
 
 def _srl_keys(rows: dict) -> list[tuple]:
-    keys = [k for k in rows if k[2] == "srl"]
+    """The whole-loss rows of this harness's groups (not, e.g., bench/test_methods_bench.py's)."""
+    keys = [k for k in rows if k[2] == "srl" and k[0] in GROUP_TITLES]
     return sorted(keys, key=lambda k: (_sort_key(k)[0], _case_sort(rows, k)))
 
 

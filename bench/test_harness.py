@@ -110,7 +110,8 @@ def test_report_ends_with_a_verdict_and_the_targets(tmp_path):
 
     run = {"benchmarks": [bench("released", 8.6e-3, 6 << 20), bench("reference", 4e-3, 2 << 20),
                           bench("cpu", 0.8e-3, 1 << 20), bench("cpu-terms", 1.56e-3, 1 << 19),
-                          bench("matmul", 0.55e-3, 3 << 20)],
+                          bench("matmul", 0.55e-3, 3 << 20),
+                          bench("srl_ext", 1e-3, None, group="methods")],  # another harness's row
            "machine_info": {"srl_bench": {"device": "cpu", "torch_threads": 2}}, "datetime": "now"}
     source = tmp_path / "run.json"
     source.write_text(json.dumps(run))
