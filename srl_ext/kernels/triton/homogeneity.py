@@ -38,17 +38,10 @@ def _neighbour_cosines(c_ptr, k, d, d_mask, K, D):
     return tl.sum(here * after, axis=1), pair_mask
 
 
-@autotune(_CONFIGS, key=["K", "D"])
 @triton.jit
-def _homogeneity_kernel(
-    c_ptr, loss_ptr, grad_ptr, K, D, sign_hi, sign_lo, beta_hi, beta_lo,
-    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    acc_dtype = c_ptr.dtype.element_ty
-    sign = joined(sign_hi, sign_lo, acc_dtype)
-    beta = joined(beta_hi, beta_lo, acc_dtype)
-    d = tl.arange(0, BLOCK_D)
-    d_mask = d < D
+def _cosine_statistics(c_ptr, d, d_mask, K, D, BLOCK_K: tl.constexpr, acc_dtype: tl.constexpr):
+    """(sum, mean, 2/dof, unbiased variance) of the K - 1 neighbour cosines, swept BLOCK_K at a
+    time; with a single pair (K = 2) the variance and its gradient scale are 0."""
     num_pairs = K - 1
     total = tl.zeros((BLOCK_K,), dtype=acc_dtype)
     for k0 in range(0, num_pairs, BLOCK_K):
@@ -60,11 +53,25 @@ def _homogeneity_kernel(
     for k0 in range(0, num_pairs, BLOCK_K):
         a, pair_mask = _neighbour_cosines(c_ptr, k0 + tl.arange(0, BLOCK_K), d, d_mask, K, D)
         squares += tl.where(pair_mask, (a - mean) * (a - mean), 0.0)
-    # Var is 0 with a single pair (K = 2): the variance terms vanish.
     has_variance = num_pairs > 1
     dof = tl.cast(tl.maximum(num_pairs - 1, 1), acc_dtype)
     var_scale = tl.where(has_variance, 2.0 / dof, 0.0)
     variance = tl.where(has_variance, tl.sum(squares, axis=0) / dof, 0.0)
+    return total_sum, mean, var_scale, variance
+
+
+@autotune(_CONFIGS, key=["K", "D"])
+@triton.jit
+def _homogeneity_kernel(
+    c_ptr, loss_ptr, grad_ptr, K, D, sign_hi, sign_lo, beta_hi, beta_lo,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    acc_dtype = c_ptr.dtype.element_ty
+    sign = joined(sign_hi, sign_lo, acc_dtype)
+    beta = joined(beta_hi, beta_lo, acc_dtype)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < D
+    total_sum, mean, var_scale, variance = _cosine_statistics(c_ptr, d, d_mask, K, D, BLOCK_K, acc_dtype)
     if tl.program_id(0) == 0:
         tl.store(loss_ptr, (sign * total_sum + beta * variance).to(acc_dtype))
 

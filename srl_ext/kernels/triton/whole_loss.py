@@ -33,7 +33,7 @@ from ...ops.fused import register_srl_loss_autograd
 from ...reference import accumulation_dtype
 from .contrastive import _contrastive_kernel
 from .envelope import _coverage_kernel, _gradient_partials_kernel, _num_splits
-from .homogeneity import _neighbour_cosines
+from .homogeneity import _cosine_statistics, _neighbour_cosines
 from .table import _surrogate_table_kernel, normalize_backward
 from .utils import (
     EPS,
@@ -90,21 +90,7 @@ def _table_gradient_kernel(
 
     # Homogeneity (as homogeneity._homogeneity_kernel): the sum and the squared deviations of
     # all K - 1 neighbour cosines, then the gradient of this tile's rows.
-    num_pairs = K - 1
-    total = tl.zeros((BLOCK_K,), dtype=acc_dtype)
-    for k0 in range(0, num_pairs, BLOCK_K):
-        a, _ = _neighbour_cosines(c_ptr, k0 + tl.arange(0, BLOCK_K), d, d_mask, K, D)
-        total += a
-    total_sum = tl.sum(total, axis=0)
-    mean = total_sum / tl.cast(num_pairs, acc_dtype)
-    squares = tl.zeros((BLOCK_K,), dtype=acc_dtype)
-    for k0 in range(0, num_pairs, BLOCK_K):
-        a, pair_mask = _neighbour_cosines(c_ptr, k0 + tl.arange(0, BLOCK_K), d, d_mask, K, D)
-        squares += tl.where(pair_mask, (a - mean) * (a - mean), 0.0)
-    has_variance = num_pairs > 1
-    dof = tl.cast(tl.maximum(num_pairs - 1, 1), acc_dtype)
-    var_scale = tl.where(has_variance, 2.0 / dof, 0.0)
-    variance = tl.where(has_variance, tl.sum(squares, axis=0) / dof, 0.0)
+    total_sum, mean, var_scale, variance = _cosine_statistics(c_ptr, d, d_mask, K, D, BLOCK_K, acc_dtype)
     if tl.program_id(0) == 0:
         tl.store(homogeneity_ptr, (sign * total_sum + beta * variance).to(acc_dtype))
     a_up, up_mask = _neighbour_cosines(c_ptr, k, d, d_mask, K, D)  # pair (k, k+1)
