@@ -101,3 +101,36 @@ def write_sts_b_pairs(root: Path, words: list[str], count: int, train: int, val:
     glove = root / "glove.txt"
     glove.write_text("".join(f"{w} " + " ".join(f"{v:.4f}" for v in rng.normal(size=4)) + "\n" for w in words))
     return root, glove
+
+
+BIN_MIXES = ("spread", "crowded", "singletons", "few_present")
+
+
+def loss_case_strategies() -> dict:
+    """Hypothesis strategies of one SRL loss case (the arguments of the property tests)."""
+    from hypothesis import strategies as st
+
+    return dict(
+        batch=st.integers(1, 40),
+        num_bins=st.integers(2, 30),
+        num_anchors=st.integers(1, 300),
+        dim=st.integers(2, 24),  # D = 1 is degenerate: the sphere is two points, every gradient is round-off
+        mix=st.sampled_from(BIN_MIXES),
+        zero_rows=st.integers(0, 3),
+        envelope_temperature=st.sampled_from([None, 0.05, 1.0]),
+        label_weighting=st.booleans(),
+        seed=st.integers(0, 2**16),
+    )
+
+
+def mixed_bins(mix: str, batch: int, num_bins: int, seed: int) -> torch.Tensor:
+    """Bins of one of BIN_MIXES: spread at random, crowded in one bin, one sample per bin where
+    possible, or at most two bins present (the rest of the table from memory)."""
+    generator = torch.Generator().manual_seed(seed)
+    if mix == "spread":
+        return torch.randint(0, num_bins, (batch,), generator=generator)
+    if mix == "crowded":
+        return torch.full((batch,), int(torch.randint(0, num_bins, (1,), generator=generator)))
+    if mix == "singletons":
+        return torch.arange(batch) % num_bins
+    return torch.randint(0, min(2, num_bins), (batch,), generator=generator)

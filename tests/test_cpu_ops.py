@@ -3,9 +3,8 @@
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from helpers import make_inputs, terms_and_grad
+from helpers import loss_case_strategies, make_inputs, mixed_bins, terms_and_grad
 from srl_ext import functional, ops, presets, reference
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason=str(ops.LOAD_ERROR))
@@ -98,34 +97,15 @@ def test_exact_argmax_ties_go_to_the_lowest_bin():
         assert loss.item() == pytest.approx(1 - (1.0 + 0.5 + 0.0 + 0.0) / 4)
 
 
-bins_mix = st.sampled_from(["spread", "crowded", "singletons", "few_present"])
-
-
 @settings(max_examples=40, deadline=None)
 @given(
-    batch=st.integers(1, 40),
-    num_bins=st.integers(2, 30),
-    num_anchors=st.integers(1, 300),
-    dim=st.integers(2, 24),  # D = 1 is degenerate: the sphere is two points, every gradient is round-off
-    mix=bins_mix,
-    zero_rows=st.integers(0, 3),
-    envelope_temperature=st.sampled_from([None, 0.05, 1.0]),
-    label_weighting=st.booleans(),
-    seed=st.integers(0, 2**16),
+    **loss_case_strategies(),
 )
 def test_property_matches_reference(batch, num_bins, num_anchors, dim, mix, zero_rows, envelope_temperature,
                                     label_weighting, seed):
     features, _, memory, anchors = make_inputs(batch, num_bins, num_anchors, dim, dtype=torch.float64, seed=seed,
                                                zero_memory_rows=min(zero_rows, num_bins))
-    generator = torch.Generator().manual_seed(seed)
-    if mix == "spread":
-        bins = torch.randint(0, num_bins, (batch,), generator=generator)
-    elif mix == "crowded":  # every sample in one bin
-        bins = torch.full((batch,), int(torch.randint(0, num_bins, (1,), generator=generator)))
-    elif mix == "singletons":  # one sample per bin where possible
-        bins = torch.arange(batch) % num_bins
-    else:  # at most two bins present, the rest from memory (zero rows included)
-        bins = torch.randint(0, min(2, num_bins), (batch,), generator=generator)
+    bins = mixed_bins(mix, batch, num_bins, seed)
     options = dict(temperature=0.2, envelope_temperature=envelope_temperature, label_weighting=label_weighting)
     expected_terms, expected_grad = terms_and_grad(reference, features, bins, memory, anchors, **options)
     terms, grad = terms_and_grad(ops, features, bins, memory, anchors, **options)

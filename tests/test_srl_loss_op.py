@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import make_inputs
+from helpers import loss_case_strategies, make_inputs, mixed_bins
 from srl_ext import SRLLoss, SRLSettings, functional, ops, reference
 from srl_ext.settings import preset as loss_preset
 
@@ -72,36 +72,17 @@ def test_float32_parity_at_preset_sizes(preset, envelope_temperature, label_weig
     assert_matches(fused(*inputs, **options), expected(*inputs, **options), rtol=1e-5, atol=1e-5)
 
 
-bins_mix = st.sampled_from(["spread", "crowded", "singletons", "few_present"])
-
-
 @settings(max_examples=60, deadline=None)
 @given(
-    batch=st.integers(1, 40),
-    num_bins=st.integers(2, 30),
-    num_anchors=st.integers(1, 300),
-    dim=st.integers(2, 24),  # D = 1 is degenerate: the sphere is two points, every gradient is round-off
-    mix=bins_mix,
-    zero_rows=st.integers(0, 3),
-    envelope_temperature=st.sampled_from([None, 0.05, 1.0]),
-    label_weighting=st.booleans(),
+    **loss_case_strategies(),
     weights=st.sampled_from([WEIGHTS, (1.0, 1.0, 1.0), (1e-4, 1e-2, 1e-4), (0.0, 1.0, -2.0)]),
     sign=st.sampled_from([-1.0, 1.0]),
-    seed=st.integers(0, 2**16),
 )
 def test_float64_property_matches_reference(batch, num_bins, num_anchors, dim, mix, zero_rows, envelope_temperature,
                                             label_weighting, weights, sign, seed):
     features, _, memory, anchors = make_inputs(batch, num_bins, num_anchors, dim, dtype=torch.float64, seed=seed,
                                                zero_memory_rows=min(zero_rows, num_bins))
-    generator = torch.Generator().manual_seed(seed)
-    if mix == "spread":
-        bins = torch.randint(0, num_bins, (batch,), generator=generator)
-    elif mix == "crowded":  # every sample in one bin
-        bins = torch.full((batch,), int(torch.randint(0, num_bins, (1,), generator=generator)))
-    elif mix == "singletons":  # one sample per bin where possible
-        bins = torch.arange(batch) % num_bins
-    else:  # at most two bins present, the rest from memory (zero rows included)
-        bins = torch.randint(0, min(2, num_bins), (batch,), generator=generator)
+    bins = mixed_bins(mix, batch, num_bins, seed)
     options = dict(weights=weights, temperature=0.2, sign=sign, envelope_temperature=envelope_temperature,
                    label_weighting=label_weighting)
     # Bin means of few unit vectors can be short, and 1/||mean|| scales the gradient's round-off.
