@@ -134,3 +134,14 @@ def mixed_bins(mix: str, batch: int, num_bins: int, seed: int) -> torch.Tensor:
     if mix == "singletons":
         return torch.arange(batch) % num_bins
     return torch.randint(0, min(2, num_bins), (batch,), generator=generator)
+
+
+def assert_compiled_matches_eager(loss_of, features: torch.Tensor) -> None:
+    """``torch.compile(loss_of, fullgraph=True)`` gives the eager value and gradient (no graph break)."""
+    compiled = torch.compile(loss_of, fullgraph=True)
+    eager_value = loss_of(features)
+    (eager_grad,) = torch.autograd.grad(eager_value, features)
+    compiled_value = compiled(features)
+    (compiled_grad,) = torch.autograd.grad(compiled_value, features)
+    torch.testing.assert_close(compiled_value, eager_value, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-6, atol=1e-6)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from helpers import loss_case_strategies, make_inputs, mixed_bins, terms_and_grad
+from helpers import assert_compiled_matches_eager, loss_case_strategies, make_inputs, mixed_bins, terms_and_grad
 from srl_ext import functional, ops, presets, reference
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason=str(ops.LOAD_ERROR))
@@ -164,13 +164,7 @@ def test_torch_compile_fullgraph_matches_eager():
         con, env, homo = functional.srl_terms(h, bins, memory, anchors, temperature=0.3, backend="cpu")
         return 10 * con + 100 * env + 0.01 * homo
 
-    compiled = torch.compile(total, fullgraph=True)
-    eager_value = total(features)
-    (eager_grad,) = torch.autograd.grad(eager_value, features)
-    compiled_value = compiled(features)
-    (compiled_grad,) = torch.autograd.grad(compiled_value, features)
-    torch.testing.assert_close(compiled_value, eager_value, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-6, atol=1e-6)
+    assert_compiled_matches_eager(total, features)
 
 
 def test_kernels_refuse_zero_feature_columns():

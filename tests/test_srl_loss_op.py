@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import loss_case_strategies, make_inputs, mixed_bins
+from helpers import assert_compiled_matches_eager, loss_case_strategies, make_inputs, mixed_bins
 from srl_ext import SRLLoss, SRLSettings, functional, ops, reference
 from srl_ext.settings import preset as loss_preset
 
@@ -286,13 +286,7 @@ def test_torch_compile_fullgraph_matches_eager():
     def total(h):
         return functional.srl_loss(h, bins, memory, anchors, s, backend="cpu").total
 
-    compiled = torch.compile(total, fullgraph=True)
-    eager_value = total(features)
-    (eager_grad,) = torch.autograd.grad(eager_value, features)
-    compiled_value = compiled(features)
-    (compiled_grad,) = torch.autograd.grad(compiled_value, features)
-    torch.testing.assert_close(compiled_value, eager_value, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-6, atol=1e-6)
+    assert_compiled_matches_eager(total, features)
 
 
 def test_srl_loss_module_uses_the_whole_loss_op():
