@@ -229,20 +229,26 @@ def test_contrastive_matches_reference_and_detaches_surrogates(device, dtype, la
         torch.testing.assert_close(got, want, **TOLERANCE[dtype])
 
 
+def assert_surrogate_term_matches(surrogates, term):
+    """term(impl, surrogates) -> loss: the Triton backend's loss and d (1.7 loss) / d surrogates
+    equal the reference's, to the tolerance of the surrogates' dtype."""
+    results = []
+    for impl in (tri, reference):
+        leaf = surrogates.detach().clone().requires_grad_()
+        loss = term(impl, leaf)
+        (1.7 * loss).backward()
+        results.append((loss.detach(), leaf.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, **TOLERANCE[surrogates.dtype])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FULL_DTYPES)
 @pytest.mark.parametrize("envelope_temperature", ENVELOPES)
 def test_envelope_matches_reference(device, dtype, envelope_temperature):
     # Rows of any norm, one of them zero: the kernels do not assume unit surrogates.
     _, _, memory, anchors = make_case(device, dtype)
-    results = []
-    for impl in (tri, reference):
-        surrogates = memory.clone().requires_grad_()
-        loss = impl.enveloping_loss(surrogates, anchors, envelope_temperature)
-        (1.7 * loss).backward()
-        results.append((loss.detach(), surrogates.grad))
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+    assert_surrogate_term_matches(memory, lambda impl, c: impl.enveloping_loss(c, anchors, envelope_temperature))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -251,14 +257,8 @@ def test_envelope_matches_reference(device, dtype, envelope_temperature):
 @pytest.mark.parametrize("num_bins", [2, 3, NUM_BINS])
 def test_homogeneity_matches_reference(device, dtype, sign, num_bins):
     _, _, memory, _ = make_case(device, dtype)
-    results = []
-    for impl in (tri, reference):
-        surrogates = F.normalize(memory[:num_bins], dim=1).clone().requires_grad_()
-        loss = impl.homogeneity_loss(surrogates, sign, 0.25)
-        (1.7 * loss).backward()
-        results.append((loss.detach(), surrogates.grad))
-    for got, want in zip(*results):
-        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+    surrogates = F.normalize(memory[:num_bins], dim=1)
+    assert_surrogate_term_matches(surrogates, lambda impl, c: impl.homogeneity_loss(c, sign, 0.25))
 
 
 @pytest.mark.parametrize("device", DEVICES)

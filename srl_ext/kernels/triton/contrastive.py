@@ -16,11 +16,10 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from ...reference import accumulation_dtype
-from .table import normalize_backward, prepared
 from ...ops.fused import register_loss_autograd
-from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch,
-                    on_inputs_device, split_float)
+from .table import prepared
+from .utils import (EPS, autotune, autotune_configs, block_dim, joined, launch, normalize_backward, on_inputs_device,
+                    row_tile, split_float, unit_rows)
 
 _CONFIGS = autotune_configs(
     ("BLOCK_B", "BLOCK_K", "num_warps", "num_stages"),
@@ -56,15 +55,8 @@ def _contrastive_kernel(
     acc_dtype = c_ptr.dtype.element_ty
     inv_tau = joined(inv_tau_hi, inv_tau_lo, acc_dtype)
     grad_scale = inv_tau / tl.cast(B, acc_dtype)  # the mean over the batch and the 1/tau
-    pid = tl.program_id(0)
-    b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    d = tl.arange(0, BLOCK_D)
-    b_mask = b < B
-    d_mask = d < D
-    mask = b_mask[:, None] & d_mask[None, :]
-    h = tl.load(h_ptr + b[:, None] * D + d[None, :], mask=mask, other=0.0).to(acc_dtype)
-    norm = tl.sqrt(tl.sum(h * h, axis=1))
-    z = h / tl.maximum(norm, eps)[:, None]
+    b, d, b_mask, d_mask, own, mask = row_tile(B, D, BLOCK_B, BLOCK_D)
+    z, norm = unit_rows(h_ptr, own, mask, eps, acc_dtype)
     y = tl.load(bins_ptr + b, mask=b_mask, other=-1)
     # A bin outside [0, K) (not checked on the GPU: that needs a host sync) matches no k; its
     # sample gets a NaN loss and gradient row, as in the CUDA kernel, so the bad input shows.
@@ -97,16 +89,13 @@ def _contrastive_kernel(
         grad_z += tl.dot(grad_logits, c, input_precision="ieee")
     grad_h = normalize_backward(z, norm, grad_z * grad_scale, eps)
     grad_h = tl.where(in_range[:, None], grad_h, float("nan"))
-    tl.store(grad_h_ptr + b[:, None] * D + d[None, :], grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_h_ptr + own, grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
 
 
-@triton_op("srl_ext_triton::contrastive", mutates_args=())
-@on_inputs_device
-def contrastive_op(
-    features: torch.Tensor, bins: torch.Tensor, surrogates: torch.Tensor, temperature: float, label_weighting: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, d loss / d features), as ``srl_ext::contrastive``."""
-    features, bins, surrogates, acc = prepared("contrastive_loss", features, bins, surrogates)
+def launch_contrastive(features: torch.Tensor, bins: torch.Tensor, surrogates: torch.Tensor, temperature: float,
+                       label_weighting: bool, grad_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contrastive kernel on prepared inputs (``table.prepared``): (per-sample losses B, in
+    the surrogates' dtype, d loss / d features B x D in `grad_dtype`)."""
     batch, dim = features.shape
     num_bins = surrogates.shape[0]
     # The largest |y_i - k| + 1 over the batch-by-K table is max_i max(y_i + 1, K - y_i): kept on
@@ -117,14 +106,26 @@ def contrastive_op(
         max_distance = bins.new_ones((1,))
     # One loss per sample, not per tile: what is written does not depend on the config, so the
     # autotuner's trial runs leave nothing stale behind.
-    row_losses = features.new_empty((batch,), dtype=acc)
-    grad_features = torch.empty_like(features)
+    row_losses = features.new_empty((batch,), dtype=surrogates.dtype)
+    grad_features = features.new_empty((batch, dim), dtype=grad_dtype)
     launch(_contrastive_kernel)[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
         features, bins, surrogates, max_distance, row_losses, grad_features,
         batch, num_bins, dim, *split_float(1.0 / temperature), EPS,
         LABEL_WEIGHTING=label_weighting, BLOCK_D=block_dim(dim),
     )
-    return row_losses.sum() / batch, grad_features
+    return row_losses, grad_features
+
+
+@triton_op("srl_ext_triton::contrastive", mutates_args=())
+@on_inputs_device
+def contrastive_op(
+    features: torch.Tensor, bins: torch.Tensor, surrogates: torch.Tensor, temperature: float, label_weighting: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d features), as ``srl_ext::contrastive``."""
+    features, bins, surrogates, _acc = prepared("contrastive_loss", features, bins, surrogates)
+    row_losses, grad_features = launch_contrastive(features, bins, surrogates, temperature, label_weighting,
+                                                   features.dtype)
+    return row_losses.sum() / features.shape[0], grad_features
 
 
 register_loss_autograd(contrastive_op, num_inputs=5)

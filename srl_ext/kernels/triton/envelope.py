@@ -177,6 +177,31 @@ def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl
     tl.store(out_ptr + offsets, (total * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def launch_envelope(
+    c: torch.Tensor, p: torch.Tensor, envelope_temperature: Optional[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launches 1 and 2 on contiguous surrogates `c` (K x D) and anchors `p` (N x D) of the
+    accumulation dtype: (the coverage per anchor: max cosine, or log-sum-exp of cosine / s when
+    soft; the partial gradients S x K x D, summed and scaled by -1/N by the caller)."""
+    num_bins, dim = c.shape
+    num_anchors = p.shape[0]
+    soft = envelope_temperature is not None
+    inv_tau = split_float(1.0 / envelope_temperature if soft else 1.0)
+    block_d = block_dim(dim)
+    coverage = c.new_empty((num_anchors,))
+    arg_max = c.new_empty((num_anchors if not soft else 1,), dtype=torch.int32)
+    launch(_coverage_kernel)[lambda meta: (triton.cdiv(num_anchors, meta["BLOCK_N"]),)](
+        c, p, coverage, arg_max, num_anchors, num_bins, dim, *inv_tau, SOFT=soft, BLOCK_D=block_d,
+    )
+    num_splits = _num_splits(c.device, num_anchors, num_bins)
+    partials = c.new_empty((num_splits, num_bins, dim))
+    launch(_gradient_partials_kernel)[lambda meta: (num_splits, triton.cdiv(num_bins, meta["BLOCK_K"]))](
+        c, p, coverage, arg_max, partials, num_anchors, num_bins, dim, *inv_tau, num_splits,
+        SOFT=soft, BLOCK_D=block_d,
+    )
+    return coverage, partials
+
+
 @triton_op("srl_ext_triton::envelope", mutates_args=())
 @on_inputs_device
 def envelope_op(
@@ -191,27 +216,14 @@ def envelope_op(
         raise ValueError(
             f"enveloping_loss: argument 'envelope_temperature' must be > 0 or None, got {envelope_temperature}"
         )
-    soft = envelope_temperature is not None
-    inv_tau = 1.0 / envelope_temperature if soft else 1.0
     acc = accumulation_dtype(surrogates.dtype)
     c = surrogates.to(acc).contiguous()
-    p = anchors.to(acc).contiguous()
-    block_d = block_dim(dim)
-
-    coverage = c.new_empty((num_anchors,))
-    arg_max = c.new_empty((num_anchors if not soft else 1,), dtype=torch.int32)
-    launch(_coverage_kernel)[lambda meta: (triton.cdiv(num_anchors, meta["BLOCK_N"]),)](
-        c, p, coverage, arg_max, num_anchors, num_bins, dim, *split_float(inv_tau), SOFT=soft, BLOCK_D=block_d,
-    )
+    coverage, partials = launch_envelope(c, anchors.to(acc).contiguous(), envelope_temperature)
+    soft = envelope_temperature is not None
     covered = coverage.sum() * envelope_temperature if soft else coverage.sum()
     loss = 1 - covered / num_anchors
 
-    num_splits = _num_splits(c.device, num_anchors, num_bins)
-    partials = c.new_empty((num_splits, num_bins, dim))
-    launch(_gradient_partials_kernel)[lambda meta: (num_splits, triton.cdiv(num_bins, meta["BLOCK_K"]))](
-        c, p, coverage, arg_max, partials, num_anchors, num_bins, dim, *split_float(inv_tau), num_splits,
-        SOFT=soft, BLOCK_D=block_d,
-    )
+    num_splits = partials.shape[0]
     grad = torch.empty_like(c)
     size = num_bins * dim
     launch(_reduce_partials_kernel)[lambda meta: (triton.cdiv(size, meta["BLOCK"]),)](

@@ -18,7 +18,8 @@ from torch.library import triton_op
 
 from ...reference import accumulation_dtype
 from ...ops.fused import check_table, register_table_autograd
-from .utils import EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch, on_inputs_device
+from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch, normalize_backward,
+                    on_inputs_device, row_tile, unit_rows)
 
 _TABLE_CONFIGS = autotune_configs(
     ("BLOCK_K", "BLOCK_B", "num_warps", "num_stages"),
@@ -35,16 +36,6 @@ _BACKWARD_CONFIGS = autotune_configs(
 )
 
 
-@triton.jit
-def normalize_backward(y, norm, g, eps):
-    """Gradient of y = x / max(||x||, eps) for rows y (R x D), norms ||x|| (R), dL/dy g (R x D)."""
-    yg = tl.sum(y * g, axis=1)
-    above = norm > eps
-    scale = tl.where(above, norm, eps)
-    projected = tl.where(above[:, None], g - y * yg[:, None], g)
-    return projected / scale[:, None]
-
-
 @autotune(_TABLE_CONFIGS, key=["K", "D"])
 @triton.jit
 def _surrogate_table_kernel(
@@ -53,10 +44,7 @@ def _surrogate_table_kernel(
     BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     acc_dtype = c_ptr.dtype.element_ty
-    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    d = tl.arange(0, BLOCK_D)
-    k_mask = k < K
-    d_mask = d < D
+    k, d, k_mask, d_mask, rows, row_mask = row_tile(K, D, BLOCK_K, BLOCK_D)
     sums = tl.zeros((BLOCK_K, BLOCK_D), dtype=acc_dtype)
     counts = tl.zeros((BLOCK_K,), dtype=tl.int64)
     spoiled = tl.zeros((BLOCK_K,), dtype=tl.int32)
@@ -77,8 +65,6 @@ def _surrogate_table_kernel(
         spoiled += tl.sum((member & ~finite[None, :]).to(tl.int32), axis=1)
     present = counts > 0
     means = sums / tl.maximum(counts, 1).to(acc_dtype)[:, None]
-    rows = k[:, None] * D + d[None, :]
-    row_mask = k_mask[:, None] & d_mask[None, :]
     memory = tl.load(memory_ptr + rows, mask=row_mask & (~present)[:, None], other=0.0).to(acc_dtype)
     means = tl.where(present[:, None], means, memory)
     means = tl.where(spoiled[:, None] > 0, float("nan"), means)  # as the reference's NaN mean
@@ -96,14 +82,8 @@ def _surrogate_table_backward_kernel(
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     acc_dtype = c_ptr.dtype.element_ty
-    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    d = tl.arange(0, BLOCK_D)
-    b_mask = b < B
-    d_mask = d < D
-    mask = b_mask[:, None] & d_mask[None, :]
-    h = tl.load(h_ptr + b[:, None] * D + d[None, :], mask=mask, other=0.0).to(acc_dtype)
-    norm = tl.sqrt(tl.sum(h * h, axis=1))
-    z = h / tl.maximum(norm, eps)[:, None]
+    b, d, b_mask, d_mask, own, mask = row_tile(B, D, BLOCK_B, BLOCK_D)
+    z, norm = unit_rows(h_ptr, own, mask, eps, acc_dtype)
     y = tl.load(bins_ptr + b, mask=b_mask, other=0)
     # Bins are not checked on the GPU (a host sync): an out-of-range one reads nothing, and its
     # sample's gradient row is NaN, as in the CUDA kernel.
@@ -117,7 +97,7 @@ def _surrogate_table_backward_kernel(
     # A sample's own bin is present (count >= 1): its mean keeps the gradient, split evenly.
     grad_mean = normalize_backward(c, mean_norm, grad_c, eps) / tl.maximum(count, 1).to(acc_dtype)[:, None]
     grad_h = tl.where(gather_rows[:, None], normalize_backward(z, norm, grad_mean, eps), float("nan"))
-    tl.store(grad_h_ptr + b[:, None] * D + d[None, :], grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
+    tl.store(grad_h_ptr + own, grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
 
 
 def prepared(function: str, features: torch.Tensor, bins: torch.Tensor, rows: torch.Tensor):
@@ -129,24 +109,27 @@ def prepared(function: str, features: torch.Tensor, bins: torch.Tensor, rows: to
     return features.contiguous(), bins.contiguous(), rows.to(acc).contiguous(), acc
 
 
-@triton_op("srl_ext_triton::surrogate_table", mutates_args=())
-@on_inputs_device
-def surrogate_table_op(
-    features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(surrogates K x D, mean norms K, counts K), as ``srl_ext::surrogate_table``."""
-    features, bins, memory, acc = prepared("surrogate_table", features, bins, memory)
+def launch_table(features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor, acc: torch.dtype):
+    """The table kernel on prepared inputs (``prepared``): (surrogates K x D, mean norms K,
+    counts K), the first two in the accumulation dtype `acc`."""
     batch, dim = features.shape
     num_bins = memory.shape[0]
     surrogates = features.new_empty((num_bins, dim), dtype=acc)
     mean_norms = features.new_empty((num_bins,), dtype=acc)
     counts = bins.new_empty((num_bins,))
     launch(_surrogate_table_kernel)[lambda meta: (triton.cdiv(num_bins, meta["BLOCK_K"]),)](
-        features, bins, memory, surrogates, mean_norms, counts,
-        batch, num_bins, dim, EPS,
-        BLOCK_D=block_dim(dim),
+        features, bins, memory, surrogates, mean_norms, counts, batch, num_bins, dim, EPS, BLOCK_D=block_dim(dim),
     )
     return surrogates, mean_norms, counts
+
+
+@triton_op("srl_ext_triton::surrogate_table", mutates_args=())
+@on_inputs_device
+def surrogate_table_op(
+    features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(surrogates K x D, mean norms K, counts K), as ``srl_ext::surrogate_table``."""
+    return launch_table(*prepared("surrogate_table", features, bins, memory))
 
 
 @triton_op("srl_ext_triton::surrogate_table_backward", mutates_args=())

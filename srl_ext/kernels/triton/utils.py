@@ -1,5 +1,6 @@
 """What the Triton kernel modules share: interpreter detection, autotune configs, the
-deterministic mode, launches on the inputs' device.
+deterministic mode, launches on the inputs' device, and the kernel helpers every term uses (a
+program's tile of rows, row normalisation and its backward).
 
 Kept apart from the op modules so that the one concept each (when the interpreter runs, which
 configs a GPU generation tries) lives in one place.
@@ -74,6 +75,35 @@ def _to_float32(value: float) -> float:
 def joined(hi, lo, dtype: tl.constexpr):
     """The scalar hi + lo (``split_float``) in `dtype`."""
     return tl.cast(hi, dtype) + tl.cast(lo, dtype)
+
+
+@triton.jit
+def row_tile(n, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's tile of BLOCK rows of an n x D row-major array: (rows, columns, row mask,
+    column mask, element offsets, element mask). Rows are loaded whole (``block_dim``)."""
+    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    d = tl.arange(0, BLOCK_D)
+    r_mask = r < n
+    d_mask = d < D
+    return r, d, r_mask, d_mask, r[:, None] * D + d[None, :], r_mask[:, None] & d_mask[None, :]
+
+
+@triton.jit
+def unit_rows(x_ptr, offsets, mask, eps, acc_dtype: tl.constexpr):
+    """(x / max(||x||, eps), ||x||) of a tile of rows (``row_tile``), in the accumulation dtype."""
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+    norm = tl.sqrt(tl.sum(x * x, axis=1))
+    return x / tl.maximum(norm, eps)[:, None], norm
+
+
+@triton.jit
+def normalize_backward(y, norm, g, eps):
+    """Gradient of y = x / max(||x||, eps) for rows y (R x D), norms ||x|| (R), dL/dy g (R x D)."""
+    yg = tl.sum(y * g, axis=1)
+    above = norm > eps
+    scale = tl.where(above, norm, eps)
+    projected = tl.where(above[:, None], g - y * yg[:, None], g)
+    return projected / scale[:, None]
 
 
 def block_dim(dim: int) -> int:

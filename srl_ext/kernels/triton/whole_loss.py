@@ -7,10 +7,10 @@ scalings of the losses (row sums, the envelope's mean), the weighted sum of the 
 backward the scaling of each term's gradient, the table's backward kernel and the additions of
 the gradients. This op runs six kernels and one torch sum, and its backward one multiplication:
 
-1. the table (``table._surrogate_table_kernel``);
-2. the contrastive term: its per-sample losses and gradient rows (``contrastive._contrastive_kernel``);
+1. the table (``table.launch_table``);
+2. the contrastive term: its per-sample losses and gradient rows (``contrastive.launch_contrastive``);
 3. the envelope's coverage per anchor, then ``coverage.sum()`` (torch: one parallel reduction);
-4. the envelope's partial table gradients (``envelope._gradient_partials_kernel``);
+4. the envelope's partial table gradients (3 and 4 by ``envelope.launch_envelope``);
 5. per tile of bins (``_table_gradient_kernel``): the envelope's partials summed in split order,
    the homogeneity term and its table gradient (program 0 writes its loss), both taken back
    through the row normalisation and the bin mean;
@@ -31,21 +31,12 @@ from torch.library import triton_op
 
 from ...ops.fused import register_srl_loss_autograd
 from ...reference import accumulation_dtype
-from .contrastive import _contrastive_kernel
-from .envelope import _coverage_kernel, _gradient_partials_kernel, _num_splits
+from .contrastive import launch_contrastive
+from .envelope import launch_envelope
 from .homogeneity import _cosine_statistics, _neighbour_cosines
-from .table import _surrogate_table_kernel, normalize_backward
-from .utils import (
-    EPS,
-    autotune,
-    autotune_configs,
-    block_dim,
-    check_feature_dim,
-    joined,
-    launch,
-    on_inputs_device,
-    split_float,
-)
+from .table import launch_table
+from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, normalize_backward,
+                    on_inputs_device, row_tile, split_float, unit_rows)
 
 _TABLE_GRADIENT_CONFIGS = autotune_configs(
     ("BLOCK_K", "num_warps", "num_stages"),
@@ -75,12 +66,7 @@ def _table_gradient_kernel(
     acc_dtype = c_ptr.dtype.element_ty
     sign = joined(sign_hi, sign_lo, acc_dtype)
     beta = joined(beta_hi, beta_lo, acc_dtype)
-    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    d = tl.arange(0, BLOCK_D)
-    k_mask = k < K
-    d_mask = d < D
-    rows = k[:, None] * D + d[None, :]
-    row_mask = k_mask[:, None] & d_mask[None, :]
+    k, d, k_mask, d_mask, rows, row_mask = row_tile(K, D, BLOCK_K, BLOCK_D)
 
     # Enveloping: dL/dc_k = -(1/N) sum_j w_jk p_j, the partials summed in split order.
     grad_env = tl.zeros((BLOCK_K, BLOCK_D), dtype=acc_dtype)
@@ -123,15 +109,8 @@ def _features_gradient_kernel(
     w1 = joined(w1_hi, w1_lo, acc_dtype)
     w2 = joined(w2_hi, w2_lo, acc_dtype)
     w3 = joined(w3_hi, w3_lo, acc_dtype)
-    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    d = tl.arange(0, BLOCK_D)
-    b_mask = b < B
-    d_mask = d < D
-    mask = b_mask[:, None] & d_mask[None, :]
-    own = b[:, None] * D + d[None, :]
-    h = tl.load(h_ptr + own, mask=mask, other=0.0).to(acc_dtype)
-    norm = tl.sqrt(tl.sum(h * h, axis=1))
-    z = h / tl.maximum(norm, eps)[:, None]
+    b, d, b_mask, d_mask, own, mask = row_tile(B, D, BLOCK_B, BLOCK_D)
+    z, norm = unit_rows(h_ptr, own, mask, eps, acc_dtype)
     y = tl.load(bins_ptr + b, mask=b_mask, other=0)
     # Bins are not checked on the GPU (a host sync): an out-of-range one reads nothing, and its
     # sample's gradient rows are NaN, as in the table's backward kernel.
@@ -196,41 +175,15 @@ def srl_loss_op(
     block_d = block_dim(dim)
 
     # 1. The table.
-    surrogates = features.new_empty((num_bins, dim), dtype=acc)
-    mean_norms = features.new_empty((num_bins,), dtype=acc)
-    counts = bins.new_empty((num_bins,))
-    launch(_surrogate_table_kernel)[lambda meta: (triton.cdiv(num_bins, meta["BLOCK_K"]),)](
-        features, bins, memory, surrogates, mean_norms, counts, batch, num_bins, dim, EPS, BLOCK_D=block_d,
-    )
+    surrogates, mean_norms, counts = launch_table(features, bins, memory, acc)
 
     # 2. The contrastive term: per-sample losses and gradient rows (copied into grads[1] by 6).
-    if label_weighting:  # as contrastive.contrastive_op: on the device, no host sync
-        max_distance = torch.maximum(bins + 1, num_bins - bins).max().reshape(1)
-    else:
-        max_distance = bins.new_ones((1,))
-    row_losses = features.new_empty((batch,), dtype=acc)
-    grad_contrastive = features.new_empty((batch, dim), dtype=acc)
-    launch(_contrastive_kernel)[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
-        features, bins, surrogates, max_distance, row_losses, grad_contrastive,
-        batch, num_bins, dim, *split_float(1.0 / temperature), EPS,
-        LABEL_WEIGHTING=label_weighting, BLOCK_D=block_d,
-    )
+    row_losses, grad_contrastive = launch_contrastive(features, bins, surrogates, temperature, label_weighting, acc)
 
     # 3-4. The envelope: coverage per anchor and its sum, then the partial table gradients.
-    inv_smoothness = 1.0 / envelope_temperature if soft else 1.0
-    coverage = surrogates.new_empty((num_anchors,))
-    arg_max = surrogates.new_empty((num_anchors if not soft else 1,), dtype=torch.int32)
-    launch(_coverage_kernel)[lambda meta: (triton.cdiv(num_anchors, meta["BLOCK_N"]),)](
-        surrogates, anchors, coverage, arg_max, num_anchors, num_bins, dim, *split_float(inv_smoothness),
-        SOFT=soft, BLOCK_D=block_d,
-    )
+    coverage, partials = launch_envelope(surrogates, anchors, envelope_temperature)
     coverage_sum = coverage.sum()
-    num_splits = _num_splits(surrogates.device, num_anchors, num_bins)
-    partials = surrogates.new_empty((num_splits, num_bins, dim))
-    launch(_gradient_partials_kernel)[lambda meta: (num_splits, triton.cdiv(num_bins, meta["BLOCK_K"]))](
-        surrogates, anchors, coverage, arg_max, partials, num_anchors, num_bins, dim, *split_float(inv_smoothness),
-        num_splits, SOFT=soft, BLOCK_D=block_d,
-    )
+    num_splits = partials.shape[0]
 
     # 5. Both table gradients to d / d bin mean, and the homogeneity term.
     grad_means = surrogates.new_empty((2, num_bins, dim))
