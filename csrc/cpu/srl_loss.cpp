@@ -43,6 +43,7 @@
 #include <cstdio>
 #include <memory>
 #include <optional>
+#include <tuple>
 
 #include "common.h"
 
@@ -248,6 +249,11 @@ struct Buffers {
   int64_t block_stride, vec_stride, bin_stride, grad_z_stride, grad_table_stride;
   // Outputs.
   T* grads;          // 4 x B x D
+
+  // Part p's scratch: the K x (rows or cols) block and its three vectors.
+  std::tuple<T*, T*, T*, T*> scratch(int64_t p) const {
+    return {block + p * block_stride, vec_a + p * vec_stride, vec_b + p * vec_stride, vec_c + p * vec_stride};
+  }
 };
 
 // A bump allocator over one 64-byte aligned buffer; with base == 0 it only counts the bytes.
@@ -394,10 +400,7 @@ SRL_INLINE void build_table(const Problem<T>& pr, const Buffers<T>& buf) {
 template <typename T, bool kFma>
 SRL_INLINE double contrastive_tile(const Problem<T>& pr, const Buffers<T>& buf, int64_t p, int64_t r0, int64_t rows) {
   const int64_t K = pr.num_bins, D = pr.dim;
-  T* s = buf.block + p * buf.block_stride;  // K x rows
-  T* positive = buf.vec_a + p * buf.vec_stride;
-  T* top = buf.vec_b + p * buf.vec_stride;
-  T* denom = buf.vec_c + p * buf.vec_stride;
+  const auto [s, positive, top, denom] = buf.scratch(p);  // s: K x rows
   T* grad_z = buf.grad_z + p * buf.grad_z_stride;
   const int64_t* y = pr.bins + r0;
   const T* z = buf.z + r0 * D;
@@ -434,10 +437,7 @@ SRL_INLINE double contrastive_tile(const Problem<T>& pr, const Buffers<T>& buf, 
 template <typename T, bool kFma>
 SRL_INLINE double envelope_tile(const Problem<T>& pr, const Buffers<T>& buf, int64_t p, int64_t j0, int64_t cols) {
   const int64_t K = pr.num_bins, D = pr.dim;
-  T* s = buf.block + p * buf.block_stride;  // K x cols
-  T* best = buf.vec_a + p * buf.vec_stride;
-  T* denom = buf.vec_b + p * buf.vec_stride;
-  T* inv_norm = buf.vec_c + p * buf.vec_stride;
+  const auto [s, best, denom, inv_norm] = buf.scratch(p);  // s: K x cols
   T* grad_table = buf.grad_table + p * buf.grad_table_stride;
   const T* anchors = pr.anchors + j0 * D;
   const T neg_inv_n = T(-1) / static_cast<T>(pr.num_anchors);
@@ -478,32 +478,31 @@ SRL_INLINE double envelope_tile(const Problem<T>& pr, const Buffers<T>& buf, int
   return covered;
 }
 
+// The sum of tile(first, count) over part p of P even parts of [0, n), swept in order in the
+// fewest even tiles of at most `cap` items (so each part's sum has a fixed order). The tile is a
+// template argument, not a lambda: a lambda's body is a function of its own, outside the target
+// (AVX2/AVX-512, FMA) of the kernel set it is called from, and would be compiled without it.
+template <typename T, double (*tile)(const Problem<T>&, const Buffers<T>&, int64_t, int64_t, int64_t)>
+SRL_INLINE double sum_over_part_tiles(const Problem<T>& pr, const Buffers<T>& buf, int64_t p, int64_t n,
+                                      int64_t cap) {
+  const int64_t begin = p * n / pr.parts, end = (p + 1) * n / pr.parts;
+  double sum = 0;
+  if (end > begin) {
+    const int64_t tiles = (end - begin + cap - 1) / cap;
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t first = begin + t * (end - begin) / tiles, last = begin + (t + 1) * (end - begin) / tiles;
+      sum += tile(pr, buf, p, first, last - first);
+    }
+  }
+  return sum;
+}
+
 template <typename T, bool kFma>
 SRL_INLINE void run_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t p) {
-  const int64_t P = pr.parts;
-  double contrastive = 0;
-  const int64_t r_begin = p * pr.batch / P, r_end = (p + 1) * pr.batch / P;
-  if (r_end > r_begin) {
-    const int64_t tiles = (r_end - r_begin + pr.rows_cap - 1) / pr.rows_cap;
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t r0 = r_begin + t * (r_end - r_begin) / tiles, r1 = r_begin + (t + 1) * (r_end - r_begin) / tiles;
-      contrastive += contrastive_tile<T, kFma>(pr, buf, p, r0, r1 - r0);
-    }
-  }
-  buf.part_contrastive[p] = contrastive;
-
+  buf.part_contrastive[p] = sum_over_part_tiles<T, contrastive_tile<T, kFma>>(pr, buf, p, pr.batch, pr.rows_cap);
   T* grad_table = buf.grad_table + p * buf.grad_table_stride;
   std::fill(grad_table, grad_table + pr.num_bins * pr.dim, T(0));
-  double covered = 0;
-  const int64_t j_begin = p * pr.num_anchors / P, j_end = (p + 1) * pr.num_anchors / P;
-  if (j_end > j_begin) {
-    const int64_t tiles = (j_end - j_begin + pr.cols_cap - 1) / pr.cols_cap;
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t j0 = j_begin + t * (j_end - j_begin) / tiles, j1 = j_begin + (t + 1) * (j_end - j_begin) / tiles;
-      covered += envelope_tile<T, kFma>(pr, buf, p, j0, j1 - j0);
-    }
-  }
-  buf.part_coverage[p] = covered;
+  buf.part_coverage[p] = sum_over_part_tiles<T, envelope_tile<T, kFma>>(pr, buf, p, pr.num_anchors, pr.cols_cap);
 }
 
 // ------------------------------------------------------------------------------------------
