@@ -1,12 +1,13 @@
 """Summarise a series of STS-B-DIR runs: mean +- std over seeds per arm and split, the per-seed
-paired differences against vanilla, the epoch wall time, and one figure.
+paired differences against each arm's baselines, the epoch wall time, and one figure.
 
     python tools/sts_b_summary.py runs/* --markdown summary.md --figure docs/sts_b_shot_mse.png
 
 Each argument is a run folder of ``train/sts_b.py`` that finished (``test_metrics.json``). Its
-arm is read from its saved config: the split (the last folder of ``--data_dir``) and the method
-(vanilla, SRL, SRL with ``--released_table``, SRL with ``--memory_update online``). Runs of one arm
-must differ only in their seed; a difference in any other setting is refused, so that a table
+arm is read from its saved config: the split (the last folder of ``--data_dir``), vanilla or SRL
+(also SRL with ``--released_table`` or ``--memory_update online``), and the methods composed with it
+(LDS+FDS, RankSim, Balanced MSE: ``SRL + RankSim``, or ``RankSim`` alone). Runs of one arm must
+differ only in their seed; a difference in any other setting is refused, so that a table
 never mixes recipes.
 """
 
@@ -22,20 +23,38 @@ import numpy as np
 import torch
 
 GROUPS = ("all", "many", "medium", "few")
-# What each arm is compared with, seed by seed on the same split.
+# What each arm is compared with, seed by seed on the same split: a method with SRL against the
+# method alone and against SRL; a method alone against vanilla.
 BASELINES = {"SRL": ("vanilla",), "SRL, online memory": ("vanilla", "SRL"), "SRL, released table": ("vanilla", "SRL")}
+METHODS = ("LDS+FDS", "LDS", "FDS", "RankSim", "Balanced MSE")
+for _method in METHODS:
+    BASELINES[_method] = ("vanilla",)
+    BASELINES[f"SRL + {_method}"] = (_method, "SRL")
 # Settings that may differ between the runs of one arm.
 PER_RUN = {"seed", "run_name", "resume", "evaluate", "workers", "threads", "device", "progress", "runs_dir", "data_dir"}
 
 
+def method_of(config: dict) -> str:
+    """The method composed with (or without) SRL: LDS (--reweight), FDS, RankSim, Balanced MSE,
+    joined by ' + ' when several are on; '' for none."""
+    lds = config.get("reweight", "none") != "none"
+    parts = ["LDS+FDS" if lds and config.get("fds") else "LDS" if lds else "FDS" if config.get("fds") else ""]
+    parts.append("RankSim" if config.get("regularization_weight", 0.0) > 0 else "")
+    parts.append("Balanced MSE" if config.get("bmse") else "")
+    return " + ".join(p for p in parts if p)
+
+
 def arm_of(config: dict) -> str:
+    method = method_of(config)
     if not config["srl"]:
-        return "vanilla"
+        return method or "vanilla"
     if config.get("released_table"):
-        return "SRL, released table"
-    if config.get("memory_update") == "online":
-        return "SRL, online memory"
-    return "SRL"
+        arm = "SRL, released table"
+    elif config.get("memory_update") == "online":
+        arm = "SRL, online memory"
+    else:
+        arm = "SRL"
+    return f"{arm} + {method}" if method else arm
 
 
 def load_run(folder: Path) -> dict:

@@ -1,0 +1,42 @@
+"""tools/sts_b_summary.py: which arm a run's saved config belongs to, and what it is compared with."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "tools" / "sts_b_summary.py"
+_spec = importlib.util.spec_from_file_location("sts_b_summary", _PATH)
+summary = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(summary)
+
+VANILLA = {"srl": False}
+SRL = {"srl": True, "released_table": False, "memory_update": "epoch"}
+
+
+@pytest.mark.parametrize("config, arm", [
+    (VANILLA, "vanilla"),
+    (SRL, "SRL"),
+    ({"srl": True}, "SRL"),  # a run saved before the method flags existed
+    ({**SRL, "released_table": True}, "SRL, released table"),
+    ({**SRL, "memory_update": "online"}, "SRL, online memory"),
+    ({**VANILLA, "reweight": "inverse", "lds": True, "fds": True}, "LDS+FDS"),
+    ({**SRL, "reweight": "inverse", "lds": True, "fds": True}, "SRL + LDS+FDS"),
+    ({**VANILLA, "reweight": "sqrt_inv"}, "LDS"),
+    ({**VANILLA, "fds": True}, "FDS"),
+    ({**VANILLA, "regularization_weight": 3e-4}, "RankSim"),
+    ({**SRL, "regularization_weight": 3e-4}, "SRL + RankSim"),
+    ({**SRL, "regularization_weight": 0.0, "reweight": "none"}, "SRL"),
+    ({**VANILLA, "bmse": True}, "Balanced MSE"),
+    ({**SRL, "bmse": True}, "SRL + Balanced MSE"),
+    ({**SRL, "memory_update": "online", "bmse": True, "regularization_weight": 1.0},
+     "SRL, online memory + RankSim + Balanced MSE"),
+])
+def test_arm_of_a_saved_config(config, arm):
+    assert summary.arm_of(config) == arm
+
+
+@pytest.mark.parametrize("method", ["LDS+FDS", "RankSim", "Balanced MSE"])
+def test_a_method_is_compared_with_vanilla_alone_and_with_itself_and_srl_when_composed(method):
+    assert summary.BASELINES[method] == ("vanilla",)
+    assert summary.BASELINES[f"SRL + {method}"] == (method, "SRL")
