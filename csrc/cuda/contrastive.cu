@@ -15,8 +15,6 @@ namespace srl_ext {
 namespace cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = 8;
-
 // max over the batch of max(y_i + 1, K - y_i): the largest |y_i - k| + 1 (the label-distance
 // weighting of docs/method.md, "Contrastive").
 __global__ void max_label_distance_kernel(const int64_t* __restrict__ bins, int* __restrict__ out, int64_t batch,
@@ -47,7 +45,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) contrastive_kernel(
     const int* __restrict__ max_distance, T* __restrict__ row_losses, T* __restrict__ grad, int64_t batch,
     int num_bins, int dim, T inv_tau, T grad_scale, bool label_weighting) {
   const int lane = threadIdx.x & 31;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t i = warp_row();
   if (i >= batch) return;  // the whole warp leaves together
   const T eps = static_cast<T>(kNormEps);
   const T* row = h + i * dim;

@@ -45,6 +45,14 @@ __device__ __forceinline__ T norm_floor(T norm) {
   return norm < eps ? eps : norm;
 }
 
+// The kernels that give one row to each warp run this many warps per block.
+constexpr int kWarpsPerBlock = 8;
+
+// The row of this warp in such a launch (grid: ceil_div(rows, kWarpsPerBlock) blocks).
+__device__ __forceinline__ int64_t warp_row() {
+  return static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+}
+
 // Butterfly sum over the 32 lanes: every lane ends with the same value, in a fixed order
 // (deterministic run to run).
 template <typename T>
@@ -52,6 +60,16 @@ __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
   return v;
+}
+
+// <a, b> of two rows of `dim`, computed by one warp (lane-strided fma, then warp_sum): every
+// lane ends with the same value, in a fixed order.
+template <typename T>
+__device__ __forceinline__ T warp_dot(const T* __restrict__ a, const T* __restrict__ b, int dim) {
+  const int lane = threadIdx.x & 31;
+  T s = 0;
+  for (int d = lane; d < dim; d += 32) s = fma_(a[d], b[d], s);
+  return warp_sum(s);
 }
 
 // Sum over the block, fixed order; every thread gets the result. `scratch` holds 32 values.

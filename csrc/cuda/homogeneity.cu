@@ -11,19 +11,15 @@ namespace srl_ext {
 namespace cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = 8;
 constexpr int kStatsThreads = 256;
 
 template <typename T>
 __global__ void neighbour_cosines_kernel(const T* __restrict__ c, T* __restrict__ a, int num_pairs, int dim) {
   const int lane = threadIdx.x & 31;
-  const int k = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t k = warp_row();
   if (k >= num_pairs) return;
-  const T* lower = c + static_cast<int64_t>(k) * dim;
-  const T* upper = lower + dim;
-  T s = 0;
-  for (int d = lane; d < dim; d += 32) s = fma_(upper[d], lower[d], s);
-  s = warp_sum(s);
+  const T* lower = c + k * dim;
+  const T s = warp_dot(lower + dim, lower, dim);
   if (lane == 0) a[k] = s;
 }
 

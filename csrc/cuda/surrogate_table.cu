@@ -13,18 +13,15 @@ namespace srl_ext {
 namespace cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = 8;
 constexpr int kBinThreads = 128;
 
 template <typename T>
 __global__ void inverse_norms_kernel(const T* __restrict__ h, T* __restrict__ inv_norms, int64_t batch, int dim) {
   const int lane = threadIdx.x & 31;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t i = warp_row();
   if (i >= batch) return;  // the whole warp leaves together
   const T* row = h + i * dim;
-  T sq = 0;
-  for (int d = lane; d < dim; d += 32) sq = fma_(row[d], row[d], sq);
-  sq = warp_sum(sq);
+  const T sq = warp_dot(row, row, dim);
   if (lane == 0) inv_norms[i] = T(1) / norm_floor(sqrt_(sq));
 }
 
@@ -85,7 +82,7 @@ __global__ void table_backward_kernel(
     const T* __restrict__ surrogates, const T* __restrict__ mean_norms, const int64_t* __restrict__ counts,
     T* __restrict__ grad_features, int64_t batch, int num_bins, int dim) {
   const int lane = threadIdx.x & 31;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  const int64_t i = warp_row();
   if (i >= batch) return;
   T* out = grad_features + i * dim;
   const int64_t y = bins[i];
