@@ -11,6 +11,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "../common.h"
+
 // The Fortran BLAS that torch links (MKL in the x86-64 wheels, which export it). Weak: the
 // extension still loads where torch does not export them, and gemm() below then goes through ATen.
 extern "C" {
@@ -30,9 +32,6 @@ namespace srl_ext {
 // the kernels also work on detached views of their inputs, which the worker threads of
 // at::parallel_for see as plain tensors.
 using BelowAutograd = at::AutoDispatchBelowADInplaceOrView;
-
-// The same floor as torch.nn.functional.normalize (srl_ext/reference.py: EPS).
-constexpr double kNormEps = 1e-12;
 
 // float32 for half-precision inputs, the dtype itself for float32/float64.
 inline at::ScalarType accumulation_type(at::ScalarType t) {

@@ -6,11 +6,11 @@
 
 #include <cstdint>
 
+#include "../common.h"
+
 namespace srl_ext {
 namespace cuda {
 
-// The same floor as torch.nn.functional.normalize and the CPU kernels (csrc/cpu/common.h).
-constexpr double kNormEps = 1e-12;
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // Overloads that pick the float or double math function: exp(float) is not guaranteed to
