@@ -132,6 +132,10 @@ def markdown(arms: dict[tuple[str, str], list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def legend_rows(count: int) -> int:
+    return (count + 1) // 2
+
+
 def figure(arms: dict[tuple[str, str], list[dict]], path: Path) -> None:
     import matplotlib
 
@@ -151,7 +155,9 @@ def figure(arms: dict[tuple[str, str], list[dict]], path: Path) -> None:
         ax.set_xticks(np.arange(len(GROUPS)) + 0.4 - width / 2, [g.capitalize() for g in GROUPS])
         ax.set_title(f"STS-B-DIR, {split}")
         ax.set_ylabel("test MSE (mean ± std over seeds)")
-        ax.legend(fontsize=8)
+        # Room above the bars for the legend, in two columns, so that it hides no bar.
+        ax.set_ylim(0, ax.get_ylim()[1] * (1 + 0.09 * legend_rows(len(names))))
+        ax.legend(fontsize=7, ncol=2, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
