@@ -132,10 +132,6 @@ def markdown(arms: dict[tuple[str, str], list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def legend_rows(count: int) -> int:
-    return (count + 1) // 2
-
-
 def figure(arms: dict[tuple[str, str], list[dict]], path: Path) -> None:
     import matplotlib
 
@@ -156,7 +152,7 @@ def figure(arms: dict[tuple[str, str], list[dict]], path: Path) -> None:
         ax.set_title(f"STS-B-DIR, {split}")
         ax.set_ylabel("test MSE (mean ± std over seeds)")
         # Room above the bars for the legend, in two columns, so that it hides no bar.
-        ax.set_ylim(0, ax.get_ylim()[1] * (1 + 0.09 * legend_rows(len(names))))
+        ax.set_ylim(0, ax.get_ylim()[1] * (1 + 0.09 * ((len(names) + 1) // 2)))
         ax.legend(fontsize=7, ncol=2, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
