@@ -150,7 +150,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
-        dist.destroy_process_group()
+        ddp.leave()
 
 
 def _free_port() -> int:

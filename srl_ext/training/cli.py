@@ -11,7 +11,6 @@ trains data-parallel (docs/distributed.md); rank 0 alone makes the run folder an
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -368,12 +367,7 @@ def run(config: dict, explicit: set[str], build: Build) -> dict:
         return table
     finally:
         if joined:
-            # Collect what is left of the run (the DDP model, its reducer, their buffers) while the
-            # group and the interpreter are whole. Without it, two gloo processes on a loaded CPU
-            # aborted at exit after a finished run now and then ("terminate called without an
-            # active exception": 7 of 70 runs of the torchrun test's command; 0 of 40 with it).
-            gc.collect()
-            torch.distributed.destroy_process_group()
+            ddp.leave()
 
 
 def _run(config: dict, explicit: set[str], build: Build) -> dict:

@@ -8,6 +8,7 @@ single-process one when torch.distributed is not initialised or the world has on
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -62,6 +63,16 @@ def init_from_env(device: str | torch.device = "cpu") -> torch.device:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+def leave() -> None:
+    """Destroy the process group, after collecting what is left of the run (DDP models, their
+    reducers and buffers) while the group and the interpreter are whole. Without the collection,
+    gloo processes on a loaded CPU aborted at exit now and then after finishing their work
+    ("terminate called without an active exception": 7 of 70 runs of a two-process driver run;
+    0 of 80 with it)."""
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, device: torch.device, find_unused_parameters: bool) -> nn.Module:
