@@ -196,6 +196,9 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                      help="refill of the surrogate memory: epoch_pass = one extra no-grad pass over the training set "
                           "at the end of each epoch (released code); online = the features of the training steps")
     srl.add_argument("--memory_momentum", type=FRACTION, default=0.9, help="weight of the old memory in each update")
+    srl.add_argument("--grad_share_every", type=NON_NEGATIVE_INT, default=50,
+                     help="every so many steps, measure the SRL terms' gradient on the shared encoder against the "
+                          "regression loss's (norm ratio and cosine, logged per epoch in metrics.jsonl; 0: never)")
     add_method_flags(parser, preset_name)
     return parser
 

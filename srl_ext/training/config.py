@@ -193,6 +193,9 @@ class TrainConfig:
     memory_update: str = "epoch_pass"
     memory_momentum: float = 0.9
     memory_normalized: bool = False
+    # every so many steps, the SRL terms' gradient on the shared encoder is measured against the
+    # regression loss's (analysis.gradient_share) and logged per epoch; 0: never
+    grad_share_every: int = 50
     workers: int = 0
     device: str = "cpu"
     progress: bool = True

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .. import analysis
 from .. import metrics as dir_metrics
 from .. import methods
 from ..loss import SRLLoss
@@ -323,6 +324,7 @@ class Engine:
         self.model.train()
         sums = {"loss": 0.0, "regression": 0.0, "srl_total": 0.0, "contrastive": 0.0, "enveloping": 0.0, "homogeneity": 0.0}
         sums.update({key: 0.0 for key, on in (("ranksim", m.ranksim), ("conr", m.conr)) if on})
+        shares: list[dict[str, float]] = []  # the SRL gradient share at the measured steps
         num_steps = 0
         val_seconds = 0.0  # of the validations inside the epoch, kept out of train_seconds
         started = time.perf_counter()
@@ -360,6 +362,8 @@ class Engine:
                         raise
                     self._diverged(f"the features' norms overflow ({error})")
                 loss = loss + terms.total  # on top of the RankSim and ConR terms
+                if self._measures_gradient_share():
+                    shares.append(analysis.gradient_share(regression, terms.total, self.shared_parameters))
                 for key in ("contrastive", "enveloping", "homogeneity"):
                     sums[key] += getattr(terms, key).detach()
                 sums["srl_total"] += terms.total.detach()
@@ -416,9 +420,26 @@ class Engine:
         record.update({key: float(value) / max(num_steps, 1) for key, value in sums.items()})
         if self.balanced_mse is not None:
             record["noise_sigma"] = float(self.balanced_mse.noise_sigma.detach())
+        if shares:
+            record.update({f"srl_grad_{key}": float(np.mean([share[key] for share in shares])) for key in ("ratio", "cosine")})
+            record["srl_grad_steps"] = len(shares)
         self._log(record)
         if not s.eval_every and not self.stopped:
             self.validate()
+
+    def _measures_gradient_share(self) -> bool:
+        """Whether this step measures the SRL gradient share: every ``grad_share_every`` steps, in
+        one process only (torch.autograd.grad bypasses DistributedDataParallel's reducer)."""
+        every = self.settings.grad_share_every
+        return bool(every) and not self.distributed and self.global_step % every == 0
+
+    @property
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters both the regression loss and the SRL terms reach: the model's,
+        less its heads (regressor, projector) and FDS."""
+        heads = {id(p) for name in ("regressor", "projector", "fds") if getattr(self.model, name, None) is not None
+                 for p in getattr(self.model, name).parameters()}
+        return [p for p in self.model.parameters() if p.requires_grad and id(p) not in heads]
 
     def _all_finite(self, *tensors: torch.Tensor) -> bool:
         """Whether every value is finite on every rank (one host sync per call; under
