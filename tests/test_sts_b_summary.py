@@ -28,6 +28,12 @@ SRL = {"srl": True, "released_table": False, "memory_update": "epoch"}
     ({**SRL, "regularization_weight": 3e-4}, "SRL + RankSim"),
     ({**SRL, "regularization_weight": 0.0, "reweight": "none"}, "SRL"),
     ({**VANILLA, "bmse": True}, "Balanced MSE"),
+    ({**SRL, "preset": "sts_b", "w1": 1e-2, "w2": 1.0, "w3": 1e-2, "epoch": 20}, "SRL ×100"),
+    ({**SRL, "preset": "sts_b", "w1": 1e-4, "w2": 1e-2, "w3": 1e-4, "epoch": 20}, "SRL"),
+    ({**SRL, "preset": "sts_b", "w1": 1e-3, "w2": 1e-2, "w3": 1e-4}, "SRL (w1 0.001, w2 0.01, w3 0.0001)"),
+    ({**SRL, "preset": "sts_b", "w1": 1e-4, "w2": 1e-2, "w3": 1e-4, "epoch": None}, "SRL, no epoch cap"),
+    ({**VANILLA, "w1": 1e-1, "epoch": None}, "vanilla, no epoch cap"),  # vanilla: the SRL weights are unused
+    ({**SRL, "preset": "sts_b", "w1": 1e-1, "w2": 10.0, "w3": 1e-1, "epoch": None}, "SRL ×1000, no epoch cap"),
     ({**SRL, "bmse": True}, "SRL + Balanced MSE"),
     ({**SRL, "memory_update": "online", "bmse": True, "regularization_weight": 1.0},
      "SRL, online memory + RankSim + Balanced MSE"),
@@ -40,3 +46,14 @@ def test_arm_of_a_saved_config(config, arm):
 def test_a_method_is_compared_with_vanilla_alone_and_with_itself_and_srl_when_composed(method):
     assert summary.BASELINES[method] == ("vanilla",)
     assert summary.BASELINES[f"SRL + {method}"] == (method, "SRL")
+
+
+@pytest.mark.parametrize("arm, baselines", [
+    ("SRL ×100", ("vanilla", "SRL")),
+    ("SRL ×1000, no epoch cap", ("vanilla, no epoch cap", "SRL, no epoch cap", "SRL ×1000")),
+    ("SRL, no epoch cap", ("vanilla, no epoch cap", "SRL")),
+    ("vanilla, no epoch cap", ("vanilla",)),
+    ("SRL + RankSim", ("RankSim", "SRL")),
+])
+def test_strength_and_budget_arms_are_compared_with_their_baselines(arm, baselines):
+    assert summary.baselines_of(arm) == baselines

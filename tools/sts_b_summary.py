@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from srl_ext.settings import preset
 
 GROUPS = ("all", "many", "medium", "few")
 # What each arm is compared with, seed by seed on the same split: a method with SRL against the
@@ -30,6 +33,7 @@ METHODS = ("LDS+FDS", "LDS", "FDS", "RankSim", "Balanced MSE")
 for _method in METHODS:
     BASELINES[_method] = ("vanilla",)
     BASELINES[f"SRL + {_method}"] = (_method, "SRL")
+NO_CAP = ", no epoch cap"
 # Settings that may differ between the runs of one arm.
 PER_RUN = {"seed", "run_name", "resume", "evaluate", "workers", "threads", "device", "progress", "runs_dir", "data_dir"}
 
@@ -44,17 +48,50 @@ def method_of(config: dict) -> str:
     return " + ".join(p for p in parts if p)
 
 
+def strength_of(config: dict) -> str:
+    """'' at the preset's SRL weights; ' ×k' when w1, w2 and w3 are all the preset's times one k
+    (the strength sweep); else the weights themselves."""
+    weights = [config.get(key) for key in ("w1", "w2", "w3")]
+    if None in weights:  # a run saved without them: the preset's
+        return ""
+    released = preset(config.get("preset", "sts_b")).srl
+    ratios = [w / r for w, r in zip(weights, (released.w1, released.w2, released.w3))]
+    if all(math.isclose(x, ratios[0], rel_tol=1e-6) for x in ratios):
+        return "" if math.isclose(ratios[0], 1.0, rel_tol=1e-6) else f" ×{ratios[0]:g}"
+    return " (w1 {:g}, w2 {:g}, w3 {:g})".format(*weights)
+
+
+def budget_of(config: dict) -> str:
+    """', no epoch cap' for a run trained until the early stop (no --epoch), else ''."""
+    return NO_CAP if "epoch" in config and config["epoch"] is None else ""
+
+
 def arm_of(config: dict) -> str:
     method = method_of(config)
     if not config["srl"]:
-        return method or "vanilla"
-    if config.get("released_table"):
-        arm = "SRL, released table"
-    elif config.get("memory_update") == "online":
-        arm = "SRL, online memory"
+        arm = method or "vanilla"
     else:
-        arm = "SRL"
-    return f"{arm} + {method}" if method else arm
+        if config.get("released_table"):
+            arm = "SRL, released table"
+        elif config.get("memory_update") == "online":
+            arm = "SRL, online memory"
+        else:
+            arm = "SRL"
+        arm += strength_of(config)
+        arm = f"{arm} + {method}" if method else arm
+    return arm + budget_of(config)
+
+
+def baselines_of(arm: str) -> tuple[str, ...]:
+    """The arms ``arm`` is compared with, seed by seed: its baselines under the same budget and,
+    for a run without an epoch cap, the same arm with the cap (what the longer budget gave)."""
+    budget = NO_CAP if arm.endswith(NO_CAP) else ""
+    base = arm[: len(arm) - len(budget)]
+    if base.startswith("SRL ×") and " + " not in base:
+        same_budget = ("vanilla", "SRL")
+    else:
+        same_budget = BASELINES.get(base, ())
+    return tuple(b + budget for b in same_budget) + ((base,) if budget else ())
 
 
 def load_run(folder: Path) -> dict:
@@ -106,7 +143,7 @@ def markdown(arms: dict[tuple[str, str], list[dict]]) -> str:
               "is better):", "", "| split | arm | baseline | seed | " + " | ".join(g.capitalize() for g in GROUPS)
               + " |", "|---|---|---|---|" + "---|" * len(GROUPS)]
     for (split, arm), runs in sorted(arms.items()):
-        for baseline_arm in BASELINES.get(arm, ()):
+        for baseline_arm in baselines_of(arm):
             baseline = {r["seed"]: r for r in arms.get((split, baseline_arm), [])}
             diffs = []
             for run in sorted(runs, key=lambda r: r["seed"]):

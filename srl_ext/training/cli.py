@@ -515,12 +515,20 @@ def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
                             "quick runs and tests)")
     model.add_argument("--img_size", type=ranged(int, 16, 1024), default=images.IMAGE_SIZE, help="images are resized to this square size")
 
+    config, explicit = parse(parser, benchmark.preset, argv)
+    if config["demo"]:
+        demo.prepare(config, explicit, demo.IMAGE_SETTINGS, lambda root: demo.write_images(benchmark, root))
+    return run(config, explicit, image_builder(benchmark))
+
+
+def image_builder(benchmark) -> Build:
+    """The ``build(config) -> (task, model, datasets)`` of an image benchmark's runs."""
+    from .data import images
+    from .models import ImageRegressor
+
     def build(config: dict):
         task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"],
                                                train_views=2 if config.get("conr") else 0)
         return task, ImageRegressor(config["backbone"]), datasets
 
-    config, explicit = parse(parser, benchmark.preset, argv)
-    if config["demo"]:
-        demo.prepare(config, explicit, demo.IMAGE_SETTINGS, lambda root: demo.write_images(benchmark, root))
-    return run(config, explicit, build)
+    return build
