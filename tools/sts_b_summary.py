@@ -108,6 +108,9 @@ def load_run(folder: Path) -> dict:
         "steps_seconds": np.mean([r["train_seconds"] for r in epochs]),
         "memory_seconds": np.mean([r["memory_seconds"] for r in epochs]),
         "total_seconds": sum(r["train_seconds"] + r["memory_seconds"] + r["val_seconds"] for r in epochs),
+        # the SRL terms' gradient on the encoder over the regression loss's, per epoch (runs that logged it)
+        "grad_ratios": [r["srl_grad_ratio"] for r in epochs if "srl_grad_ratio" in r],
+        "grad_cosines": [r["srl_grad_cosine"] for r in epochs if "srl_grad_cosine" in r],
     }
 
 
@@ -156,12 +159,17 @@ def markdown(arms: dict[tuple[str, str], list[dict]]) -> str:
             if diffs:
                 lines.append(f"| {split} | {arm} | {baseline_arm} | mean ± std | "
                              + " | ".join(mean_std(col) for col in np.asarray(diffs).T) + " |")
-    lines += ["", "Runs (selected step, epochs, mean seconds per epoch: training steps + memory refill):", "",
-              "| split | arm | seed | selected at step | epochs | steps s/epoch | refill s/epoch |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "Runs (selected step, epochs, mean seconds per epoch: training steps + memory refill; SRL gradient "
+              "share: the SRL terms' gradient norm on the encoder over the regression loss's, and their cosine, in the "
+              "first epoch and the mean over all epochs, where the run logged it):", "",
+              "| split | arm | seed | selected at step | epochs | steps s/epoch | refill s/epoch | SRL grad ratio, epoch 1 "
+              "| SRL grad ratio, mean | SRL grad cosine, mean |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (split, arm), runs in sorted(arms.items()):
         for r in sorted(runs, key=lambda r: r["seed"]):
+            share = ((f"{r['grad_ratios'][0]:.4f} | {np.mean(r['grad_ratios']):.4f} | {np.mean(r['grad_cosines']):+.3f}")
+                     if r["grad_ratios"] else "- | - | -")
             lines.append(f"| {split} | {arm} | {r['seed']} | {r['selected_step']} | {r['epochs']} | "
-                         f"{r['steps_seconds']:.1f} | {r['memory_seconds']:.1f} |")
+                         f"{r['steps_seconds']:.1f} | {r['memory_seconds']:.1f} | {share} |")
     total = sum(r["total_seconds"] for runs in arms.values() for r in runs)
     count = sum(len(runs) for runs in arms.values())
     lines += ["", f"{count} runs, {total / 3600:.2f} hours of training wall time in all (steps, refills and "
