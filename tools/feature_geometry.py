@@ -210,16 +210,12 @@ def main(argv=None) -> dict:
         raise UserError(f"--share_batches: expected a count >= 0, got {args.share_batches}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    arm_of = _load_tool("sts_b_summary").arm_of
+    summary = _load_tool("sts_b_summary")
     rows = []
     for folder in args.runs:
-        rows.append(measure(folder, args.data_dir, args.share_batches, arm_of))
+        rows.append(measure(folder, args.data_dir, args.share_batches, summary.arm_of))
         print(f"measured {folder}", file=sys.stderr, flush=True)
-    text = markdown(rows)
-    if args.markdown:
-        args.markdown.write_text(text)
-    else:
-        print(text)
+    summary.write_or_print(markdown(rows), args.markdown)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     if args.figure:

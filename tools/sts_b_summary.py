@@ -221,13 +221,17 @@ def main(argv=None) -> None:
         arms[(run["split"], run["arm"])].append(run)
     for runs in arms.values():
         check_same_recipe(runs)
-    text = markdown(arms)
-    if args.markdown:
-        args.markdown.write_text(text)
-    else:
-        print(text)
+    write_or_print(markdown(arms), args.markdown)
     if args.figure:
         figure(arms, args.figure)
+
+
+def write_or_print(text: str, path: Path | None) -> None:
+    """The tables into ``path``, or on the standard output without one."""
+    if path:
+        path.write_text(text)
+    else:
+        print(text)
 
 
 if __name__ == "__main__":
