@@ -59,6 +59,10 @@ def test_one_row_per_run_and_the_figure(runs, tmp_path):
     assert "| srl-x100 | SRL ×100 |" in text and "By arm" in text
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {f: snapshot(f) for f in folders} == before  # the runs are only read
+    # the saved measurements stand in for the runs: the same tables, nothing measured again
+    again = tool.main([str(tmp_path / "g.json"), "--markdown", str(tmp_path / "again.md")])
+    assert again["rows"] == json.loads((tmp_path / "g.json").read_text())
+    assert (tmp_path / "again.md").read_text() == text
 
 
 def test_a_folder_without_a_selected_model_is_one_line_error(tmp_path, capsys):

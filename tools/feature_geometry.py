@@ -10,7 +10,8 @@ an SRL run, the SRL gradient share on the encoder (``analysis.gradient_share``) 
 the selected model too: the memory is filled by one pass over the training set, then
 ``--share_batches`` training batches are drawn as in training. Nothing is written to the run folders.
 
-Prints one row per run (and writes them with --markdown / --json), and draws one figure
+Prints one row per run (and writes them with --markdown / --json; a .json file written so can
+stand in for its runs, to redraw without measuring again), and draws one figure
 (--figure): per arm, the head's per-bin centroid cosine-similarity matrix ordered by label (of
 the arm's lowest seed), then the metrics by arm (mean ± std over seeds). Arms are those of
 tools/sts_b_summary.py (vanilla, SRL, SRL ×k, ..., ", no epoch cap").
@@ -197,7 +198,8 @@ def figure(rows: list[dict], path: Path) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with best.pt)")
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="run folders (each with best.pt), or .json files of an earlier --json (not measured again)")
     parser.add_argument("--data_dir", default=None, help="the data, if it moved since the runs trained")
     parser.add_argument("--share_batches", type=int, default=50,
                         help="training batches over which the SRL gradient share is averaged (0: not measured)")
@@ -212,9 +214,12 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     summary = _load_tool("sts_b_summary")
     rows = []
-    for folder in args.runs:
-        rows.append(measure(folder, args.data_dir, args.share_batches, summary.arm_of))
-        print(f"measured {folder}", file=sys.stderr, flush=True)
+    for source in args.runs:
+        if source.suffix == ".json" and source.is_file():  # measurements saved by an earlier --json
+            rows.extend(json.loads(source.read_text()))
+            continue
+        rows.append(measure(source, args.data_dir, args.share_batches, summary.arm_of))
+        print(f"measured {source}", file=sys.stderr, flush=True)
     summary.write_or_print(markdown(rows), args.markdown)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
