@@ -236,6 +236,14 @@ def add_method_flags(parser: argparse.ArgumentParser, preset_name: str) -> None:
                                            " (label int(y); labels past the last pool into it)"))
     fds.add_argument("--bucket_start", type=int, default=m.bucket_start, help="first FDS bucket (lower labels pool into it)")
     fds.add_argument("--fds_mmt", type=float, default=m.fds_mmt, help="momentum of FDS's running statistics")
+    fds.add_argument("--fds_clip", type=POSITIVE, nargs=2, metavar=("LOW", "HIGH"), default=list(m.fds_clip),
+                     help="bounds of the variance ratio in the calibration (the released code's on this benchmark)")
+    fds.add_argument("--fds_alias_last_epoch", action="store_true",
+                     help="released quirk (a), on in the released code: the calibration's source statistics are the "
+                          "running ones, the latest pass included, while its smoothed target lags one pass behind")
+    fds.add_argument("--fds_inplace", action="store_true",
+                     help="released quirk (b), on in the released code: the calibration overwrites h, so the "
+                          "statistics pass, RankSim and the projector read the calibrated h")
     rank = parser.add_argument_group("RankSim: ranking similarity (docs/methods.md, RankSim)")
     rank.add_argument("--regularization_weight", type=float, default=m.regularization_weight,
                       help=f"gamma, the weight of the RankSim term; 0 = off (released command on this benchmark: {gamma:g})")
@@ -291,6 +299,7 @@ def method_flag_errors(config: dict) -> list[tuple[bool, str, str, object]]:
          f"at least --bucket_start + max(2, --fds_ks // 2 + 1) = {c['bucket_start'] + max(2, c['fds_ks'] // 2 + 1)}",
          c["bucket_num"]),
         (not 0 <= c["fds_mmt"] < 1, "--fds_mmt", "a number in [0, 1)", c["fds_mmt"]),
+        (c["fds_clip"][0] > c["fds_clip"][1], "--fds_clip", "LOW <= HIGH", " ".join(f"{v:g}" for v in c["fds_clip"])),
         (not c["regularization_weight"] >= 0, "--regularization_weight", "0 or more", c["regularization_weight"]),
         (not c["interpolation_lambda"] > 0, "--interpolation_lambda", "a positive number", c["interpolation_lambda"]),
         (c["bmse"] and c["reweight"] != "none", "--reweight", "none with --bmse (Balanced MSE replaces the weighted "

@@ -478,14 +478,17 @@ class Engine:
     def memory_pass(self, memory: bool = True, fds: bool = False) -> None:
         """The released code's refill: one pass over the training set, train mode (augmentations
         and dropout on), no gradient, every batch's features into the memory and, for FDS, every
-        batch's h (uncalibrated) and labels into FDS's statistics."""
+        batch's h (uncalibrated; calibrated with FDS's ``inplace``, released quirk (b)) and labels
+        into FDS's statistics."""
         self.model.train()
         self._sync_buffers()
         name = "memory pass" if memory else "FDS statistics pass"
         for inputs, labels in progress(self.loader("train", stream=1), self.settings.progress and self.main, name):
             inputs, labels = self._to_device(self._training_inputs(inputs)[0], labels)
             if fds:
-                _, features, h = self.model(*inputs, return_h=True)
+                # released quirk (b): the calibration overwrites h, so the pass records the calibrated h
+                calibrated = {"labels": labels, "epoch": self.epoch} if self.model.fds.inplace else {}
+                _, features, h = self.model(*inputs, return_h=True, **calibrated)
                 self.model.fds.accumulate(h, labels)
             else:
                 _, features = self.model(*inputs)
