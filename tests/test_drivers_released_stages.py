@@ -10,11 +10,15 @@ from helpers import load_driver
 from test_drivers import text_args, text_data  # noqa: F401 (the fixture)
 
 from srl_ext import methods
-from srl_ext.training import engine
+from srl_ext.training import cli, engine
 from srl_ext.training.config import method_settings
 
 # Deterministic forwards (no dropout), so that a pass can be recomputed outside the engine.
 NO_DROPOUT = ("--embedding_dropout", "0", "--lstm_dropout", "0")
+
+
+def parse_sts_b(*argv):
+    return cli.parse(load_driver("sts_b").parser(), "sts_b", list(argv))[0]
 
 
 # ----- FDS: the released clip per benchmark, the quirks as flags -----
@@ -90,7 +94,22 @@ def test_the_statistics_pass_records_calibrated_h_with_the_inplace_quirk(text_da
         torch.testing.assert_close(got, want)
 
 
+# ----- DIR's own STS-B trainer as one switch -----
+
+def test_dir_recipe_sets_dir_trainer_defaults_and_explicit_flags_win():
+    srl = parse_sts_b()
+    dir_ = parse_sts_b("--recipe", "dir")
+    keys = ("batch_size", "lr", "weight_decay", "grad_clip", "eval_every", "patience", "max_validations", "epoch")
+    assert [srl[k] for k in keys] == [16, 2.5e-4, 1e-5, 5.0, 400, 30, 300, None]
+    assert [dir_[k] for k in keys] == [128, 1e-4, 1e-5, 5.0, 400, 10, 100, None]
+    assert dir_["recipe"] == "dir" and dir_["early_stop"] == "released"
+    mixed = parse_sts_b("--recipe", "dir", "--lr", "3e-4", "--patience", "0")
+    assert (mixed["lr"], mixed["patience"], mixed["batch_size"]) == (3e-4, None, 128)
+
+
 @pytest.mark.parametrize("name, argv, message", [
+    ("sts_b", ["--recipe", "deep"], "argument --recipe: invalid choice: 'deep'"),
+    ("agedb", ["--recipe", "dir"], "unrecognized arguments: --recipe dir"),  # no DIR trainer recipe for ages here
     ("sts_b", ["--fds_clip", "2", "0.5"], "--fds_clip: expected LOW <= HIGH, got 2 0.5"),
     ("sts_b", ["--fds_clip", "0", "2"], "argument --fds_clip: expected a number > 0, got '0'"),
 ])

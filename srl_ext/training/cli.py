@@ -29,7 +29,7 @@ from . import ddp, demo, released_checkpoints, reporting
 from .checkpoint import (BEST, LAST, PREVIOUS, RunFolderLock, data_fingerprint, fingerprint_changes, load_checkpoint,
                          make_run_dir, seed_everything, set_aside)
 from .config import (BMSE_MODES, EARLY_STOP_RULES, KERNELS, RANKSIM_FEATURES, RANKSIM_RELEASED_WEIGHT, REWEIGHTS,
-                     method_settings, recipe, released_methods)
+                     TRAINER_RECIPES, method_settings, recipe, recipe_flags, released_methods)
 from .engine import Engine
 from .errors import CheckpointError, UserError
 
@@ -170,6 +170,15 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                             "without a better model")
     train.add_argument("--max_vals", dest="max_validations", type=NON_NEGATIVE_INT, default=p.max_validations or 0,
                        help="stop after so many validations (0: no limit)")
+    if preset_name in TRAINER_RECIPES:
+        trainers = TRAINER_RECIPES[preset_name]
+        train.add_argument("--recipe", choices=tuple(trainers), default="srl",
+                           help="whose trainer sets the defaults of the flags above; flags given explicitly win: "
+                                + "; ".join(f"{name} = batch {r.batch_size}, lr {r.lr:g}, patience "
+                                            f"{r.early_stop_patience}, at most {r.max_validations} validations"
+                                            for name, r in trainers.items())
+                                + " (srl: the SRL code's trainer; dir: the DIR code's own, with which the DIR paper "
+                                  "ran LDS and FDS)")
 
     srl = parser.add_argument_group("SRL loss (docs/method.md)")
     srl.add_argument("--vanilla", dest="srl", action="store_false",
@@ -333,6 +342,10 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
     '0 means off' flags to None."""
     args = parser.parse_args(argv)
     config = vars(args)
+    explicit = explicit_flags(parser, argv)
+    if config.get("recipe", "srl") != "srl":  # another trainer's values for the flags not given
+        values = recipe_flags(recipe(preset_name, config["recipe"]))
+        config.update({key: value for key, value in values.items() if key not in explicit})
     config.update(preset=preset_name, regression_loss=recipe(preset_name).regression_loss,
                   memory_normalized=settings.preset(preset_name).memory_normalized)
     for key in ("grad_clip", "eval_every", "patience", "max_validations"):
@@ -357,7 +370,7 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
     for failed, flag, expected, actual in checks:
         if failed:
             parser.error(f"{flag}: expected {expected}, got {actual}")
-    return config, explicit_flags(parser, argv)
+    return config, explicit
 
 
 Build = Callable[[dict], tuple]  # config -> (Task, model, {"train", "val", "test"} datasets)

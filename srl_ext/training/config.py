@@ -52,10 +52,34 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def recipe(name: str) -> Recipe:
+# The recipes of other trainers of a benchmark, chosen with the drivers' --recipe (docs/training.md):
+# "srl" is RECIPES' (the SRL code's); "dir" on STS-B-DIR is DIR's own trainer
+# (YyzHarry/imbalanced-regression, sts-b-dir/train.py and trainer.py), with which the DIR paper
+# ran LDS and FDS: batch 128, lr 1e-4, patience 10, at most 100 validations, the rest as the SRL code's.
+TRAINER_RECIPES: dict[str, dict[str, Recipe]] = {
+    "sts_b": {"srl": RECIPES["sts_b"],
+              "dir": Recipe(regression_loss="mse", lr=1e-4, weight_decay=1e-5, batch_size=128, epochs=None,
+                            grad_clip_norm=5.0, eval_every_steps=400, early_stop_patience=10, max_validations=100)},
+}
+
+
+def recipe(name: str, trainer: str = "srl") -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"preset must be one of {', '.join(map(repr, RECIPES))}, got {name!r}")
-    return RECIPES[name]
+    if trainer == "srl":
+        return RECIPES[name]
+    choices = TRAINER_RECIPES.get(name, {"srl": RECIPES[name]})
+    if trainer not in choices:
+        raise ValueError(f"recipe of {name} must be one of {', '.join(map(repr, choices))}, got {trainer!r}")
+    return choices[trainer]
+
+
+def recipe_flags(r: Recipe) -> dict:
+    """A recipe as the values of the drivers' flags (0 where a flag reads 0 as 'none')."""
+    return {"lr": r.lr, "weight_decay": r.weight_decay, "batch_size": r.batch_size, "epoch": r.epochs,
+            "lr_milestones": list(r.lr_milestones), "lr_gamma": r.lr_gamma, "grad_clip": r.grad_clip_norm or 0.0,
+            "eval_every": r.eval_every_steps or 0, "patience": r.early_stop_patience or 0,
+            "max_validations": r.max_validations or 0}
 
 
 def srl_settings(config: dict) -> SRLSettings:
