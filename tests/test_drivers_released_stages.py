@@ -6,8 +6,9 @@ flags, DIR's own STS-B trainer as one --recipe, the released second stage (--ini
 
 import pytest
 import torch
-from helpers import load_driver
+from helpers import load_driver, write_sts_b_pairs
 from test_drivers import text_args, text_data  # noqa: F401 (the fixture)
+from test_drivers_methods import straight_and_resumed
 
 from srl_ext import methods
 from srl_ext.training import cli, engine
@@ -112,6 +113,11 @@ def test_dir_recipe_sets_dir_trainer_defaults_and_explicit_flags_win():
     ("agedb", ["--recipe", "dir"], "unrecognized arguments: --recipe dir"),  # no DIR trainer recipe for ages here
     ("sts_b", ["--fds_clip", "2", "0.5"], "--fds_clip: expected LOW <= HIGH, got 2 0.5"),
     ("sts_b", ["--fds_clip", "0", "2"], "argument --fds_clip: expected a number > 0, got '0'"),
+    ("sts_b", ["--vanilla", "--retrain_regressor"], "--retrain_regressor: expected --init_from RUN with it"),
+    ("sts_b", ["--init_from", "x", "--retrain_regressor"], "--retrain_regressor: expected --vanilla and no RankSim "
+     "or ConR with it (those terms act on the frozen encoder's features only), got SRL"),
+    ("sts_b", ["--init_from", "x", "--retrain_regressor", "--vanilla", "--regularization_weight", "1"],
+     "got RankSim"),
 ])
 def test_bad_flags_end_in_one_line(name, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -119,3 +125,57 @@ def test_bad_flags_end_in_one_line(name, argv, message, capsys):
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert ": error: " in last and message in last, last
+
+
+# ----- the released second stage: --init_from RUN --retrain_regressor -----
+
+@pytest.fixture(scope="module")
+def vanilla_run(text_data, tmp_path_factory):  # noqa: F811
+    runs = tmp_path_factory.mktemp("first_stage")
+    load_driver("sts_b").main(text_args(text_data, runs, "--epoch", "2", "--vanilla", "--run_name", "vanilla"))
+    return runs / "vanilla"
+
+
+def test_retraining_the_regressor_of_a_run_resumes_exactly_and_leaves_the_rest(text_data, vanilla_run, tmp_path,
+                                                                              monkeypatch):  # noqa: F811
+    loaded = []
+    original = cli.init_from_run
+    monkeypatch.setattr(cli, "init_from_run", lambda model, *a: original(model, *a) or loaded.append(
+        {key: value.clone() for key, value in model.state_dict().items()}))
+    driver = load_driver("sts_b")
+    options = ("--epoch", "3", "--vanilla", "--bmse", "--init_from", str(vanilla_run), "--retrain_regressor",
+               "--seed", "1")
+    _, run = straight_and_resumed(driver, lambda runs, *a: text_args(text_data, runs, *options, *a), tmp_path,
+                                  monkeypatch)
+    source = torch.load(vanilla_run / "best.pt", weights_only=False)["model"]
+    start = loaded[0]  # the straight run's model right after --init_from
+    last = torch.load(run / "last.pt", weights_only=False)
+    encoder = [key for key in source if not key.startswith("regressor.")]
+    assert encoder and all(torch.equal(start[key], source[key]) for key in encoder)  # RUN's weights, the seed's aside
+    assert all(torch.equal(last["model"][key], source[key]) for key in encoder)  # frozen through 3 epochs
+    assert not torch.equal(start["regressor.weight"], source["regressor.weight"])  # the regressor starts afresh
+    assert not torch.equal(last["model"]["regressor.weight"], start["regressor.weight"])  # and learns
+    group, = last["optimizer"]["param_groups"]
+    assert len(group["params"]) == 2  # the regressor's weight and bias only
+    assert last["config"]["retrain_regressor"] and last["config"]["init_from"] == str(vanilla_run)
+    assert float(last["balanced_mse"]["noise_sigma"]) != 0.2  # sigma learns beside the regressor
+
+
+def test_init_from_refuses_another_network_or_other_data(text_data, vanilla_run, tmp_path, capsys):  # noqa: F811
+    driver = load_driver("sts_b")
+    base = ("--epoch", "1", "--vanilla", "--init_from", str(vanilla_run))
+    assert cli.command(driver.main, text_args(text_data, tmp_path, *base, "--hidden_size", "4")) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: --init_from {vanilla_run / 'best.pt'}: expected encoder.lstm.bias_hh_l0 of "
+                           "shape (16,), got (32,); give the model flags of") and "\n" not in line
+    other = tmp_path / "other"
+    other.mkdir()
+    data = write_sts_b_pairs(other, ["a", "man", "woman", "is", "eating", "dancing", "playing", "guitar", "the", "dog",
+                                     "runs", "."], 48, train=30, val=40)
+    assert cli.command(driver.main, text_args(data, tmp_path, *base)) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"error: --init_from {vanilla_run / 'best.pt'}: expected a run on this data, got a run on "
+                           "other data (") and "\n" not in line
+    assert cli.command(driver.main, text_args(text_data, tmp_path, "--vanilla", "--init_from", str(tmp_path))) == 2
+    assert capsys.readouterr().err.strip() == f"error: no checkpoint at '{tmp_path / 'best.pt'}'"
+    assert not any(p.name.startswith("sts_b-") for p in tmp_path.iterdir())  # no run folder left behind

@@ -179,6 +179,13 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                                             for name, r in trainers.items())
                                 + " (srl: the SRL code's trainer; dir: the DIR code's own, with which the DIR paper "
                                   "ran LDS and FDS)")
+    train.add_argument("--init_from", metavar="RUN", default=None,
+                       help=f"start a new run from the model selected in RUN (its {BEST}): every weight but the "
+                            "regressor's, which starts afresh (the released two-stage training); the model flags must "
+                            "build the same network, and the data must be RUN's")
+    train.add_argument("--retrain_regressor", action="store_true",
+                       help="with --init_from and --vanilla: train the regressor only, every other parameter frozen "
+                            "(the released second stage, RRT; Balanced MSE's released recipe)")
 
     srl = parser.add_argument_group("SRL loss (docs/method.md)")
     srl.add_argument("--vanilla", dest="srl", action="store_false",
@@ -321,6 +328,11 @@ def method_flag_errors(config: dict) -> list[tuple[bool, str, str, object]]:
         (not c.get("conr_w", 1.0) > 0, "-w", "a positive number", c.get("conr_w")),
         (not c.get("conr_beta", 0.0) >= 0, "--beta", "0 or more", c.get("conr_beta")),
         (not c.get("conr_e", 0.0) >= 0, "-e", "0 or more", c.get("conr_e")),
+        (c["retrain_regressor"] and c["init_from"] is None, "--retrain_regressor",
+         "--init_from RUN with it (a trained encoder to freeze)", "no --init_from"),
+        (c["retrain_regressor"] and (c["srl"] or c["regularization_weight"] > 0 or c.get("conr", False)),
+         "--retrain_regressor", "--vanilla and no RankSim or ConR with it (those terms act on the frozen encoder's "
+         "features only)", "SRL" if c["srl"] else "RankSim" if c["regularization_weight"] > 0 else "ConR"),
     ]
 
 
@@ -438,6 +450,8 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
             # The data first: a run that cannot start leaves no folder behind.
             task, model, datasets = build(config)
             fingerprint = _fingerprint(task, datasets)
+            if config.get("init_from") is not None:
+                init_from_run(model, config["init_from"], config["preset"], fingerprint)
             run_dir = None
             if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
                 kind = "+".join(["srl" if config["srl"] else "vanilla"] + method_settings(config).names())
@@ -501,6 +515,30 @@ def _check_benchmark(checkpoint: dict, path: Path, preset: str, action: str) -> 
             f"{BENCHMARK_TITLES.get(theirs, theirs)} run ({theirs}): use python {DRIVERS.get(theirs, 'train/' + theirs + '.py')} "
             f"--{action} {path.parent if path.name in (LAST, BEST) else path}"
         )
+
+
+def init_from_run(model: torch.nn.Module, source: str, preset: str, fingerprint: dict) -> None:
+    """--init_from: every weight of the model selected in run ``source`` (its best.pt) but the
+    regressor's (and FDS's statistics), as the released second stage loads them. A run of another
+    benchmark or other data, or a network of other shapes, is refused."""
+    checkpoint, path = load_checkpoint(source, BEST)
+    _check_benchmark(checkpoint, path, preset, "init_from")
+    changes = fingerprint_changes(checkpoint["data_fingerprint"], fingerprint) if checkpoint.get("data_fingerprint") else []
+    if changes:
+        raise UserError(f"--init_from {path}: expected a run on this data, got a run on other data ({'; '.join(changes)})")
+    kept = lambda key: not key.startswith(("regressor.", "fds."))  # noqa: E731
+    saved = {key: value for key, value in checkpoint["model"].items() if kept(key)}
+    own = {key: value for key, value in model.state_dict().items() if kept(key)}
+    hint = f"give the model flags of {path.parent / 'config.json'}"
+    for key in sorted(set(own) | set(saved)):
+        if key not in saved or key not in own:
+            raise UserError(f"--init_from {path}: expected the same network, got {'no' if key not in saved else 'an extra'} "
+                            f"tensor {key} in the file; {hint}")
+        if saved[key].shape != own[key].shape:
+            raise UserError(f"--init_from {path}: expected {key} of shape {tuple(own[key].shape)}, got "
+                            f"{tuple(saved[key].shape)}; {hint}")
+    model.load_state_dict(saved, strict=False)
+    print(f"initialised from {path} (every weight but the regressor's)", flush=True)
 
 
 def _fingerprint(task, datasets) -> dict:

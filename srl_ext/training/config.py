@@ -226,6 +226,7 @@ class TrainConfig:
     loss: SRLSettings = field(default_factory=SRLSettings)  # the SRL terms' settings
     methods: MethodSettings = field(default_factory=MethodSettings)  # LDS, FDS, RankSim, Balanced MSE, ConR
     backend: str = "auto"
+    retrain_regressor: bool = False  # train the regressor only, every other parameter frozen (after --init_from)
     memory_update: str = "epoch_pass"
     memory_momentum: float = 0.9
     memory_normalized: bool = False

@@ -112,6 +112,9 @@ class Engine:
         m = self.settings.methods
         if m.fds:  # before DDP wraps the model: the FDS buffers are part of it
             model.fds = methods.FDS(model.feature_width, **fds_arguments(m, task.name))
+        if self.settings.retrain_regressor:  # the released second stage: only the regressor learns (before DDP)
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(name.startswith("regressor."))
         self.model = model.to(self.device)  # the plain module: checkpoints, the memory pass, evaluation
         self.datasets = datasets
         self.main = ddp.is_main_process()  # rank 0 (always, without torch.distributed)
