@@ -4,6 +4,9 @@ flags, DIR's own STS-B trainer as one --recipe, the released second stage (--ini
 --retrain_regressor) and the summary tool's validation calibration line.
 """
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import load_driver, write_sts_b_pairs
@@ -16,6 +19,11 @@ from srl_ext.training.config import method_settings
 
 # Deterministic forwards (no dropout), so that a pass can be recomputed outside the engine.
 NO_DROPOUT = ("--embedding_dropout", "0", "--lstm_dropout", "0")
+
+_SUMMARY = Path(__file__).resolve().parents[1] / "tools" / "sts_b_summary.py"
+_spec = importlib.util.spec_from_file_location("sts_b_summary", _SUMMARY)
+summary = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(summary)
 
 
 def parse_sts_b(*argv):
@@ -179,3 +187,51 @@ def test_init_from_refuses_another_network_or_other_data(text_data, vanilla_run,
     assert cli.command(driver.main, text_args(text_data, tmp_path, "--vanilla", "--init_from", str(tmp_path))) == 2
     assert capsys.readouterr().err.strip() == f"error: no checkpoint at '{tmp_path / 'best.pt'}'"
     assert not any(p.name.startswith("sts_b-") for p in tmp_path.iterdir())  # no run folder left behind
+
+
+# ----- the summary tool: arms of the new settings, the validation calibration line -----
+
+@pytest.mark.parametrize("config, arm, baselines", [
+    ({"srl": False, "reweight": "inverse", "lds": True, "fds": True}, "LDS+FDS", ("vanilla",)),
+    ({"srl": False, "reweight": "inverse", "lds": True, "fds": True, "fds_clip": [0.5, 2.0],
+      "fds_alias_last_epoch": True, "fds_inplace": True, "recipe": "dir"},
+     "LDS+FDS (clip 0.5-2, aliased, in place) [dir recipe]", ("vanilla [dir recipe]",)),
+    ({"srl": True, "reweight": "inverse", "lds": True, "fds": True, "fds_clip": [0.5, 2.0]},
+     "SRL + LDS+FDS (clip 0.5-2)", ("LDS+FDS (clip 0.5-2)", "SRL")),
+    ({"srl": False, "recipe": "dir"}, "vanilla [dir recipe]", ()),
+    ({"srl": False, "recipe": "dir", "epoch": None}, "vanilla [dir recipe], no epoch cap", ("vanilla [dir recipe]",)),
+    ({"srl": False, "reweight": "inverse", "lds": True, "fds": True, "recipe": "dir", "epoch": None},
+     "LDS+FDS [dir recipe], no epoch cap", ("vanilla [dir recipe], no epoch cap", "LDS+FDS [dir recipe]")),
+    ({"srl": False, "recipe": "srl"}, "vanilla", ()),
+    ({"srl": False, "bmse": True, "fix_noise_sigma": True, "init_noise_sigma": 0.05},
+     "Balanced MSE (sigma fixed at 0.05)", ("vanilla",)),
+    ({"srl": False, "bmse": True, "retrain_regressor": True, "init_from": "runs/v0"},
+     "Balanced MSE (regressor retrained)", ("vanilla",)),
+    ({"srl": True}, "SRL", ("vanilla",)),
+])
+def test_summary_arms_of_the_new_settings(config, arm, baselines):
+    assert summary.arm_of(config) == arm
+    assert summary.baselines_of(arm) == baselines
+
+
+def test_summary_reports_the_validation_calibration_of_each_selected_model(text_data, vanilla_run, capsys):  # noqa: F811
+    run = summary.load_run(vanilla_run)
+    slope, intercept = summary.validation_calibration(run)
+    # recomputed here: the selected model's validation predictions, and the least-squares line
+    task, model, datasets = load_driver("sts_b").build(run["config"])
+    model.load_state_dict(torch.load(vanilla_run / "best.pt", weights_only=False)["model"])
+    model.eval()
+    with torch.no_grad():
+        inputs, labels = task.collate([datasets["val"][i] for i in range(len(datasets["val"]))])
+        p = (model(*inputs)[0].double() * 5).numpy()
+    y = labels.double().numpy()
+    dp = p - p.mean()
+    expected = (dp * (y - y.mean())).sum() / (dp * dp).sum()
+    # the tool predicts as the run's validations did, in float32: equal to float32 rounding
+    assert slope == pytest.approx(expected, rel=1e-5)
+    assert intercept == pytest.approx(y.mean() - expected * p.mean(), rel=1e-5, abs=1e-7)
+    capsys.readouterr()
+    summary.main([str(vanilla_run), "--calibration"])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if f"| 0: {slope:.3f} |" in line)
+    assert f"| {run['split']} | vanilla | 1 seeds | {slope:.3f} ± nan | {intercept:.3f} ± nan | 0: {slope:.3f} |" == row
