@@ -538,7 +538,8 @@ def init_from_run(model: torch.nn.Module, source: str, preset: str, fingerprint:
             raise UserError(f"--init_from {path}: expected {key} of shape {tuple(own[key].shape)}, got "
                             f"{tuple(saved[key].shape)}; {hint}")
     model.load_state_dict(saved, strict=False)
-    print(f"initialised from {path} (every weight but the regressor's)", flush=True)
+    if ddp.is_main_process():
+        print(f"initialised from {path} (every weight but the regressor's)", flush=True)
 
 
 def _fingerprint(task, datasets) -> dict:
