@@ -148,8 +148,13 @@ def test_retraining_the_regressor_of_a_run_resumes_exactly_and_leaves_the_rest(t
                                                                               monkeypatch):  # noqa: F811
     loaded = []
     original = cli.init_from_run
-    monkeypatch.setattr(cli, "init_from_run", lambda model, *a: original(model, *a) or loaded.append(
-        {key: value.clone() for key, value in model.state_dict().items()}))
+
+    def init_from_run(model, *args):
+        source_config = original(model, *args)
+        loaded.append({key: value.clone() for key, value in model.state_dict().items()})
+        return source_config
+
+    monkeypatch.setattr(cli, "init_from_run", init_from_run)
     driver = load_driver("sts_b")
     options = ("--epoch", "3", "--vanilla", "--bmse", "--init_from", str(vanilla_run), "--retrain_regressor",
                "--seed", "1")
@@ -166,6 +171,7 @@ def test_retraining_the_regressor_of_a_run_resumes_exactly_and_leaves_the_rest(t
     group, = last["optimizer"]["param_groups"]
     assert len(group["params"]) == 2  # the regressor's weight and bias only
     assert last["config"]["retrain_regressor"] and last["config"]["init_from"] == str(vanilla_run)
+    assert last["config"]["init_from_srl"] is False  # the encoder of a --vanilla run
     assert float(last["balanced_mse"]["noise_sigma"]) != 0.2  # sigma learns beside the regressor
 
 
@@ -205,8 +211,10 @@ def test_init_from_refuses_another_network_or_other_data(text_data, vanilla_run,
     ({"srl": False, "recipe": "srl"}, "vanilla", ()),
     ({"srl": False, "bmse": True, "fix_noise_sigma": True, "init_noise_sigma": 0.05},
      "Balanced MSE (sigma fixed at 0.05)", ("vanilla",)),
-    ({"srl": False, "bmse": True, "retrain_regressor": True, "init_from": "runs/v0"},
+    ({"srl": False, "bmse": True, "retrain_regressor": True, "init_from": "runs/v0", "init_from_srl": False},
      "Balanced MSE (regressor retrained)", ("vanilla",)),
+    ({"srl": False, "bmse": True, "retrain_regressor": True, "init_from": "runs/s0", "init_from_srl": True},
+     "SRL + Balanced MSE (regressor retrained)", ("Balanced MSE (regressor retrained)", "SRL")),
     ({"srl": True}, "SRL", ("vanilla",)),
 ])
 def test_summary_arms_of_the_new_settings(config, arm, baselines):

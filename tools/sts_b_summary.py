@@ -9,7 +9,8 @@ arm is read from its saved config: the split (the last folder of ``--data_dir``)
 (also SRL with ``--released_table`` or ``--memory_update online``), the methods composed with it
 (LDS+FDS, RankSim, Balanced MSE: ``SRL + RankSim``, or ``RankSim`` alone; FDS with what departs
 from its first settings here, ``FDS (clip 0.5-2, aliased, in place)``; Balanced MSE with a fixed
-sigma or a retrained regressor) and the trainer when it is not the SRL code's (``[dir recipe]``),
+sigma or a retrained regressor, the latter counted with SRL when the run it started from trained
+with SRL) and the trainer when it is not the SRL code's (``[dir recipe]``),
 whose runs are compared with the same trainer's. Runs of one arm must differ only in their seed;
 a difference in any other setting is refused, so that a table never mixes recipes.
 
@@ -106,7 +107,8 @@ def budget_of(config: dict) -> str:
 def arm_of(config: dict) -> str:
     method = method_of(config)
     if not config["srl"]:
-        arm = method or "vanilla"
+        # a second stage on an encoder trained with SRL (--init_from an SRL run) counts as SRL + the method
+        arm = ("SRL + " + method if config.get("init_from_srl") else method) or "vanilla"
     else:
         if config.get("released_table"):
             arm = "SRL, released table"

@@ -450,8 +450,8 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
             # The data first: a run that cannot start leaves no folder behind.
             task, model, datasets = build(config)
             fingerprint = _fingerprint(task, datasets)
-            if config.get("init_from") is not None:
-                init_from_run(model, config["init_from"], config["preset"], fingerprint)
+            if config.get("init_from") is not None:  # recorded: whether the encoder was trained with SRL
+                config["init_from_srl"] = bool(init_from_run(model, config["init_from"], config["preset"], fingerprint)["srl"])
             run_dir = None
             if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
                 kind = "+".join(["srl" if config["srl"] else "vanilla"] + method_settings(config).names())
@@ -517,10 +517,10 @@ def _check_benchmark(checkpoint: dict, path: Path, preset: str, action: str) -> 
         )
 
 
-def init_from_run(model: torch.nn.Module, source: str, preset: str, fingerprint: dict) -> None:
+def init_from_run(model: torch.nn.Module, source: str, preset: str, fingerprint: dict) -> dict:
     """--init_from: every weight of the model selected in run ``source`` (its best.pt) but the
-    regressor's (and FDS's statistics), as the released second stage loads them. A run of another
-    benchmark or other data, or a network of other shapes, is refused."""
+    regressor's (and FDS's statistics), as the released second stage loads them; returns that
+    run's config. A run of another benchmark or other data, or a network of other shapes, is refused."""
     checkpoint, path = load_checkpoint(source, BEST)
     _check_benchmark(checkpoint, path, preset, "init_from")
     changes = fingerprint_changes(checkpoint["data_fingerprint"], fingerprint) if checkpoint.get("data_fingerprint") else []
@@ -540,6 +540,7 @@ def init_from_run(model: torch.nn.Module, source: str, preset: str, fingerprint:
     model.load_state_dict(saved, strict=False)
     if ddp.is_main_process():
         print(f"initialised from {path} (every weight but the regressor's)", flush=True)
+    return checkpoint["config"]
 
 
 def _fingerprint(task, datasets) -> dict:
