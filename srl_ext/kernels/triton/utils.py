@@ -51,6 +51,32 @@ def set_deterministic(enabled: bool) -> None:
     _deterministic = bool(enabled)
 
 
+# Set by ``only_config``: (GPU list name, index) of the one config every kernel runs, or None.
+_only_config: tuple[str, int] | None = None
+
+
+@contextlib.contextmanager
+def only_config(gpu: str, index: int):
+    """Within this context every kernel runs config `index` of its `gpu` list ("hopper" or
+    "ampere"; the last config where a list is shorter), on any GPU, and nothing is timed.
+
+    For checks that compare every config with the reference (bench/check_triton_configs.py):
+    the autotuner runs only the config it picks, so another process, picking another, would run
+    a config no test has seen. Choices made here are kept apart from the others (``launch``).
+    """
+    global _only_config
+    previous, _only_config = _only_config, (gpu, index)
+    try:
+        yield
+    finally:
+        _only_config = previous
+
+
+def _tuning_mode():
+    """What the configs an autotuner may choose from depend on (its choices are kept per mode)."""
+    return _only_config if _only_config is not None else deterministic()
+
+
 def deterministic() -> bool:
     """Whether the configs are pinned: ``set_deterministic(True)``, SRL_EXT_TRITON_DETERMINISTIC=1,
     or ``torch.use_deterministic_algorithms(True)`` (the switch a reproducible run sets anyway)."""
@@ -124,6 +150,30 @@ def check_feature_dim(function: str, argument: str, dim: int) -> None:
         )
 
 
+# Triton's element offsets are 32-bit unless a kernel widens them (the envelope's anchor rows):
+# every other array a kernel addresses must have fewer elements than this.
+MAX_OFFSET = 2**31
+
+
+def check_offsets(function: str, argument: str, elements: int, what: str = "") -> None:
+    """Raise ValueError when an array of `elements` elements (for `argument`) is too large for the
+    kernels' 32-bit offsets (the other backends have no such limit). Traceable: torch._check."""
+    torch._check_value(
+        elements < MAX_OFFSET,
+        lambda: f"{function}: argument '{argument}' needs {elements} elements{what}, more than the Triton "
+                f"kernels' 32-bit offsets address (at most {MAX_OFFSET - 1}); use backend 'cuda', 'cpu' "
+                f"or 'reference', or fewer rows",
+    )
+
+
+def size_bucket(size: int) -> int:
+    """`size` rounded up to a power of two, at least 16: part of the autotune keys where a size
+    changes the best config (the number of programs, or of loop iterations), so that each bucket
+    is timed once rather than each size (a power of two >= 16 also gives Triton one
+    specialisation of the argument)."""
+    return max(16, triton.next_power_of_2(int(size)))
+
+
 @dataclass(frozen=True)
 class TuningSpace:
     """What ``triton.autotune`` gets (``configs``, ``prune_configs_by``), and the per-GPU lists
@@ -162,11 +212,26 @@ def autotune_configs(keys: tuple[str, ...], hopper: list[tuple], ampere: list[tu
     def for_this_gpu(configs, named_args, **kwargs):
         # The current device, which is the inputs' one (on_inputs_device); simple enough for
         # torch.compile to trace through this function.
+        if _only_config is not None:
+            gpu, index = _only_config
+            return [by_gpu[gpu][min(index, len(by_gpu[gpu]) - 1)]]
         major, _minor = torch.cuda.get_device_capability()
         listed = by_gpu["hopper"] if major >= 9 else by_gpu["ampere"]
         return listed[-1:] if deterministic() else listed
 
-    return TuningSpace(by_gpu["hopper"] + by_gpu["ampere"], {"early_config_prune": for_this_gpu}, by_gpu)
+    space = TuningSpace(by_gpu["hopper"] + by_gpu["ampere"], {"early_config_prune": for_this_gpu}, by_gpu)
+    TUNING_SPACES.append(space)
+    return space
+
+
+# Every GPU tuning space defined (the kernel modules append theirs when imported).
+TUNING_SPACES: list[TuningSpace] = []
+
+
+def num_configs(gpu: str) -> int:
+    """The length of the longest config list for `gpu`: ``only_config(gpu, i)`` for i below it
+    runs every config of every kernel (0 under the interpreter, which has no lists)."""
+    return max((len(space.by_gpu[gpu]) for space in TUNING_SPACES), default=0)
 
 
 def autotune(space: TuningSpace, key: list[str]):
@@ -185,10 +250,11 @@ def launch(kernel):
     """The kernel, wrapped so torch.compile traces it inside a ``torch.library.triton_op``.
 
     An autotuner keeps one choice per shape and asks for configs only when it has none: its
-    choices of each mode are kept apart, so switching the deterministic mode takes effect at once.
+    choices of each mode (timed, deterministic, ``only_config``) are kept apart, so switching the
+    mode takes effect at once.
     """
     if isinstance(kernel, Autotuner):
-        kernel.cache = kernel.__dict__.setdefault("choices_by_mode", {}).setdefault(deterministic(), {})
+        kernel.cache = kernel.__dict__.setdefault("choices_by_mode", {}).setdefault(_tuning_mode(), {})
     return wrap_triton(kernel)
 
 
