@@ -23,9 +23,9 @@ from .utils import (EPS, autotune, autotune_configs, block_dim, check_offsets, j
 
 _CONFIGS = autotune_configs(
     ("BLOCK_B", "BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3), (16, 64, 4, 4)],
-    ampere=[(32, 64, 4, 2), (16, 64, 4, 2), (64, 32, 4, 2)],
-    fallback=(16, 16, 4, 1), interpreter=(4, 4),
+    hopper=[(32, 32, 8, 2), (64, 32, 8, 2), (16, 64, 8, 2), (16, 32, 4, 2)],
+    ampere=[(32, 32, 8, 2), (16, 32, 4, 2)],
+    fallback=(16, 16, 8, 1), interpreter=(4, 4),
 )
 
 

@@ -48,15 +48,15 @@ from .utils import (
 
 _COVERAGE_CONFIGS = autotune_configs(
     ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 8, 3)],
-    ampere=[(64, 64, 4, 2), (128, 32, 4, 2), (32, 64, 4, 3)],
+    hopper=[(32, 32, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2)],
+    ampere=[(32, 32, 8, 2), (16, 32, 4, 2)],
     fallback=(16, 16, 4, 1), interpreter=(8, 4),
 )
 
 _GRADIENT_CONFIGS = autotune_configs(
     ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)],
-    ampere=[(64, 32, 4, 2), (32, 64, 4, 2)],
+    hopper=[(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)],
+    ampere=[(32, 32, 8, 2), (64, 16, 8, 2)],
     fallback=(16, 16, 4, 1), interpreter=(8, 4),
 )
 

@@ -23,8 +23,8 @@ from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_di
 
 _TABLE_CONFIGS = autotune_configs(
     ("BLOCK_K", "BLOCK_B", "num_warps", "num_stages"),
-    hopper=[(64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3)],
-    ampere=[(32, 64, 4, 2), (64, 32, 4, 2)],
+    hopper=[(64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 8, 2)],
+    ampere=[(64, 32, 8, 2), (32, 32, 4, 2)],
     fallback=(16, 16, 4, 1), interpreter=(4, 4),
 )
 
