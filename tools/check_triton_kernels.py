@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dots-only", action="store_true",
                         help=f"only the kernels with a tl.dot ({', '.join(DOT_KERNELS)}): the ones near the register limit")
     parser.add_argument("--fail-on-spills", action="store_true", help="exit status 1 when a float32 config spills")
+    parser.add_argument("--table", action="store_true",
+                        help="end with a Markdown table per kernel and GPU (ranges over its configs), as in docs/gpu.md")
     parser.add_argument("--jobs", type=int, default=1, help="compile in this many processes (default 1)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -265,10 +267,40 @@ def main(argv: list[str] | None = None) -> int:
             problems += 1
             print(f"{name} {gpu} {dtype} D={dim}: NO CONFIG FITS", flush=True)
     compiled = [r for r in results if not isinstance(r, str)]
+    if args.table:
+        print(markdown_table(jobs, results))
     print(f"{len(jobs)} configs compiled in {time.time() - start:.0f} s wall, "
           f"{sum(r.seconds for r in compiled):.0f} s of compile time; "
           f"{sum(r.spills for r in compiled)} spill; problems: {problems}")
     return 1 if problems else 0
+
+
+def markdown_table(jobs: list[Job], results: list) -> str:
+    """One row per kernel, dtype and D: per GPU the range over its configs of registers, spilled
+    bytes (stores), stack and shared memory per block."""
+    groups: dict[tuple, dict[str, list[Resources]]] = {}
+    for job, result in zip(jobs, results):
+        compiled = groups.setdefault((job.name, job.dtype, job.dim), {}).setdefault(job.gpu, [])
+        if not isinstance(result, str):  # a failure is reported where it happens
+            compiled.append(result)
+
+    def span(values):
+        low, high = min(values), max(values)
+        return f"{low}" if low == high else f"{low}-{high}"
+
+    gpus = [g for g in TARGETS if any(job.gpu == g for job in jobs)]
+    header = ["kernel", "dtype", "D"] + [f"{g} sm_{TARGETS[g]}: configs, registers, spill stores, stack, shared (B)"
+                                         for g in gpus]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (name, dtype, dim), by_gpu in groups.items():
+        cells = [f"`{name}`", dtype, str(dim)]
+        for gpu in gpus:
+            rs = by_gpu.get(gpu, [])
+            cells.append("-" if not rs else ", ".join([
+                str(len(rs)), span([r.registers for r in rs]), span([r.spill_stores for r in rs]),
+                span([r.stack for r in rs]), span([r.shared for r in rs])]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _report(jobs, results):
