@@ -46,14 +46,21 @@ def test_every_kernel_is_covered_with_its_arguments():
 
 
 def test_plan_compiles_every_float32_config_and_the_ends_of_the_others(monkeypatch):
+    class Config:
+        def __init__(self, max_block_d=256):
+            self.max_block_d = max_block_d
+
     class Space:
-        by_gpu = {"hopper": ["a", "b", "c"], "ampere": ["a", "b"]}
+        by_gpu = {"hopper": [Config(), Config(), Config()], "ampere": [Config(128), Config()]}
 
     monkeypatch.setattr(tool, "kernels", lambda: {"k": (None, Space, None, {})})
     jobs = tool.plan(["k"], ["hopper"], ["fp32", "fp64"], [128], all_dtypes=False, fallback_only=False)
     assert [(j.dtype, j.index) for j in jobs] == [("fp32", 0), ("fp32", 1), ("fp32", 2), ("fp64", 0), ("fp64", 2)]
     jobs = tool.plan(["k"], ["ampere"], ["fp32"], [128, 256], all_dtypes=False, fallback_only=True)
     assert [(j.dim, j.index) for j in jobs] == [(128, 1), (256, 1)]
+    # A config for rows up to 128 (utils.UpTo) is never tried, so never compiled, at D = 200.
+    jobs = tool.plan(["k"], ["ampere"], ["fp32"], [100, 200], all_dtypes=False, fallback_only=False)
+    assert [(j.dim, j.index) for j in jobs] == [(100, 0), (100, 1), (200, 1)]
 
 
 def test_table_gives_ranges_per_kernel_and_gpu():

@@ -472,8 +472,9 @@ def test_only_config_runs_one_listed_config_of_either_gpu(monkeypatch, timed_mod
     # bench/check_triton_configs.py runs each place of the lists in turn: both GPUs' lists on any
     # GPU, the last config where a list is shorter, whatever the deterministic mode says.
     monkeypatch.setattr(tri_utils, "INTERPRETING", False)
+    monkeypatch.setattr(tri_utils, "TUNING_SPACES", [])
     space = tri_utils.autotune_configs(("BLOCK",), hopper=[(64,), (32,)], ampere=[(16,)], fallback=(8,), interpreter=(4,))
-    monkeypatch.setattr(tri_utils, "TUNING_SPACES", [space])
+    assert tri_utils.TUNING_SPACES == [space]
     prune = space.prune_configs_by["early_config_prune"]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (9, 0))
     blocks = lambda: [c.kwargs["BLOCK"] for c in prune(space.configs, {})]  # noqa: E731
@@ -488,6 +489,22 @@ def test_only_config_runs_one_listed_config_of_either_gpu(monkeypatch, timed_mod
         assert blocks() == [16]
         tri.set_deterministic(False)
     assert blocks() == [64, 32, 8]
+
+
+def test_configs_up_to_a_row_block_are_not_tried_beyond_it(monkeypatch, timed_mode_after):
+    # Tiles that spill registers at D = 256 (tools/check_triton_kernels.py) are left out there;
+    # the fallback always stays.
+    monkeypatch.setattr(tri_utils, "INTERPRETING", False)
+    monkeypatch.setattr(tri_utils, "TUNING_SPACES", [])
+    space = tri_utils.autotune_configs(("BLOCK",), hopper=[tri_utils.UpTo(128, (64,)), (32,)], ampere=[(16,)],
+                                       fallback=(8,), interpreter=(4,))
+    prune = space.prune_configs_by["early_config_prune"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (9, 0))
+    blocks = lambda block_d: [c.kwargs["BLOCK"] for c in prune(space.configs, {}, BLOCK_D=block_d)]  # noqa: E731
+    assert blocks(64) == blocks(128) == [64, 32, 8]
+    assert blocks(256) == [32, 8]
+    tri.set_deterministic(True)
+    assert blocks(256) == [8]
 
 
 def test_only_config_keeps_its_choices_apart(timed_mode_after):

@@ -12,8 +12,9 @@ tests without a GPU) sees. It does not run the kernels.
 
 (with srl_ext installed, or PYTHONPATH=. from the repository root; TRITON_INTERPRET unset).
 
-float32 is compiled with every config; bfloat16 features (float32 accumulation) and float64 with
-the first and the fallback config unless --all-dtypes; --fallback-only compiles only the last,
+float32 is compiled with every config tried at that D (an ``UpTo`` config only up to its row
+block); bfloat16 features (float32 accumulation) and float64 with the first and the fallback
+config unless --all-dtypes; --fallback-only compiles only the last,
 small config of each list, the one the deterministic mode pins. Pointers, and D when it is a
 multiple of 16, are compiled as 16-byte aligned, as torch's allocations and the presets' D = 128
 are at run time (the other sizes are not). Exit status 1 when a kernel fails to compile, when no
@@ -204,10 +205,18 @@ def plan(names: list[str], gpus: list[str], dtypes: list[str], dims: list[int], 
                         last = i == len(configs) - 1
                         if fallback_only and not last:
                             continue
+                        if getattr(configs[i], "max_block_d", dim) < _block_dim(dim):  # UpTo: never tried at this D
+                            continue
                         if dtype != "fp32" and not all_dtypes and not (i == 0 or last):
                             continue
                         jobs.append(Job(name, gpu, dtype, i, dim))
     return jobs
+
+
+def _block_dim(dim: int) -> int:
+    from srl_ext.kernels.triton.utils import block_dim
+
+    return block_dim(dim)
 
 
 def _label(job: Job) -> str:

@@ -18,14 +18,14 @@ from torch.library import triton_op
 
 from ...ops.fused import register_loss_autograd
 from .table import prepared
-from .utils import (EPS, autotune, autotune_configs, block_dim, check_offsets, joined, launch, normalize_backward,
-                    on_inputs_device, row_tile, size_bucket, split_float, unit_rows)
+from .utils import (EPS, UpTo, autotune, autotune_configs, block_dim, check_offsets, joined, launch,
+                    normalize_backward, on_inputs_device, row_tile, size_bucket, split_float, unit_rows)
 
 _CONFIGS = autotune_configs(
     ("BLOCK_B", "BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(32, 32, 8, 2), (64, 32, 8, 2), (16, 64, 8, 2), (16, 32, 4, 2)],
-    ampere=[(32, 32, 8, 2), (16, 32, 4, 2)],
-    fallback=(16, 16, 8, 1), interpreter=(4, 4),
+    hopper=[(32, 32, 8, 2), UpTo(128, (64, 32, 8, 2)), UpTo(128, (16, 64, 8, 2)), (16, 32, 4, 2)],
+    ampere=[UpTo(128, (32, 32, 8, 2)), UpTo(128, (16, 32, 4, 2))],
+    fallback=(16, 16, 8, 2), interpreter=(4, 4),
 )
 
 

@@ -34,6 +34,7 @@ from ...reference import accumulation_dtype
 from ...ops.fused import check_envelope, register_loss_autograd
 from .utils import (
     INTERPRETING,
+    UpTo,
     autotune,
     autotune_configs,
     block_dim,
@@ -55,8 +56,8 @@ _COVERAGE_CONFIGS = autotune_configs(
 
 _GRADIENT_CONFIGS = autotune_configs(
     ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)],
-    ampere=[(32, 32, 8, 2), (64, 16, 8, 2)],
+    hopper=[UpTo(128, (64, 32, 8, 2)), UpTo(128, (32, 64, 8, 2)), UpTo(128, (32, 32, 4, 2))],
+    ampere=[UpTo(128, (32, 32, 8, 2)), UpTo(128, (64, 16, 8, 2))],
     fallback=(16, 16, 4, 1), interpreter=(8, 4),
 )
 

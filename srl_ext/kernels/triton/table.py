@@ -18,13 +18,13 @@ from torch.library import triton_op
 
 from ...reference import accumulation_dtype
 from ...ops.fused import check_table, register_table_autograd
-from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, check_offsets, launch,
+from .utils import (EPS, UpTo, autotune, autotune_configs, block_dim, check_feature_dim, check_offsets, launch,
                     normalize_backward, on_inputs_device, row_tile, size_bucket, unit_rows)
 
 _TABLE_CONFIGS = autotune_configs(
     ("BLOCK_K", "BLOCK_B", "num_warps", "num_stages"),
-    hopper=[(64, 32, 8, 2), (32, 32, 4, 2), (32, 64, 8, 2)],
-    ampere=[(64, 32, 8, 2), (32, 32, 4, 2)],
+    hopper=[UpTo(128, (64, 32, 8, 2)), UpTo(128, (32, 32, 4, 2)), UpTo(128, (32, 64, 8, 2))],
+    ampere=[UpTo(128, (64, 32, 8, 2)), UpTo(128, (32, 32, 4, 2))],
     fallback=(16, 16, 4, 1), interpreter=(4, 4),
 )
 

@@ -43,9 +43,8 @@ def set_deterministic(enabled: bool) -> None:
     The tile sizes set the summation order, and the autotuner picks them by timing, which can
     differ from one process to the next: results are bitwise equal run to run within a process,
     across processes only in this mode. The pinned config is the last of each GPU's list, the
-    one that fits every dtype and D up to MAX_FEATURE_DIM (the first, fastest ones exceed shared
-    memory in float64, and on Hopper at D = 256), so the kernels are slower. Under torch.compile
-    the mode at compile time counts.
+    smallest tiles on one stage, which fit in shared memory for every dtype and D up to
+    MAX_FEATURE_DIM, so the kernels are slower. Under torch.compile the mode at compile time counts.
     """
     global _deterministic
     _deterministic = bool(enabled)
@@ -184,10 +183,20 @@ class TuningSpace:
     by_gpu: dict
 
 
-def autotune_configs(keys: tuple[str, ...], hopper: list[tuple], ampere: list[tuple], fallback: tuple,
+@dataclass(frozen=True)
+class UpTo:
+    """A config (`spec`, as in ``autotune_configs``) for rows of at most `block_d` columns: with a
+    wider BLOCK_D its tiles spill registers (tools/check_triton_kernels.py), so it is not tried."""
+
+    block_d: int
+    spec: tuple
+
+
+def autotune_configs(keys: tuple[str, ...], hopper: list, ampere: list, fallback: tuple,
                      interpreter: tuple) -> TuningSpace:
     """The configs to autotune over, each a tuple of values for `keys` (the tile sizes, then
-    ``num_warps`` and ``num_stages``; the interpreter's config gives the tile sizes only).
+    ``num_warps`` and ``num_stages``; the interpreter's config gives the tile sizes only), or an
+    ``UpTo`` of one, tried only for row blocks (BLOCK_D) up to its limit.
 
     On a GPU the configs of its generation are benchmarked: Hopper (sm_90, H100/H200) has more
     shared memory and gains from deeper pipelines, Ampere (sm_80/86) prefers fewer stages. The
@@ -196,18 +205,16 @@ def autotune_configs(keys: tuple[str, ...], hopper: list[tuple], ampere: list[tu
     would run every config in numpy (far too slow), and small tiles make the small test shapes
     cross several tiles of every loop.
     """
-    hopper, ampere, fallback, interpreter = (
-        [dict(zip(keys, c)) for c in hopper], [dict(zip(keys, c)) for c in ampere], dict(zip(keys, fallback)),
-        dict(zip(keys, interpreter)),
-    )
     if INTERPRETING:
-        return TuningSpace([_config(interpreter)], None, {})
-    # Every list ends with small tiles on one stage: float64 (and D = 1024) tiles must fit in
-    # shared memory with at least one config.
-    by_gpu = {
-        "hopper": [_config(c) for c in (*hopper, fallback)],
-        "ampere": [_config(c) for c in (*ampere, fallback)],
-    }
+        return TuningSpace([_config(dict(zip(keys, interpreter)))], None, {})
+
+    def configs(listed):
+        # Every list ends with the fallback, small tiles that fit in shared memory with every
+        # dtype and spill no register up to MAX_FEATURE_DIM: at least one config always runs.
+        return [_config(dict(zip(keys, c.spec)), c.block_d) if isinstance(c, UpTo) else _config(dict(zip(keys, c)))
+                for c in (*listed, fallback)]
+
+    by_gpu = {"hopper": configs(hopper), "ampere": configs(ampere)}
 
     def for_this_gpu(configs, named_args, **kwargs):
         # The current device, which is the inputs' one (on_inputs_device); simple enough for
@@ -217,7 +224,10 @@ def autotune_configs(keys: tuple[str, ...], hopper: list[tuple], ampere: list[tu
             return [by_gpu[gpu][min(index, len(by_gpu[gpu]) - 1)]]
         major, _minor = torch.cuda.get_device_capability()
         listed = by_gpu["hopper"] if major >= 9 else by_gpu["ampere"]
-        return listed[-1:] if deterministic() else listed
+        if deterministic():
+            return listed[-1:]
+        block_d = kwargs.get("BLOCK_D", 0)
+        return [c for c in listed if block_d <= c.max_block_d]
 
     space = TuningSpace(by_gpu["hopper"] + by_gpu["ampere"], {"early_config_prune": for_this_gpu}, by_gpu)
     TUNING_SPACES.append(space)
@@ -239,11 +249,13 @@ def autotune(space: TuningSpace, key: list[str]):
     return triton.autotune(configs=space.configs, key=key, prune_configs_by=space.prune_configs_by)
 
 
-def _config(spec: dict) -> triton.Config:
+def _config(spec: dict, max_block_d: int = MAX_FEATURE_DIM) -> triton.Config:
     spec = dict(spec)
     num_warps = spec.pop("num_warps", 4)
     num_stages = spec.pop("num_stages", 2)
-    return triton.Config(spec, num_warps=num_warps, num_stages=num_stages)
+    config = triton.Config(spec, num_warps=num_warps, num_stages=num_stages)
+    config.max_block_d = max_block_d  # the widest row block it is tried with (UpTo)
+    return config
 
 
 def launch(kernel):
