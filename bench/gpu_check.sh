@@ -17,7 +17,8 @@
 #
 #   bash bench/gpu_check.sh              # on the GPU machine
 #   bash bench/gpu_check.sh --dry-run    # anywhere: the same steps on the CPU (Triton's
-#                                        # interpreter, a few test cases, no build when built)
+#                                        # interpreter, a few test cases in one process, no
+#                                        # build when built, limits x TIME_SCALE_DRY_RUN = 3)
 #
 # Environment: PYTHON (default /opt/torch/.venv/bin/python3, else python3), TORCH_CUDA_ARCH_LIST
 # (default: the visible GPU's compute capability, e.g. 9.0 on H100/H200, 8.0 on A100), MAX_JOBS
@@ -41,6 +42,11 @@ LOGS=$(mktemp -d)
 STATUS=0
 SUMMARY=()
 
+# The time limits below are for one H100/H200; a dry run multiplies them by TIME_SCALE (default 3:
+# Triton's interpreter, and a CPU machine that may be shared).
+TIME_SCALE=1
+if [[ "$DRY_RUN" == 1 ]]; then TIME_SCALE="${TIME_SCALE_DRY_RUN:-3}"; fi
+limit() { echo $(($1 * TIME_SCALE)); }
 section() { printf '\n==================== %s ====================\n' "$*"; }
 # record NAME STATUS SECONDS: the step's line of the summary; the first failure sets the exit status.
 record() {
@@ -72,7 +78,7 @@ fi
 # in the lists go to parallel processes, on the cores the build leaves idle.
 START_ALL=$SECONDS
 ( start=$SECONDS
-  timeout 150 "$PYTHON" bench/check_triton_configs.py --jobs "$(nproc)" > "$LOGS/configs.log" 2>&1
+  timeout "$(limit 150)" "$PYTHON" bench/check_triton_configs.py --jobs "$(nproc)" > "$LOGS/configs.log" 2>&1
   echo "$? $((SECONDS - start))" > "$LOGS/configs.status" ) &
 CONFIGS_PID=$!
 
@@ -82,7 +88,7 @@ if [[ "$DRY_RUN" == 1 ]] && compgen -G "srl_ext/_C*.so" > /dev/null; then
   echo "dry run: srl_ext._C is already built, not rebuilt"; build_status=0
 else
   if [[ "$DRY_RUN" == 1 ]]; then export SRL_EXT_CUDA=0; else export SRL_EXT_CUDA=1; fi
-  timeout 150 "$PYTHON" setup.py -q build_ext --inplace > "$LOGS/build.log" 2>&1
+  timeout "$(limit 150)" "$PYTHON" setup.py -q build_ext --inplace > "$LOGS/build.log" 2>&1
   build_status=$?
   grep -v -E "^(copying|running|creating)" "$LOGS/build.log" | tail -n 40
 fi
@@ -103,22 +109,27 @@ record "build" "$build_status" $((SECONDS - start))
 
 section "tests, deterministic mode (one config per Triton kernel)"
 export SRL_EXT_TRITON_DETERMINISTIC=1
-if [[ "$DRY_RUN" == 1 ]]; then
-  # The interpreter runs ~1000x slower than a GPU: one case per kind, enough to run the step.
-  TEST_SELECT="${TEST_SELECT:-deterministic_mode_matches or whole_loss_matches_reference and dtype0 and soft and label or registered}"
-fi
 start=$SECONDS
 TEST_NAMES=(gpu_cuda gpu_triton triton triton_whole_loss)
 declare -A TEST_FILE=([gpu_cuda]=tests/test_gpu.py [gpu_triton]=tests/test_gpu.py [triton]=tests/test_triton.py
                       [triton_whole_loss]=tests/test_triton_whole_loss.py)
 declare -A TEST_K=([gpu_cuda]="not triton" [gpu_triton]="triton" [triton]="" [triton_whole_loss]="")
+if [[ "$DRY_RUN" == 1 ]]; then
+  # The interpreter runs ~1000x slower than a GPU, and each process costs an import of torch: one
+  # process, one case per kind, enough to run the step.
+  TEST_SELECT="${TEST_SELECT:-deterministic_mode_matches or whole_loss_matches_reference and dtype0 and soft and label or registered}"
+  TEST_NAMES=(all)
+  TEST_FILE=([all]="tests/test_gpu.py tests/test_triton.py tests/test_triton_whole_loss.py")
+  TEST_K=([all]="")
+fi
 declare -A TEST_PIDS=()
 for name in "${TEST_NAMES[@]}"; do
   expression=${TEST_K[$name]}
   if [[ -n "${TEST_SELECT:-}" ]]; then expression="${expression:+($expression) and }($TEST_SELECT)"; fi
   select=()
   if [[ -n "$expression" ]]; then select=(-k "$expression"); fi
-  ( timeout 130 "$PYTHON" -m pytest -q -rs --maxfail=25 --no-header -p no:cacheprovider "${TEST_FILE[$name]}" \
+  # shellcheck disable=SC2086  # TEST_FILE holds one or more paths
+  ( timeout "$(limit 130)" "$PYTHON" -m pytest -q -rs --maxfail=25 --no-header -p no:cacheprovider ${TEST_FILE[$name]} \
       "${select[@]}" > "$LOGS/test_$name.log" 2>&1; echo $? > "$LOGS/test_$name.status" ) &
   TEST_PIDS[$name]=$!
 done
@@ -144,12 +155,13 @@ section "bench (autotuned): pytest bench/"
 start=$SECONDS
 RUN_JSON=$(mktemp --suffix .json)
 if [[ "$DRY_RUN" == 1 ]]; then
-  device=cpu; BENCH_SELECT="${BENCH_SELECT:-preset and sts_b and srl}"
+  device=cpu; BENCH_SELECT="${BENCH_SELECT:-preset-sts_b-srl-cpu}"
+  BENCH_ARGS="${BENCH_ARGS:---bench-no-memory}"
 else
   device=cuda; BENCH_SELECT="${BENCH_SELECT:-preset or large}"
 fi
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
-timeout 120 "$PYTHON" -m pytest bench/ --bench-device "$device" -k "$BENCH_SELECT" -q --no-header -p no:cacheprovider \
+timeout "$(limit 120)" "$PYTHON" -m pytest bench/ --bench-device "$device" -k "$BENCH_SELECT" -q --no-header -p no:cacheprovider \
   --bench-time 0.1 --bench-no-report --benchmark-json "$RUN_JSON" ${BENCH_ARGS:-}
 bench_status=$?
 if [[ -s "$RUN_JSON" ]]; then
