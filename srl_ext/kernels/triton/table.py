@@ -30,8 +30,8 @@ _TABLE_CONFIGS = autotune_configs(
 
 _BACKWARD_CONFIGS = autotune_configs(
     ("BLOCK_B", "num_warps", "num_stages"),
-    hopper=[(32, 4, 2), (64, 8, 2)],
-    ampere=[(16, 4, 2), (32, 4, 2)],
+    hopper=[UpTo(128, (32, 4, 2)), UpTo(128, (64, 8, 2))],
+    ampere=[(16, 4, 2), UpTo(128, (32, 4, 2))],
     fallback=(8, 2, 1), interpreter=(4,),
 )
 

@@ -43,8 +43,8 @@ def set_deterministic(enabled: bool) -> None:
     The tile sizes set the summation order, and the autotuner picks them by timing, which can
     differ from one process to the next: results are bitwise equal run to run within a process,
     across processes only in this mode. The pinned config is the last of each GPU's list, the
-    smallest tiles on one stage, which fit in shared memory for every dtype and D up to
-    MAX_FEATURE_DIM, so the kernels are slower. Under torch.compile the mode at compile time counts.
+    smallest tiles, which fit in shared memory for every dtype and D up to MAX_FEATURE_DIM, so
+    the kernels are slower. Under torch.compile the mode at compile time counts.
     """
     global _deterministic
     _deterministic = bool(enabled)
@@ -208,13 +208,13 @@ def autotune_configs(keys: tuple[str, ...], hopper: list, ampere: list, fallback
     if INTERPRETING:
         return TuningSpace([_config(dict(zip(keys, interpreter)))], None, {})
 
-    def configs(listed):
+    def with_fallback(listed):
         # Every list ends with the fallback, small tiles that fit in shared memory with every
         # dtype and spill no register up to MAX_FEATURE_DIM: at least one config always runs.
         return [_config(dict(zip(keys, c.spec)), c.block_d) if isinstance(c, UpTo) else _config(dict(zip(keys, c)))
                 for c in (*listed, fallback)]
 
-    by_gpu = {"hopper": configs(hopper), "ampere": configs(ampere)}
+    by_gpu = {"hopper": with_fallback(hopper), "ampere": with_fallback(ampere)}
 
     def for_this_gpu(configs, named_args, **kwargs):
         # The current device, which is the inputs' one (on_inputs_device); simple enough for

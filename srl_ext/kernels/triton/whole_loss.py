@@ -35,19 +35,19 @@ from .contrastive import launch_contrastive
 from .envelope import launch_envelope
 from .homogeneity import _cosine_statistics, _neighbour_cosines
 from .table import launch_table
-from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, check_offsets, joined, launch,
+from .utils import (EPS, UpTo, autotune, autotune_configs, block_dim, check_feature_dim, check_offsets, joined, launch,
                     normalize_backward, on_inputs_device, row_tile, size_bucket, split_float, unit_rows)
 
 _TABLE_GRADIENT_CONFIGS = autotune_configs(
     ("BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(16, 4, 2), (32, 4, 2)],
-    ampere=[(16, 4, 2), (32, 4, 2)],
+    hopper=[(16, 4, 2), UpTo(128, (32, 4, 2))],
+    ampere=[(16, 4, 2), UpTo(128, (32, 4, 2))],
     fallback=(8, 2, 1), interpreter=(4,),
 )
 
 _FEATURES_GRADIENT_CONFIGS = autotune_configs(
     ("BLOCK_B", "num_warps", "num_stages"),
-    hopper=[(32, 4, 2), (64, 8, 2)],
+    hopper=[UpTo(128, (32, 4, 2)), UpTo(128, (64, 8, 2))],
     ampere=[(16, 4, 2), (32, 4, 2)],
     fallback=(8, 2, 1), interpreter=(4,),
 )
