@@ -67,7 +67,10 @@ class SRLLoss(nn.Module):
 
     @classmethod
     def preset(cls, name: str, feature_dim: int = 128, **overrides) -> "SRLLoss":
-        """The loss settings of the released code for 'agedb', 'imdb_wiki' or 'sts_b'."""
+        """The loss settings of the released code for 'agedb', 'imdb_wiki' or 'sts_b'.
+
+        ``overrides``: ``num_bins`` (K of your own labels instead of the benchmark's), ``backend``,
+        ``distributed``, or any ``SRLSettings`` field (``SRLLoss.preset("agedb", num_bins=60, w2=10)``)."""
         p = loss_preset(name)
         num_bins = overrides.pop("num_bins", p.num_bins)
         return cls(num_bins, feature_dim, settings=p.srl, **overrides)

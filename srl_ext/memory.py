@@ -29,14 +29,29 @@ MODES = ("epoch_pass", "online")
 
 
 class SurrogateMemory(nn.Module):
+    """A K x D table (``table``) of per-bin running means of the features, no gradient: the rows
+    that stand in for the bins absent from a batch when the surrogate table is built.
+
+    Feed it with ``accumulate(features.detach(), bins)`` and fold what was fed in with ``update()``
+    once an epoch; pass ``memory.table`` to ``SRLLoss`` at every step. ``mode`` names the loop that
+    feeds it (see the module docstring): the class computes the same either way, and the training
+    loop does the feeding:
+
+    >>> memory = SurrogateMemory(num_bins=102, feature_dim=128, mode="online")
+    >>> out = loss_fn(h, bins, memory.table)            # every step
+    >>> memory.accumulate(h.detach(), bins)             # online: the step's own features
+    >>> memory.update()                                 # end of the epoch
+    """
+
     def __init__(self, num_bins: int, feature_dim: int, *, momentum: float = 0.9, mode: str = "epoch_pass",
                  normalize: bool = False) -> None:
         """
         Args:
             num_bins, feature_dim: K and D of the table.
             momentum: weight of the old table in each update after the first (0.9 released).
-            mode: "epoch_pass" or "online" (see the module docstring); it only records how the
-                training loop feeds the memory, the arithmetic is the same.
+            mode: "epoch_pass" or "online" (see the module docstring): how your training loop
+                feeds the memory, recorded with it (``extra_repr``, checkpoints); the arithmetic is
+                the same, so the loop, not this class, calls ``accumulate`` where the mode says.
             normalize: accumulate unit vectors z = h/||h|| (the released STS-B code) instead of
                 the raw features h (the released image code).
         """
