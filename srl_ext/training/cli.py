@@ -117,8 +117,8 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
 
     data = parser.add_argument_group("data and run folder")
     data.add_argument("--data_dir", default=default_data_dir, help="folder holding the dataset files")
-    data.add_argument("--runs_dir", default="runs", help="parent folder of the run folders")
-    data.add_argument("--run_name", default=None,
+    data.add_argument("--runs_dir", "--store_root", default="runs", help="parent folder of the run folders")
+    data.add_argument("--run_name", "--store_name", default=None,
                       help="run folder name (default: <preset>-<srl|vanilla>-<date-time>); an existing one is never "
                            "reused: a suffix -2, -3, ... is added")
     data.add_argument("--workers", type=NON_NEGATIVE_INT, default=0, help="data loader worker processes")
@@ -129,11 +129,14 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                       help=f"continue the run of this checkpoint (a run folder means its {LAST}) exactly where it "
                            "stopped, with its saved config; only --data_dir, --workers, --threads, --device, "
                            "--no_progress and --epoch (to train longer) may change")
-    data.add_argument("--evaluate", metavar="CHECKPOINT", default=None,
+    data.add_argument("--evaluate", metavar="CHECKPOINT", nargs="?", const="", default=None,
                       help=f"only evaluate this checkpoint (a run folder means its {BEST}) on the test set: print "
                            "the DIR table, write test_metrics.json and test_errors.png beside it. A checkpoint "
                            "released by the SRL authors is converted to this project's model and its table written "
                            "to a new run folder under --runs_dir (docs/training.md)")
+    data.add_argument("--eval_model", metavar="CHECKPOINT", default=None,
+                      help="the released STS-B code's way to name it: --evaluate --eval_model CHECKPOINT is "
+                           "--evaluate CHECKPOINT")
     data.add_argument("--demo", action="store_true",
                       help="try the driver without the benchmark: write a small SYNTHETIC dataset in its layout "
                            "(under --runs_dir/demo-data) and train a small model on it, about a minute on a CPU")
@@ -147,7 +150,7 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                            "(an argparse namespace, ...), which runs code the file names; only for files you trust")
 
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
+    train.add_argument("--seed", "--random_seed", type=NON_NEGATIVE_INT, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
     train.add_argument("--epoch", type=ranged(int, 1), default=p.epochs,
                        help="number of training epochs" + (" (none: until early stopping)" if p.epochs is None else ""))
     train.add_argument("--batch_size", type=ranged(int, 2), default=p.batch_size,
@@ -155,12 +158,12 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                             "number of processes)")
     train.add_argument("--lr", type=POSITIVE, default=p.lr, help="Adam learning rate")
     train.add_argument("--weight_decay", type=NON_NEGATIVE, default=p.weight_decay, help="Adam weight decay")
-    train.add_argument("--lr_milestones", type=NON_NEGATIVE_INT, nargs="*", default=list(p.lr_milestones),
+    train.add_argument("--lr_milestones", "--schedule", type=NON_NEGATIVE_INT, nargs="*", default=list(p.lr_milestones),
                        help="epochs at which the learning rate is multiplied by --lr_gamma")
     train.add_argument("--lr_gamma", type=POSITIVE, default=p.lr_gamma, help="learning rate factor at each milestone")
-    train.add_argument("--grad_clip", type=NON_NEGATIVE, default=p.grad_clip_norm or 0.0,
+    train.add_argument("--grad_clip", "--max_grad_norm", type=NON_NEGATIVE, default=p.grad_clip_norm or 0.0,
                        help="clip the gradient norm to this value (0: no clipping)")
-    train.add_argument("--eval_every", type=NON_NEGATIVE_INT, default=p.eval_every_steps or 0,
+    train.add_argument("--eval_every", "--val_interval", type=NON_NEGATIVE_INT, default=p.eval_every_steps or 0,
                        help="validate every so many training steps (0: at the end of every epoch)")
     train.add_argument("--patience", type=NON_NEGATIVE_INT, default=p.early_stop_patience or 0,
                        help="early stopping, read by --early_stop (0: no early stopping)")
@@ -336,6 +339,21 @@ def method_flag_errors(config: dict) -> list[tuple[bool, str, str, object]]:
     ]
 
 
+def _resolve_eval_model(parser: argparse.ArgumentParser, config: dict) -> None:
+    """The released STS-B code's ``--evaluate --eval_model X`` as this project's ``--evaluate X``."""
+    evaluate, eval_model = config["evaluate"], config.pop("eval_model", None)
+    if eval_model is not None and evaluate is None:
+        parser.error(f"--eval_model: expected --evaluate with it (--evaluate --eval_model {eval_model}, or "
+                     f"--evaluate {eval_model}), got no --evaluate")
+    if eval_model is not None and evaluate not in ("", eval_model):
+        parser.error(f"--evaluate/--eval_model: expected one checkpoint, got {evaluate} and {eval_model}")
+    if evaluate == "" and eval_model is None:
+        parser.error("--evaluate: expected a checkpoint (--evaluate CHECKPOINT, or --evaluate --eval_model "
+                     "CHECKPOINT), got none")
+    if eval_model is not None:
+        config["evaluate"] = eval_model
+
+
 def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
     """The destinations of the flags given on the command line (not left at their default)."""
     defaults = {action.dest: action.default for action in parser._actions}
@@ -346,7 +364,10 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     finally:
         for action in parser._actions:
             action.default = defaults[action.dest]
-    return set(vars(given))
+    given = set(vars(given))
+    if "eval_model" in given:  # resolved into --evaluate (_resolve_eval_model)
+        given = (given - {"eval_model"}) | {"evaluate"}
+    return given
 
 
 def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str] | None = None) -> tuple[dict, set[str]]:
@@ -354,6 +375,7 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
     '0 means off' flags to None."""
     args = parser.parse_args(argv)
     config = vars(args)
+    _resolve_eval_model(parser, config)
     explicit = explicit_flags(parser, argv)
     if config.get("recipe", "srl") != "srl":  # another trainer's values for the flags not given
         values = recipe_flags(recipe(preset_name, config["recipe"]))
@@ -572,7 +594,7 @@ def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
 
     parser = build_parser(benchmark.preset, benchmark.description(), benchmark.default_data_dir)
     model = parser.add_argument_group("model")
-    model.add_argument("--backbone", choices=IMAGE_BACKBONES, default="resnet50",
+    model.add_argument("--backbone", "--model", choices=IMAGE_BACKBONES, default="resnet50",
                        help="trained from scratch: resnet50 (the benchmark's), resnet18, or tiny (a small conv net for "
                             "quick runs and tests)")
     model.add_argument("--img_size", type=ranged(int, 16, 1024), default=images.IMAGE_SIZE, help="images are resized to this square size")

@@ -24,10 +24,14 @@ def require_files(data_dir: str | Path, names: list[str], dataset: str, where_to
     missing = [name for name in names if not (data_dir / name).is_file()]
     if missing:
         found = [name for name in names if name not in missing]
+        # A folder above the split (STS-B-DIR's dir-split/ and srl-split/, say): name the subfolders that hold it.
+        below = sorted(str(sub) for sub in (data_dir.iterdir() if data_dir.is_dir() else ())
+                       if sub.is_dir() and all((sub / name).is_file() for name in names))
+        hint = f" Its subfolders {' and '.join(below)} hold them: pass one as --data_dir." if below else ""
         raise MissingDataError(
             f"{dataset}: data not found under --data_dir {str(data_dir)!r}: missing "
             f"{', '.join(str(data_dir / name) for name in missing)}"
-            + (f" (found {', '.join(found)})" if found else "") + f". {where_to_get} Or {DEMO_HINT[3:]}."
+            + (f" (found {', '.join(found)})" if found else "") + "." + (hint or f" {where_to_get} Or {DEMO_HINT[3:]}.")
         )
 
 
