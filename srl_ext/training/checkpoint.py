@@ -114,7 +114,8 @@ def set_aside(path: Path) -> Path:
 class RunFolderLock:
     """An exclusive lock on a run folder while a process trains in it (``fcntl.flock`` on
     ``<run>/.lock``, which the system releases when the process dies, so a killed run leaves no
-    stale lock). A second process, or a second run in the same process, is refused."""
+    stale lock; a run that ends removes the file). A second process, or a second run in the same
+    process, is refused."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK
@@ -144,7 +145,10 @@ class RunFolderLock:
         return self
 
     def release(self) -> None:
+        """End of the run: the lock file goes, then the lock (removed while still held, so no
+        other process can have locked it in between)."""
         if self.handle is not None:
+            self.path.unlink(missing_ok=True)
             self.handle.close()  # closing releases the flock
             self.handle = None
 

@@ -141,6 +141,7 @@ class Engine:
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(s.lr_milestones), gamma=s.lr_gamma)
         self._build_methods(m)
         self.epoch = 0  # epochs finished
+        self.in_epoch = False  # inside train_epoch: the epoch being trained is number self.epoch + 1
         self.global_step = 0
         self.best: dict | None = None  # {"value", "epoch", "step"} of the selected model
         self.bad_validations = 0
@@ -331,7 +332,8 @@ class Engine:
         num_steps = 0
         val_seconds = 0.0  # of the validations inside the epoch, kept out of train_seconds
         started = time.perf_counter()
-        batches = progress(self.loader("train", shuffle=True), s.progress and self.main, f"epoch {self.epoch}")
+        self.in_epoch = True
+        batches = progress(self.loader("train", shuffle=True), s.progress and self.main, f"epoch {self.epoch_number}")
         for inputs, labels in batches:
             inputs, views = self._training_inputs(inputs)
             inputs, labels = self._to_device(inputs, labels)
@@ -391,6 +393,9 @@ class Engine:
             sums["regression"] += regression.detach()
             num_steps += 1
             self.global_step += 1
+            if self.main and self.log.writer is not None:  # per-step losses for TensorBoard
+                self.log.step(self.global_step, loss=loss.detach(), regression=regression.detach(),
+                              srl_total=terms.total.detach() if use_srl else None)
             if hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
             if s.eval_every and self.global_step % s.eval_every == 0:
@@ -417,6 +422,7 @@ class Engine:
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.epoch += 1
+        self.in_epoch = False
         sums = ddp.mean_over_ranks(sums, self.device)  # the logged losses (the SRL terms are global already)
         record = {"split": "train", "epoch": self.epoch, "step": self.global_step, "lr": lr, "srl_on": use_srl,
                   "train_seconds": train_seconds, "memory_seconds": memory_seconds, "val_seconds": val_seconds}
@@ -486,7 +492,8 @@ class Engine:
         self.model.train()
         self._sync_buffers()
         name = "memory pass" if memory else "FDS statistics pass"
-        for inputs, labels in progress(self.loader("train", stream=1), self.settings.progress and self.main, name):
+        for inputs, labels in progress(self.loader("train", stream=1), self.settings.progress and self.main,
+                                       f"{name}, epoch {self.epoch_number}"):
             inputs, labels = self._to_device(self._training_inputs(inputs)[0], labels)
             if fds:
                 # released quirk (b): the calibration overwrites h, so the pass records the calibrated h
@@ -529,6 +536,12 @@ class Engine:
         )
         return table, predictions, labels
 
+    @property
+    def epoch_number(self) -> int:
+        """The epoch as every line, log record and title numbers it: from 1, the epoch being
+        trained (a validation inside epoch 3 is in epoch 3) or, between epochs, the last one."""
+        return self.epoch + 1 if self.in_epoch else self.epoch
+
     def validate(self) -> dict:
         table, _, _ = self.evaluate("val")
         row, metric = self.task.selection
@@ -537,7 +550,7 @@ class Engine:
         # broadcast all the same, so that the ranks cannot part ways (one stopping, one training on).
         improved = bool(ddp.broadcast_object(self.best is None or value < self.best["value"]))
         if improved:
-            self.best = {"value": value, "epoch": self.epoch, "step": self.global_step}
+            self.best = {"value": value, "epoch": self.epoch_number, "step": self.global_step}
             self.bad_validations = 0
             if self.main:
                 atomic_save({"format": CHECKPOINT_FORMAT, "config": self.config, "model": self.model.state_dict(),
@@ -551,12 +564,12 @@ class Engine:
         ):
             self.stopped = True
         self.last_validated_step = self.global_step
-        record = {"split": "val", "epoch": self.epoch, "step": self.global_step, "selected": improved}
+        record = {"split": "val", "epoch": self.epoch_number, "step": self.global_step, "selected": improved}
         record.update(dir_metrics.flatten(table))
         self._log(record)
         if self.main:
             print(
-                f"val epoch {self.epoch} step {self.global_step}: {row} {metric.upper()} {value:.4f}"
+                f"val epoch {self.epoch_number} step {self.global_step}: {row} {metric.upper()} {value:.4f}"
                 f" (best {self.best['value']:.4f} at step {self.best['step']})" + (" - early stop" if self.stopped else ""),
                 flush=True,
             )
@@ -582,7 +595,8 @@ class Engine:
             title = f"{title} [SYNTHETIC DEMO DATA, not the benchmark]"
         table, predictions, labels = self.evaluate("test")
         if self.main:
-            write_test_report(self.task, table, predictions, labels, title, out_dir, suffix)
+            write_test_report(self.task, table, predictions, labels, title, out_dir, suffix,
+                              synthetic=bool(self.config.get("demo")))
         return table
 
     def _log(self, record: dict) -> None:
