@@ -1,10 +1,12 @@
 """Options of the bench, the device, and where the results go.
 
 Every run writes its pytest-benchmark JSON (timings, the peak memory and parity errors in each
-benchmark's extra_info, the machine) to bench/results/raw/<UTC time>.json unless
---benchmark-json says otherwise, then its report (bench/report.py: bench/results/latest.md and the
-PNG plots, or --bench-report PATH), and ends with the verdict: one line per case of the whole
-loss. pytest-benchmark's own tables are shown with --bench-raw-tables.
+benchmark's extra_info, the machine, its CPU flags and its load) to bench/results/raw/<UTC time>.json
+unless --benchmark-json says otherwise, then its report (bench/report.py: bench/results/run/latest.md
+and the PNG plots, or --bench-report PATH; both folders are untracked, so a run leaves the clone
+clean and the tracked quiet-run figures, bench/results/quiet.md, as they are), and ends with the
+verdict: the machine and whether it was quiet enough, then one line per case of the whole loss.
+pytest-benchmark's own tables are shown with --bench-raw-tables.
 """
 
 from __future__ import annotations
@@ -65,18 +67,26 @@ def pytest_addoption(parser):
         "verdict, and the full tables are in the report)",
     )
     group.addoption(
-        "--bench-report", type=Path, default=report.RESULTS / "latest.md",
-        help="where the run's report goes, the PNG plots next to it (default bench/results/latest.md)",
+        "--bench-report", type=Path, default=report.RUN_REPORT,
+        help="where the run's report goes, the PNG plots next to it (default bench/results/run/latest.md, "
+        "untracked; the tracked quiet-run figures: --bench-report bench/results/quiet.md)",
     )
     group.addoption("--bench-no-report", action="store_true", help="write no report (the JSON only)")
 
 
 SKIPPED = pytest.StashKey[dict]()  # implementation -> why it was not benchmarked, for the report
+LOAD_BEFORE = pytest.StashKey[float]()  # the 1-minute load average when the run started
+# pytest-benchmark's own store (used only with --benchmark-save/--benchmark-autosave) is made at
+# start-up: under the untracked raw folder, not as .benchmarks/ in the working directory.
+DEFAULT_STORAGE = "file://./.benchmarks"
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own configure reads the option
 def pytest_configure(config):
     config.stash[SKIPPED] = {}
+    config.stash[LOAD_BEFORE] = _load_average()
+    if getattr(config.option, "benchmark_storage", None) == DEFAULT_STORAGE:
+        config.option.benchmark_storage = f"file://{RAW_RESULTS / 'storage'}"
     if config.getoption("bench_threads"):
         torch.set_num_threads(config.getoption("bench_threads"))
     if config.getoption("collectonly"):
@@ -139,6 +149,25 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _cpu_flags() -> list[str] | None:
+    """The CPU's feature flags (/proc/cpuinfo), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return sorted(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def _memory_gib() -> float | None:
     try:
         with open("/proc/meminfo") as meminfo:
@@ -156,6 +185,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
         "cpu_model": _cpu_model(),
+        "cpu_flags": [flag for flag in _cpu_flags() or () if flag in report.VECTOR_FLAGS] if _cpu_flags() else None,
+        "load_before": config.stash.get(LOAD_BEFORE, None),
+        "load_after": _load_average(),
         "cpu_count": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "torch": torch.__version__,
@@ -193,7 +225,7 @@ def pytest_terminal_summary(terminalreporter, config):
     else:
         meta, rows, pngs = report.write(source, config.getoption("bench_report"))
         written = [config.getoption("bench_report"), *pngs]
-    for line in report.verdict(meta, rows, "min") + report.target_lines(rows):
+    for line in report.verdict(meta, rows, "min") + report.target_lines(rows, report.reliability(meta, rows)[0]):
         tr.write_line(line)
     if written:
         tr.write_line(f"Full tables and plots: {', '.join(_shown(p) for p in written)}")

@@ -1,6 +1,6 @@
 """Turn a bench run's JSON into a Markdown table and PNG plots.
 
-    python bench/report.py                      # newest bench/results/raw/*.json -> bench/results/latest.md + PNGs
+    python bench/report.py                      # newest bench/results/raw/*.json -> bench/results/run/latest.md + PNGs
     python bench/report.py RUN.json --output bench/results/large.md --no-plots --group large
     python bench/report.py --update-readme      # also put the preset table into bench/README.md
 
@@ -21,6 +21,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RAW = RESULTS / "raw"
+# A run's report and plots go to an untracked folder; the tracked figures of one quiet run
+# (bench/results/quiet.md and its plots, quoted by the READMEs) are only replaced on purpose.
+RUN_REPORT = RESULTS / "run" / "latest.md"
+QUIET_REPORT = RESULTS / "quiet.md"
 README = HERE / "README.md"
 README_START, README_END = "<!-- latest-table:start -->", "<!-- latest-table:end -->"
 
@@ -53,9 +57,13 @@ def load(path: Path, stat: str, groups: list[str] | None) -> tuple[dict, dict]:
         info = bench["extra_info"]
         if groups and info["group"] not in groups:
             continue
+        stats = bench["stats"]
         rows[(info["group"], info["case"], info["term"])][info["impl"]] = {
-            "time_s": bench["stats"][stat],
+            "time_s": stats[stat],
             "memory_bytes": info.get("peak_memory_bytes"),
+            # how far the rounds spread: the median round over the fastest (1 = steady)
+            "spread": stats["median"] / stats["min"] if stats.get("min") and stats.get("median") else None,
+            "model": info.get("model"),
             **{k: info[k] for k in ("batch", "num_bins", "num_anchors", "dim")},
         }
     meta = dict(data["machine_info"].get("srl_bench", {}))
@@ -148,7 +156,8 @@ def header(meta: dict, stat: str, source: Path) -> list[str]:
     machine = (
         f"{meta.get('device_name', '?')}"
         if device.startswith("cuda")
-        else f"CPU: {meta.get('cpu_model', '?')}, {meta.get('cpu_count', '?')} cores, {meta.get('memory_gib', '?')} GiB"
+        else f"CPU: {meta.get('cpu_model', '?')} ({vector_extensions(meta)}), {meta.get('cpu_count', '?')} cores, "
+        f"{meta.get('memory_gib', '?')} GiB"
     )
     lines = [
         "# srl-ext bench results",
@@ -157,7 +166,7 @@ def header(meta: dict, stat: str, source: Path) -> list[str]:
         f"`{meta.get('command', 'pytest bench/')}`"
         f" ({'full sweep' if meta.get('full') else 'plain run'}); source `{source.name}`.",
         f"- Machine: {machine}; device `{device}`; torch {meta.get('torch', '?')}, "
-        f"{meta.get('torch_threads', '?')} threads.",
+        f"{meta.get('torch_threads', '?')} threads; {load_text(meta)}.",
         f"- Time: the {stat} over the timed rounds of one forward + backward step (float32). The machine is "
         "shared, so noise only adds time: the minimum is the steadiest figure.",
         f"- Peak memory: {meta.get('memory_method', '?')}. `<0.06` = below the 64 KiB resolution of that measure.",
@@ -263,13 +272,83 @@ def _quantity(rows: dict, key: tuple, impl: str, quantity: str) -> float | None:
     return max(mine["memory_bytes"], MEMORY_RESOLUTION) / base["memory_bytes"]  # below resolution: a bound
 
 
+# The figures of a run are unreliable when the machine had other work: a 1-minute load average
+# above this many per core before the run, or rounds whose median is this many times their minimum.
+BUSY_LOAD_PER_CORE = 0.5
+SPREAD_LIMIT = 1.5
+VECTOR_FLAGS = ("avx2", "avx512f", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def vector_extensions(meta: dict) -> str:
+    """``avx2, avx512f, no amx`` from the CPU flags of the run (``?`` when not recorded)."""
+    flags = meta.get("cpu_flags")
+    if flags is None:
+        return "vector extensions not recorded"
+    present = [flag for flag in VECTOR_FLAGS if flag in flags]
+    absent = [name for name, prefix in (("avx2", "avx2"), ("avx512f", "avx512f"), ("amx", "amx"))
+              if not any(flag.startswith(prefix) for flag in present)]
+    return ", ".join(present + [f"no {name}" for name in absent])
+
+
+def load_text(meta: dict) -> str:
+    before, after = meta.get("load_before"), meta.get("load_after")
+    if before is None:
+        return "machine load not recorded"
+    text = f"load average {before:.2f} before the run"
+    return text + (f", {after:.2f} at its end (the bench's own threads included)" if after is not None else "")
+
+
+def reliability(meta: dict, rows: dict) -> tuple[bool, list[str]]:
+    """(reliable, lines): the machine, its load and the spread of the whole loss's rounds, and
+    whether other work on the machine makes the figures unreliable."""
+    cores = meta.get("cpu_count") or 1
+    before = meta.get("load_before")
+    spreads = [(r["spread"], _case_name(rows, key), impl) for key in _srl_keys(rows)
+               for impl, r in rows[key].items() if r.get("spread")]
+    lines = [f"Machine: {meta.get('cpu_model', '?')} ({vector_extensions(meta)}), {cores} cores; {load_text(meta)}."]
+    worst = max(spreads) if spreads else None
+    if worst is not None:
+        lines.append(f"Spread of the rounds (median / fastest, whole loss): {min(spreads)[0]:.2f} to {worst[0]:.2f} "
+                     f"(widest: {worst[1]} {worst[2]}).")
+    reasons = []
+    if before is not None and before > BUSY_LOAD_PER_CORE * cores:
+        reasons.append(f"the machine was busy (load {before:.2f} on {cores} cores before the run)")
+    if worst is not None and worst[0] > SPREAD_LIMIT:
+        reasons.append(f"the rounds spread up to {worst[0]:.2f}x")
+    if reasons:
+        lines.append(f"UNRELIABLE: {' and '.join(reasons)}: other work shared the cores, so times and the ratios "
+                     "between backends are distorted. Rerun on a quiet machine (--bench-threads 1 steadies a busy one).")
+    return not reasons, lines
+
+
+def step_share_lines(rows: dict) -> list[str]:
+    """Per preset: the whole SRL loss (its fastest fused backend) against one training step of the
+    benchmark's model without it (bench/test_training_step.py), as its share of the step with it."""
+    lines = []
+    for key in _srl_keys(rows):
+        group, label, _ = key
+        fused = [(rows[key][impl]["time_s"], impl) for impl in _fused_impls(rows[key])]
+        if group != "preset" or not fused:
+            continue
+        srl, impl = min(fused)
+        for step_key in sorted(k for k in rows if k[0] == "step" and k[1] == label):
+            model = rows[step_key]["model"]  # one row per model of the benchmark (its tag: step_key[2])
+            share = srl / (srl + model["time_s"])
+            lines.append(f"  {label}: the SRL loss ({impl}, {_ms(srl)} ms) is {100 * share:.2g} % of a training step "
+                         f"of its model ({model.get('model') or step_key[2]}: {_ms(model['time_s'])} ms without it)")
+    return lines
+
+
 def verdict(meta: dict, rows: dict, stat: str) -> list[str]:
-    """One line per case of the whole loss: each fused backend's speed-up over the reference and the
-    released code, its time over the K x N product, its peak memory over the released code's."""
+    """The machine, its load and whether the run is reliable; then one line per case of the whole
+    loss: each fused backend's speed-up over the reference and the released code, its time over
+    the K x N product, its peak memory over the released code's; then the loss's share of a
+    training step per preset, where the step was timed."""
     keys = _srl_keys(rows)
     if not keys:
         return []
     lines = [
+        *reliability(meta, rows)[1],
         f"Whole SRL loss, forward + backward, float32, on {meta.get('device', '?')}"
         f" ({meta.get('torch_threads', '?')} threads; {stat} time of the rounds). Per backend: speed-up over the "
         "reference / over the released code, time over the K x N product (the floor), peak memory / the released code's:",
@@ -287,12 +366,18 @@ def verdict(meta: dict, rows: dict, stat: str) -> list[str]:
                 f"{_memory_ratio(r['memory_bytes'], rel and rel['memory_bytes'])}"
             )
         lines.append(f"  {_case_name(rows, key):<{width}}  " + (" | ".join(parts) or "no fused backend ran"))
+    shares = step_share_lines(rows)
+    if shares:
+        lines += ["Share of a training step (the model's forward, regression loss, backward and Adam step, plus the "
+                  "SRL loss):", *shares]
     return lines
 
 
-def target_lines(rows: dict) -> list[str]:
-    """Each target of TARGETS whose case ran: the measured value, and met or not."""
+def target_lines(rows: dict, reliable: bool = True) -> list[str]:
+    """Each target of TARGETS whose case ran: the measured value, and met or not (marked as
+    measured on a busy machine when the run is not ``reliable``)."""
     lines = []
+    mark = "" if reliable else " (unreliable run)"
     for what, group, label, impl, quantity, bound in TARGETS:
         key = (group, label, "srl")
         value = _quantity(rows, key, impl, quantity)
@@ -301,7 +386,7 @@ def target_lines(rows: dict) -> list[str]:
         met = value >= bound if quantity == "released" else value <= bound
         shown = f"{value:.2g}" if value < 0.01 else f"{value:.2f}"
         unit = {"floor": "x the product", "released": "x faster", "memory": " of the released peak"}[quantity]
-        lines.append(f"  {'met' if met else 'NOT MET'}: {label} {impl}, {what}: {shown}{unit}")
+        lines.append(f"  {'met' if met else 'NOT MET'}: {label} {impl}, {what}: {shown}{unit}{mark}")
     return lines
 
 
@@ -309,7 +394,7 @@ def render(meta: dict, rows: dict, stat: str, source: Path, pngs: list[Path]) ->
     lines = header(meta, stat, source)
     summary = verdict(meta, rows, stat)
     if summary:
-        lines += ["", "## Verdict", "", "```", *summary, *target_lines(rows), "```"]
+        lines += ["", "## Verdict", "", "```", *summary, *target_lines(rows, reliability(meta, rows)[0]), "```"]
     for group, title in GROUP_TITLES.items():
         if any(k[0] == group for k in rows):
             lines += ["", f"## {title}", "", *table(rows, group)]
@@ -323,7 +408,7 @@ def update_readme(meta: dict, rows: dict, stat: str, source: Path) -> None:
     if README_START not in text or README_END not in text:
         sys.exit(f"{README} has no {README_START} ... {README_END} markers")
     summary = verdict(meta, rows, stat)
-    targets = target_lines(rows)
+    targets = target_lines(rows, reliability(meta, rows)[0])
     block = "\n".join([*header(meta, stat, source)[2:], "", *(["```", *summary, *targets, "```", ""] if summary else []),
                        *table(rows, "preset")])
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
@@ -347,7 +432,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "json", nargs="?", type=Path, help="a bench run's JSON (default: the newest in bench/results/raw)"
     )
-    parser.add_argument("--output", type=Path, default=RESULTS / "latest.md", help="the Markdown file to write")
+    parser.add_argument("--output", type=Path, default=RUN_REPORT,
+                        help=f"the Markdown file to write (default {RUN_REPORT.relative_to(HERE.parent)}; the tracked "
+                             f"quiet-run figures: {QUIET_REPORT.relative_to(HERE.parent)})")
     parser.add_argument("--stat", choices=("min", "median", "mean"), default="min", help="time statistic (default min)")
     parser.add_argument("--group", action="append", choices=list(GROUP_TITLES), help="only these groups (repeatable)")
     parser.add_argument("--no-plots", action="store_true", help="write the table only")
@@ -356,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
 
     source = args.json or latest_json()
     meta, rows, pngs = write(source, args.output, args.stat, args.group, not args.no_plots)
-    print("\n".join(verdict(meta, rows, args.stat) + target_lines(rows)))
+    print("\n".join(verdict(meta, rows, args.stat) + target_lines(rows, reliability(meta, rows)[0])))
     print(f"wrote {args.output}" + "".join(f", {p.name}" for p in pngs))
     if args.update_readme:
         update_readme(meta, rows, args.stat, source)

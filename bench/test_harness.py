@@ -10,7 +10,7 @@ import torch
 
 from srl_ext import reference
 
-from . import _measure, cases
+from . import _measure, cases, report
 
 SMALL = cases.Case(group="test", label="small", batch=32, num_bins=20, num_anchors=500, dim=16, preset="imdb_wiki")
 CPU = torch.device("cpu")
@@ -117,9 +117,67 @@ def test_report_ends_with_a_verdict_and_the_targets(tmp_path):
     source.write_text(json.dumps(run))
     meta, rows, _ = report.write(source, tmp_path / "latest.md", with_plots=False)
     lines = report.verdict(meta, rows, "min")
-    assert len(lines) == 2 and "imdb_wiki (256, 187, 2000)" in lines[1]
-    assert "cpu 5.00x / 10.75x, 1.45x floor, memory 0.17" in lines[1] and "cpu-terms 2.56x / 5.51x, 2.84x floor" in lines[1]
+    # the machine (not recorded in this run) and the spread, the header, the case
+    assert len(lines) == 4 and lines[0].startswith("Machine: ?") and "imdb_wiki (256, 187, 2000)" in lines[3]
+    assert "cpu 5.00x / 10.75x, 1.45x floor, memory 0.17" in lines[3] and "cpu-terms 2.56x / 5.51x, 2.84x floor" in lines[3]
     targets = report.target_lines(rows)
     assert targets == ["  met: imdb_wiki cpu, time <= 1.5x the K x N product: 1.45x the product",
                        "  met: imdb_wiki cpu, >= 10x faster than the released code: 10.75x faster"]
     assert "## Verdict" in (tmp_path / "latest.md").read_text()
+
+
+
+def _run_json(tmp_path, machine: dict, spread: float = 1.0, step_s: float | None = None):
+    """A run of the imdb_wiki whole loss (cpu 0.8 ms, median ``spread`` times that) and, with
+    ``step_s``, its model's training step."""
+    import json
+
+    def bench(group, impl, time_s, term="srl"):
+        info = dict(group=group, case="imdb_wiki", term=term, impl=impl, batch=256, num_bins=187, num_anchors=2000,
+                    dim=128, peak_memory_bytes=1 << 20, model="ResNet-50 at 224, batch 256")
+        return {"extra_info": info, "stats": {"min": time_s, "median": time_s * spread, "mean": time_s * spread}}
+
+    benchmarks = [bench("preset", "reference", 4e-3), bench("preset", "cpu", 0.8e-3), bench("preset", "matmul", 0.55e-3)]
+    if step_s is not None:
+        benchmarks.append(bench("step", "model", step_s, term="resnet50"))
+    run = {"benchmarks": benchmarks, "datetime": "now",
+           "machine_info": {"srl_bench": {"device": "cpu", "torch_threads": 2, "cpu_count": 2,
+                                          "cpu_model": "AMD EPYC 9654", **machine}}}
+    source = tmp_path / "run.json"
+    source.write_text(json.dumps(run))
+    return report.load(source, "min", None)
+
+
+def test_a_quiet_run_is_reliable_and_names_the_cpu(tmp_path):
+    meta, rows = _run_json(tmp_path, {"cpu_flags": ["avx2", "avx512f"], "load_before": 0.3, "load_after": 2.1})
+    reliable, lines = report.reliability(meta, rows)
+    assert reliable
+    assert lines[0] == ("Machine: AMD EPYC 9654 (avx2, avx512f, no amx), 2 cores; load average 0.30 before the run, "
+                        "2.10 at its end (the bench's own threads included).")
+    assert lines[1].startswith("Spread of the rounds (median / fastest, whole loss): 1.00 to 1.00")
+    verdict = report.verdict(meta, rows, "min")
+    assert verdict[:2] == lines and not any("UNRELIABLE" in line for line in verdict)
+    assert not any(line.endswith("(unreliable run)") for line in report.target_lines(rows, reliable))
+
+
+@pytest.mark.parametrize("machine, spread, why", [
+    ({"load_before": 7.43}, 1.0, "the machine was busy (load 7.43 on 2 cores before the run)"),
+    ({"load_before": 0.2}, 2.4, "the rounds spread up to 2.40x"),
+])
+def test_a_busy_run_says_it_is_unreliable(tmp_path, machine, spread, why):
+    meta, rows = _run_json(tmp_path, machine, spread=spread)
+    reliable, lines = report.reliability(meta, rows)
+    assert not reliable
+    assert lines[-1].startswith(f"UNRELIABLE: {why}: other work shared the cores")
+    assert "vector extensions not recorded" in lines[0]
+    targets = report.target_lines(rows, reliable)
+    assert targets and all(line.endswith("(unreliable run)") for line in targets)
+    assert any(line.startswith("UNRELIABLE") for line in report.verdict(meta, rows, "min"))
+
+
+def test_the_verdict_gives_the_loss_share_of_a_training_step(tmp_path):
+    meta, rows = _run_json(tmp_path, {"load_before": 0.1}, step_s=0.0792)  # 79.2 ms step + 0.8 ms loss
+    assert report.step_share_lines(rows) == [
+        "  imdb_wiki: the SRL loss (cpu, 0.8 ms) is 1 % of a training step of its model (ResNet-50 at 224, "
+        "batch 256: 79.2 ms without it)"]
+    assert report.step_share_lines(_run_json(tmp_path, {})[1]) == []  # no step timed: no line

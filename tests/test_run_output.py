@@ -159,6 +159,6 @@ def test_a_run_without_tensorboard_says_how_to_get_it(capsys):
 
     missing = importlib.util.find_spec("tensorboard") is None
     assert (reporting.tensorboard_missing() is not None) == missing
-    reporting.warn_missing_optional_packages()
-    err = capsys.readouterr().err
-    assert ("no TensorBoard logs, metrics.jsonl only (pip install 'srl-ext[tensorboard]')" in err) == missing
+    reporting.note_missing_tensorboard()
+    out = capsys.readouterr().out  # a note on stdout: stderr keeps a user mistake to its one error line
+    assert ("no TensorBoard logs, metrics.jsonl only (pip install 'srl-ext[tensorboard]')" in out) == missing

@@ -436,6 +436,8 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
         return _evaluate(config, explicit, build)
     if config.get("data_changed") and config["resume"] is None:
         raise UserError("--data_changed: expected only with --resume, got no --resume")
+    if main_process:
+        reporting.note_missing_tensorboard()
 
     lock = None
     try:

@@ -74,10 +74,15 @@ def warn_missing_optional_packages() -> None:
     if reason is not None:
         print(f"warning: {reason}: the per-label plot {TEST_PLOT} will be skipped (pip install matplotlib)",
               file=sys.stderr, flush=True)
+
+
+def note_missing_tensorboard() -> None:
+    """Said at the start of a training run (stdout: a note, not a problem) when no TensorBoard logs
+    will be written."""
     reason = tensorboard_missing()
     if reason is not None:
         print(f"note: {reason}: no TensorBoard logs, {METRICS_LOG} only (pip install 'srl-ext[tensorboard]')",
-              file=sys.stderr, flush=True)
+              flush=True)
 
 
 def fingerprint_tag(fingerprint: dict) -> str:
