@@ -3,8 +3,9 @@
 Every run writes its pytest-benchmark JSON (timings, the peak memory and parity errors in each
 benchmark's extra_info, the machine, its CPU flags and its load) to bench/results/raw/<UTC time>.json
 unless --benchmark-json says otherwise, then its report (bench/report.py: bench/results/run/latest.md
-and the PNG plots, or --bench-report PATH; both folders are untracked, so a run leaves the clone
-clean and the tracked quiet-run figures, bench/results/quiet.md, as they are), and ends with the
+and the PNG plots, or --bench-report PATH; both folders are untracked, as is pytest-benchmark's own
+store (the root conftest.py), so a run leaves the clone clean and the tracked quiet-run figures,
+bench/results/quiet.md, as they are), and ends with the
 verdict: the machine and whether it was quiet enough, then one line per case of the whole loss.
 pytest-benchmark's own tables are shown with --bench-raw-tables.
 """
@@ -76,17 +77,12 @@ def pytest_addoption(parser):
 
 SKIPPED = pytest.StashKey[dict]()  # implementation -> why it was not benchmarked, for the report
 LOAD_BEFORE = pytest.StashKey[float]()  # the 1-minute load average when the run started
-# pytest-benchmark's own store (used only with --benchmark-save/--benchmark-autosave) is made at
-# start-up: under the untracked raw folder, not as .benchmarks/ in the working directory.
-DEFAULT_STORAGE = "file://./.benchmarks"
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own configure reads the option
 def pytest_configure(config):
     config.stash[SKIPPED] = {}
     config.stash[LOAD_BEFORE] = _load_average()
-    if getattr(config.option, "benchmark_storage", None) == DEFAULT_STORAGE:
-        config.option.benchmark_storage = f"file://{RAW_RESULTS / 'storage'}"
     if config.getoption("bench_threads"):
         torch.set_num_threads(config.getoption("bench_threads"))
     if config.getoption("collectonly"):

@@ -62,3 +62,16 @@ def test_gpu_check_tests_in_the_deterministic_mode_and_checks_every_config():
                  "bench/check_triton_configs.py"):
         assert path in script and (ROOT / path).exists(), path
     assert "torch.cuda.get_device_capability()" in script  # the arch list of the visible GPU
+
+
+def test_a_pytest_run_leaves_no_benchmarks_folder_in_the_working_directory(tmp_path):
+    """pytest-benchmark makes its store at start-up; the root conftest.py moves it under the
+    untracked bench/results/raw/ (a run from a user's clone left .benchmarks/ behind)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           str(ROOT / "tests" / "test_examples.py")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (tmp_path / ".benchmarks").exists()
