@@ -468,7 +468,7 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
             engine.load_state_dict(checkpoint)
             engine.data_fingerprint = fingerprint
             if main_process:
-                print(f"resumed {path} at epoch {engine.epoch} step {engine.global_step}", flush=True)
+                print(f"resumed {path} after epoch {engine.epoch} step {engine.global_step}", flush=True)
         else:
             seed_everything(config["seed"])
             # The data first: a run that cannot start leaves no folder behind.
