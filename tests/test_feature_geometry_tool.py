@@ -51,7 +51,10 @@ def test_one_row_per_run_and_the_figure(runs, tmp_path):
         assert len(row["head_centroid_cosines"]) == size and all(
             math.isclose(row["head_centroid_cosines"][i][i], 1.0, abs_tol=1e-9) for i in range(size))
         test_table = json.loads((runs / row["run"] / "test_metrics.json").read_text())["table"]
-        assert row["test_mse"] == test_table["all"]["mse"]
+        assert row["finished"]
+        for key, group in (("test_mse", "all"), ("test_mse_many", "many"), ("test_mse_few", "few")):
+            if test_table[group]["mse"] is not None:  # the driver's own test table, recomputed from the features' pass
+                assert row[key] == pytest.approx(test_table[group]["mse"], rel=1e-5)
     assert "srl_grad_ratio" not in rows["vanilla"]
     assert rows["srl"]["srl_grad_ratio"] > 0 and -1 <= rows["srl"]["srl_grad_cosine"] <= 1
     assert json.loads((tmp_path / "g.json").read_text())[0]["run"] == "vanilla"

@@ -8,7 +8,9 @@ features: the projection head's output, where the SRL terms act ("head"), and th
 regressor reads ("encoder": the pair feature of STS-B, the backbone's of the image sets). For
 an SRL run, the SRL gradient share on the encoder (``analysis.gradient_share``) is measured at
 the selected model too: the memory is filled by one pass over the training set, then
-``--share_batches`` training batches are drawn as in training. Nothing is written to the run folders.
+``--share_batches`` training batches are drawn as in training. The test MSE (All and per shot
+group) is computed from the same pass, so a run still training can be read at the model it has
+selected so far (``finished`` says whether the run has ended). Nothing is written to the run folders.
 
 Prints one row per run (and writes them with --markdown / --json; a .json file written so can
 stand in for its runs, to redraw without measuring again), and draws one figure
@@ -63,18 +65,20 @@ def _driver_build(preset: str):
 
 @torch.no_grad()
 def encode(engine: Engine, split: str) -> dict[str, torch.Tensor]:
-    """The head and encoder features, labels and bins of every sample of ``split``, eval mode."""
+    """The head and encoder features, predictions (label units), labels and bins of every sample of
+    ``split``, eval mode."""
     engine.model.eval()
-    head, encoder, labels = [], [], []
+    head, encoder, labels, predictions = [], [], [], []
     for inputs, batch_labels in engine.loader(split, stream=2):
         inputs, _ = engine._to_device(inputs, batch_labels)
-        _, features, h = engine.model(*inputs, return_h=True)
+        batch_predictions, features, h = engine.model(*inputs, return_h=True)
         head.append(features.double().cpu())
         encoder.append(h.double().cpu())
         labels.append(batch_labels.double())
+        predictions.append(batch_predictions.double().cpu() * engine.task.target_scale)
     labels = torch.cat(labels)
     return {"head": torch.cat(head), "encoder": torch.cat(encoder), "labels": labels,
-            "bins": engine.task.label_bins(labels.float()).long()}
+            "predictions": torch.cat(predictions), "bins": engine.task.label_bins(labels.float()).long()}
 
 
 def srl_share(engine: Engine, batches: int) -> dict[str, float]:
@@ -112,8 +116,14 @@ def measure(folder: Path, data_dir: str | None, share_batches: int, arm_of) -> d
         encoded = encode(engine, "test")
         row = {"run": folder.name, "arm": arm_of(config), "seed": config["seed"],
                "selected_step": (checkpoint.get("best") or {}).get("step")}
-        table_file = folder / "test_metrics.json"
-        row["test_mse"] = json.loads(table_file.read_text())["table"]["all"]["mse"] if table_file.is_file() else None
+        # The test MSE of the model measured here (the run's selected one so far: a run still
+        # training may select another later, which "finished" tells)
+        row["finished"] = (folder / "test_metrics.json").is_file()
+        errors = encoded["predictions"] - encoded["labels"]
+        row["test_mse"] = float((errors**2).mean())
+        for group in analysis.SHOT_GROUPS:
+            members = torch.tensor([task.bin_groups[b] == group for b in encoded["bins"].tolist()])
+            row[f"test_mse_{group}"] = float((errors[members] ** 2).mean()) if bool(members.any()) else None
         for feature in FEATURES:
             geometry = analysis.feature_geometry(encoded[feature], encoded["labels"], encoded["bins"],
                                                  num_bins=task.num_bins, shot_groups=task.bin_groups)
@@ -133,7 +143,7 @@ def _cell(value) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    columns = [("test MSE", "test_mse")] + [
+    columns = [("test MSE", "test_mse"), ("few MSE", "test_mse_few")] + [
         (f"{feature} {SHORT[key]}", f"{feature}_{key}") for feature in FEATURES for key in METRICS
     ] + [("SRL grad ratio", "srl_grad_ratio"), ("SRL grad cos", "srl_grad_cosine")]
     lines = ["| run | arm | seed | " + " | ".join(name for name, _ in columns) + " |",
