@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import math
+import re
 import sys
 import tempfile
 from collections import defaultdict
@@ -153,7 +154,7 @@ def markdown(rows: list[dict]) -> str:
                      + " | ".join(_cell(row.get(key)) for _, key in columns) + " |")
     lines += ["", "By arm, mean ± std over seeds:", "",
               "| arm | seeds | " + " | ".join(name for name, _ in columns) + " |", "|---|---|" + "---|" * len(columns)]
-    for arm, runs in sorted(by_arm(rows).items()):
+    for arm, runs in by_arm(rows).items():
         cells = []
         for _, key in columns:
             values = [r[key] for r in runs if r.get(key) is not None and not math.isnan(r[key])]
@@ -164,10 +165,16 @@ def markdown(rows: list[dict]) -> str:
 
 
 def by_arm(rows: list[dict]) -> dict[str, list[dict]]:
+    """Rows by arm: vanilla first, then SRL by strength (x 1, x 10, ...), others by name."""
     arms = defaultdict(list)
     for row in rows:
         arms[row["arm"]].append(row)
-    return arms
+    return dict(sorted(arms.items(), key=lambda item: _arm_order(item[0])))
+
+
+def _arm_order(arm: str) -> tuple:
+    strength = re.search(r"×([0-9.e+-]+)", arm)
+    return (not arm.startswith("vanilla"), float(strength.group(1)) if strength else 1.0, arm)
 
 
 def figure(rows: list[dict], path: Path) -> None:
@@ -176,14 +183,14 @@ def figure(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = dict(sorted(by_arm(rows).items()))
+    arms = by_arm(rows)
     columns = max(len(arms), len(METRICS))
     fig, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.6), squeeze=False)
     for ax, (arm, runs) in zip(axes[0], arms.items()):
         first = min(runs, key=lambda r: r["seed"])
         image = ax.imshow(np.asarray(first["head_centroid_cosines"]), vmin=-1, vmax=1, cmap="RdBu_r")
         ax.set_title(f"{arm}\nseed {first['seed']}", fontsize=8)
-        ax.set_xlabel("bin (label order)", fontsize=7)
+        ax.set_xlabel("present bin, in label order", fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in axes[0][len(arms):]:
         ax.axis("off")
