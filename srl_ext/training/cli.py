@@ -514,7 +514,8 @@ def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
 
     def build(config: dict):
         task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"],
-                                               train_views=2 if config.get("conr") else 0)
+                                               train_views=2 if config.get("conr") else 0,
+                                               progress=config.get("progress", False) and ddp.is_main_process())
         return task, ImageRegressor(config["backbone"]), datasets
 
     config, explicit = parse(parser, benchmark.preset, argv)
