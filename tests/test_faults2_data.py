@@ -113,3 +113,49 @@ def test_checked_images_are_remembered_by_size_and_time(tmp_path, monkeypatch):
     opened.clear()
     images.load_benchmark(images.AGEDB, root)
     assert opened == ["4.jpg"]
+
+
+HEADER = "\t".join(sts_b.COLUMNS) + "\n"
+
+
+def tsv_row(i, score, s1="a man", s2="a dog"):
+    return f"{i}\tmain-news\tnews\t2012\t{i:04d}\tnone\tnone\t{s1}\t{s2}\t{score}\n"
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    csv_path = tmp_path / "agedb.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfage,path,split\n30,a.jpg,train\n")
+    assert images.read_age_csv(csv_path, images.AGEDB.num_bins)["train"] == [("a.jpg", 30)]
+    tsv = tmp_path / "train_new.tsv"
+    tsv.write_bytes(b"\xef\xbb\xbf" + (HEADER + tsv_row(0, "1.5")).encode())
+    assert [p.score for p in sts_b.read_pairs(tsv)] == [1.5]
+
+
+def test_a_field_over_the_csv_size_limit_names_its_line(tmp_path):
+    csv_path = tmp_path / "agedb.csv"
+    csv_path.write_text("age,path,split\n30,a.jpg,train\n31,\"" + "x" * 200_000 + "\",val\n")
+    with pytest.raises(DataError, match=r"agedb\.csv:3: field larger than field limit"):
+        images.read_age_csv(csv_path, images.AGEDB.num_bins)
+
+
+def test_an_unterminated_quote_is_reported_at_its_own_line(tmp_path):
+    csv_path = tmp_path / "agedb.csv"
+    rows = [f"{20 + i},a{i}.jpg,train" for i in range(4)] + ['30,"b.jpg,val'] + [f"{20 + i},c{i}.jpg,test" for i in range(60)]
+    csv_path.write_text("age,path,split\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"agedb\.csv:6: a quoted field opens on this line and is not closed before "
+                                        r"line 66 \(an unterminated quote\)"):
+        images.read_age_csv(csv_path, images.AGEDB.num_bins)
+
+
+@pytest.mark.parametrize("inside", ["\u2028", "\u0085", "\x0c", "\r", "\u2029", "\x1c"])
+def test_unusual_line_breaks_inside_a_sentence_do_not_split_its_row(tmp_path, inside):
+    tsv = tmp_path / "train_new.tsv"
+    tsv.write_text(HEADER + tsv_row(0, "1.0", s1=f"a man{inside}runs") + tsv_row(1, "2.0"), newline="")
+    pairs = sts_b.read_pairs(tsv)
+    assert [p.score for p in pairs] == [1.0, 2.0] and pairs[0].sentence1 == f"a man{inside}runs"
+
+
+def test_windows_line_ends_still_read(tmp_path):
+    tsv = tmp_path / "train_new.tsv"
+    tsv.write_bytes((HEADER + tsv_row(0, "1.0") + tsv_row(1, "2.0")).replace("\n", "\r\n").encode())
+    assert [(p.sentence2, p.score) for p in sts_b.read_pairs(tsv)] == [("a dog", 1.0), ("a dog", 2.0)]

@@ -105,8 +105,19 @@ def read_age_csv(path: str | Path, num_bins: int) -> dict[str, list[tuple[str, i
     if header is None or any(column not in header for column in CSV_COLUMNS):
         raise DataError(f"{path}:1: expected a header with the columns {', '.join(CSV_COLUMNS)}, got {header}")
     column = {name: header.index(name) for name in CSV_COLUMNS}
-    for fields in reader:
+    line = reader.line_num
+    while True:
+        first = line + 1  # the row's first line: a quoted field may run over several
+        try:
+            fields = next(reader, None)
+        except csv.Error as error:  # a field over csv's size limit, a NUL byte, ...
+            raise DataError(f"{path}:{first}: {error}") from None
+        if fields is None:
+            break
         line = reader.line_num
+        if line > first:
+            raise DataError(f"{path}:{first}: a quoted field opens on this line and is not closed before line {line} "
+                            "(an unterminated quote)")
         if not fields:
             continue
         if len(fields) != len(header):
