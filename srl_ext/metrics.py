@@ -73,6 +73,25 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.sum(dx * dy) / denominator)
 
 
+def calibration_line(predictions: np.ndarray, targets: np.ndarray) -> tuple[float, float] | tuple[None, None]:
+    """(slope, intercept) of the least-squares line of the targets on the predictions,
+    targets ~ intercept + slope * predictions: (1, 0) for calibrated predictions; a slope below 1
+    says the predictions spread wider than the targets they predict (stretched), above 1 narrower.
+    (None, None) when undefined (fewer than 2 samples or constant predictions)."""
+    p = np.asarray(predictions, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.float64)
+    if p.shape != y.shape:
+        raise ValueError(f"calibration_line: expected targets of the predictions' shape {p.shape}, got {y.shape}")
+    if p.size < 2:
+        return None, None
+    dp = p - p.mean()
+    spread = float(np.sum(dp * dp))
+    if spread == 0.0:
+        return None, None
+    slope = float(np.sum(dp * (y - y.mean())) / spread)
+    return slope, float(y.mean() - slope * p.mean())
+
+
 def average_ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n with ties given their average rank (as scipy.stats.rankdata)."""
     x = np.asarray(x, dtype=np.float64)

@@ -165,6 +165,19 @@ def test_calibration_of_the_worked_table():
     assert x[0].tolist() == [2.5, 0.0]  # not in place by default
 
 
+def test_released_sts_b_clip_bounds_the_variance_ratio_of_the_worked_table():
+    # bucket 2, column 0: v2 / v1 = 1.651008 / 4 = 0.41 is raised to 0.5; bucket 4: 2.117504 / 1 is cut to 2
+    fds = _worked_module(clip=FDS_RELEASED["sts_b"]["clip"])
+    fds.update(1)
+    fds.train()
+    x = torch.tensor([[2.5, 0.0], [1.0, 3.0], [9.0, 2.0]], dtype=torch.float64)
+    out = fds.smooth(x, torch.tensor([2.0, 2.0, 4.0]), 1)
+    m2_bucket2, m2_bucket4 = 3.117504, 4.146522
+    assert out[0].tolist() == pytest.approx([0.5 * 0.5 ** 0.5 + m2_bucket2, -0.009454], abs=1e-6)
+    assert out[1].tolist() == pytest.approx([-1.0 * 0.5 ** 0.5 + m2_bucket2, 3.018908], abs=1e-6)
+    assert out[2].tolist() == pytest.approx([-1.0 * 2 ** 0.5 + m2_bucket4, 2.0], abs=1e-6)
+
+
 def test_ema_of_the_worked_table():
     fds = _worked_module(empty_buckets="keep")
     fds.epoch.fill_(1)
@@ -393,8 +406,12 @@ def test_released_settings():
     assert (FDS_RELEASED["agedb"]["num_buckets"], FDS_RELEASED["agedb"]["bucket_start"]) == (100, 3)
     assert (FDS_RELEASED["imdb_wiki"]["num_buckets"], FDS_RELEASED["imdb_wiki"]["bucket_start"]) == (100, 0)
     assert FDS_RELEASED["sts_b"]["binning"] == "histogram" and FDS_RELEASED["sts_b"]["num_buckets"] == 50
+    # the variance-ratio clip of each benchmark folder's calibrate_mean_var
+    assert FDS_RELEASED["agedb"]["clip"] == FDS_RELEASED["imdb_wiki"]["clip"] == (0.1, 10.0)
+    assert FDS_RELEASED["sts_b"]["clip"] == (0.5, 2.0)
     fds = FDS(2048, **FDS_RELEASED["agedb"])
-    assert fds.running_mean.shape == (97, 2048) and fds.epoch.tolist() == [0.0]
+    assert fds.running_mean.shape == (97, 2048) and fds.epoch.tolist() == [0.0] and fds.clip == (0.1, 10.0)
+    assert FDS(8, **FDS_RELEASED["sts_b"]).clip == (0.5, 2.0)
 
 
 def test_histogram_buckets_follow_numpy_on_float32_scores():

@@ -33,6 +33,18 @@ def test_pearson_and_spearman_known_values():
     assert metrics.pearson([1.0, 1.0], [0.0, 1.0]) is None  # constant input: undefined
 
 
+def test_calibration_line_of_targets_on_predictions():
+    # the Pearson case above: slope = sum dx*dy / sum dx^2 = 4 / 5, intercept = 2.5 - 0.8 * 2.5
+    assert metrics.calibration_line([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0]) == pytest.approx((0.8, 0.5))
+    # predictions stretched 1.5x about the mean 2 of the targets 1, 2, 3: slope 1 / 1.5, intercept 2 - 2 / 1.5
+    assert metrics.calibration_line([0.5, 2.0, 3.5], [1.0, 2.0, 3.0]) == pytest.approx((2 / 3, 2 / 3))
+    assert metrics.calibration_line([1.0, 2.0], [1.0, 2.0]) == pytest.approx((1.0, 0.0))  # calibrated
+    assert metrics.calibration_line([1.0], [1.0]) == (None, None)
+    assert metrics.calibration_line([2.0, 2.0], [0.0, 1.0]) == (None, None)  # constant predictions
+    with pytest.raises(ValueError, match=r"calibration_line: expected targets of the predictions' shape \(2,\)"):
+        metrics.calibration_line([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
 def test_average_ranks_share_ties():
     np.testing.assert_array_equal(metrics.average_ranks([10, 20, 20, 30, 5]), [2, 3.5, 3.5, 5, 1])
     # Spearman of a monotone transform with ties on both sides is 1.

@@ -28,6 +28,12 @@ SRL = {"srl": True, "released_table": False, "memory_update": "epoch"}
     ({**SRL, "regularization_weight": 3e-4}, "SRL + RankSim"),
     ({**SRL, "regularization_weight": 0.0, "reweight": "none"}, "SRL"),
     ({**VANILLA, "bmse": True}, "Balanced MSE"),
+    ({**SRL, "preset": "sts_b", "w1": 1e-2, "w2": 1.0, "w3": 1e-2, "epoch": 20}, "SRL ×100"),
+    ({**SRL, "preset": "sts_b", "w1": 1e-4, "w2": 1e-2, "w3": 1e-4, "epoch": 20}, "SRL"),
+    ({**SRL, "preset": "sts_b", "w1": 1e-3, "w2": 1e-2, "w3": 1e-4}, "SRL (w1 0.001, w2 0.01, w3 0.0001)"),
+    ({**SRL, "preset": "sts_b", "w1": 1e-4, "w2": 1e-2, "w3": 1e-4, "epoch": None}, "SRL, no epoch cap"),
+    ({**VANILLA, "w1": 1e-1, "epoch": None}, "vanilla, no epoch cap"),  # vanilla: the SRL weights are unused
+    ({**SRL, "preset": "sts_b", "w1": 1e-1, "w2": 10.0, "w3": 1e-1, "epoch": None}, "SRL ×1000, no epoch cap"),
     ({**SRL, "bmse": True}, "SRL + Balanced MSE"),
     ({**SRL, "memory_update": "online", "bmse": True, "regularization_weight": 1.0},
      "SRL, online memory + RankSim + Balanced MSE"),
@@ -40,3 +46,48 @@ def test_arm_of_a_saved_config(config, arm):
 def test_a_method_is_compared_with_vanilla_alone_and_with_itself_and_srl_when_composed(method):
     assert summary.BASELINES[method] == ("vanilla",)
     assert summary.BASELINES[f"SRL + {method}"] == (method, "SRL")
+
+
+@pytest.mark.parametrize("arm, baselines", [
+    ("SRL ×100", ("vanilla", "SRL")),
+    ("SRL ×1000, no epoch cap", ("vanilla, no epoch cap", "SRL, no epoch cap", "SRL ×1000")),
+    ("SRL, no epoch cap", ("vanilla, no epoch cap", "SRL")),
+    ("vanilla, no epoch cap", ("vanilla",)),
+    ("SRL + RankSim", ("RankSim", "SRL")),
+])
+def test_strength_and_budget_arms_are_compared_with_their_baselines(arm, baselines):
+    assert summary.baselines_of(arm) == baselines
+
+
+def fake_run(folder, config, all_mse, ratios=()):
+    """A finished run folder as the summary reads it: last.pt's config, the test table, the log."""
+    import json
+
+    import torch
+
+    folder.mkdir()
+    torch.save({"config": config}, folder / "last.pt")
+    table = {g: {"mse": all_mse + i, "pearson": 0.5} for i, g in enumerate(summary.GROUPS)}
+    (folder / "test_metrics.json").write_text(json.dumps({"table": table}))
+    epochs = [{"split": "train", "train_seconds": 10.0, "memory_seconds": 1.0, "val_seconds": 0.5,
+               **({"srl_grad_ratio": r, "srl_grad_cosine": -0.1} if r else {})} for r in (ratios or [None, None])]
+    log = epochs + [{"split": "val", "selected": True, "step": 800}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    return folder
+
+
+def test_markdown_pairs_the_strength_sweep_with_vanilla_and_shows_the_gradient_share(tmp_path):
+    base = {"preset": "sts_b", "data_dir": "x/dir-split", "epoch": 20, "released_table": False, "memory_update": "epoch_pass"}
+    folders = []
+    for seed, vanilla_mse, srl_mse in ((0, 1.25, 1.20), (1, 1.15, 1.18)):
+        folders.append(fake_run(tmp_path / f"v{seed}", {**base, "srl": False, "seed": seed}, vanilla_mse))
+        folders.append(fake_run(tmp_path / f"s{seed}", {**base, "srl": True, "seed": seed, "w1": 1e-2, "w2": 1.0, "w3": 1e-2},
+                                srl_mse, ratios=[0.01, 0.03]))
+    out = tmp_path / "t.md"
+    summary.main([*map(str, folders), "--markdown", str(out)])
+    text = out.read_text()
+    assert "| dir-split | SRL ×100 | vanilla | 0 | -0.050 |" in text
+    assert "| dir-split | SRL ×100 | vanilla | 1 | +0.030 |" in text
+    assert "| dir-split | SRL ×100 | vanilla | mean ± std | -0.010 ± 0.057 |" in text
+    assert "| dir-split | SRL ×100 | 0 | 800 | 2 | 10.0 | 1.0 | 0.0100 | 0.0200 | -0.100 |" in text
+    assert "| dir-split | vanilla | 0 | 800 | 2 | 10.0 | 1.0 | - | - | - |" in text

@@ -8,10 +8,11 @@ with validation and model selection, test the selected model.
 import sys
 from functools import partial
 
-from srl_ext.training.cli import command, image_main
+from srl_ext.training.cli import command, image_builder, image_main
 from srl_ext.training.data.images import AGEDB
 
 main = partial(image_main, AGEDB)  # main(argv=None) -> the test table
+build = image_builder(AGEDB)  # build(config) -> (task, model, datasets) of a run's config
 
 if __name__ == "__main__":
     sys.exit(command(main))

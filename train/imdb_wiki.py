@@ -12,6 +12,7 @@ from srl_ext.training.cli import command
 from srl_ext.training.data import images
 
 main = partial(cli.image_main, images.IMDB_WIKI)  # main(argv=None) -> the test table
+build = cli.image_builder(images.IMDB_WIKI)  # build(config) -> (task, model, datasets) of a run's config
 
 if __name__ == "__main__":
     sys.exit(command(main))

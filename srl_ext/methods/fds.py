@@ -29,15 +29,16 @@ from .smoothing import BINNINGS, histogram_bins, kernel_window
 
 EMPTY_BUCKETS = ("neighbours", "keep")
 
-# The released settings of each benchmark (README commands): FDS(feature_dim, **FDS_RELEASED[name]).
-# They leave the released quirks off; docs/methods.md lists the flags that reproduce them.
+# The released settings of each benchmark (README commands; the variance-ratio clip of each
+# benchmark folder's calibrate_mean_var): FDS(feature_dim, **FDS_RELEASED[name]). They leave the
+# released quirks off; docs/methods.md lists the flags that reproduce them.
 FDS_RELEASED: dict[str, dict] = {
     "agedb": dict(num_buckets=100, bucket_start=3, binning="floor", kernel="gaussian", ks=5, sigma=2.0,
-                  momentum=0.9, start_update=0, start_smooth=1),
+                  momentum=0.9, start_update=0, start_smooth=1, clip=(0.1, 10.0)),
     "imdb_wiki": dict(num_buckets=100, bucket_start=0, binning="floor", kernel="gaussian", ks=5, sigma=2.0,
-                      momentum=0.9, start_update=0, start_smooth=1),
+                      momentum=0.9, start_update=0, start_smooth=1, clip=(0.1, 10.0)),
     "sts_b": dict(num_buckets=50, bucket_start=0, binning="histogram", value_range=(0.0, 5.0), kernel="gaussian",
-                  ks=5, sigma=2.0, momentum=0.9, start_update=0, start_smooth=1),
+                  ks=5, sigma=2.0, momentum=0.9, start_update=0, start_smooth=1, clip=(0.5, 2.0)),
 }
 
 _BELOW, _ABOVE = 0, 1  # the two extra accumulator rows of floor binning, after the R buckets
@@ -79,7 +80,8 @@ class FDS(nn.Module):
                 over all samples seen. The update at start_update copies the pass's statistics.
             start_update: the first epoch whose pass is folded in.
             start_smooth: the first epoch whose training steps are calibrated.
-            clip: bounds of the variance ratio v2 / v1 in the calibration.
+            clip: bounds of the variance ratio v2 / v1 in the calibration (released: (0.1, 10) in the
+                age code, (0.5, 2) in the STS-B code).
             empty_buckets: what an update does to buckets absent from its pass: "neighbours"
                 sets each, in bucket order, to the mean of its two neighbours (the end buckets
                 copy their one neighbour), as the released STS-B code does; "keep" leaves them
@@ -322,5 +324,5 @@ class FDS(nn.Module):
             f"feature_dim={self.feature_dim}, num_buckets={self.num_buckets}, bucket_start={self.bucket_start}, "
             f"binning={self.binning!r}, kernel={self.kernel!r}, ks={self.ks}, sigma={self.sigma}, "
             f"momentum={self.momentum}, start_update={self.start_update}, start_smooth={self.start_smooth}, "
-            f"empty_buckets={self.empty_buckets!r}, alias_last_epoch={self.alias_last_epoch}, inplace={self.inplace}"
+            f"clip={self.clip}, empty_buckets={self.empty_buckets!r}, alias_last_epoch={self.alias_last_epoch}, inplace={self.inplace}"
         )

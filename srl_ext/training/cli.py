@@ -31,7 +31,7 @@ from . import ddp, demo, released_checkpoints, reporting
 from .checkpoint import (BEST, LAST, PREVIOUS, RunFolderLock, data_fingerprint, fingerprint_changes, load_checkpoint,
                          make_run_dir, seed_everything, set_aside)
 from .config import (BMSE_MODES, EARLY_STOP_RULES, KERNELS, RANKSIM_FEATURES, RANKSIM_RELEASED_WEIGHT, REWEIGHTS,
-                     method_settings, recipe, released_methods)
+                     TRAINER_RECIPES, method_settings, recipe, recipe_flags, released_methods)
 from .engine import Engine
 from .errors import CheckpointError, UserError
 
@@ -194,6 +194,22 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                             "without a better model")
     train.add_argument("--max_vals", dest="max_validations", type=NON_NEGATIVE_INT, default=p.max_validations or 0,
                        help="stop after so many validations (0: no limit)")
+    if preset_name in TRAINER_RECIPES:
+        trainers = TRAINER_RECIPES[preset_name]
+        train.add_argument("--recipe", choices=tuple(trainers), default="srl",
+                           help="whose trainer sets the defaults of the flags above; flags given explicitly win: "
+                                + "; ".join(f"{name} = batch {r.batch_size}, lr {r.lr:g}, patience "
+                                            f"{r.early_stop_patience}, at most {r.max_validations} validations"
+                                            for name, r in trainers.items())
+                                + " (srl: the SRL code's trainer; dir: the DIR code's own, with which the DIR paper "
+                                  "ran LDS and FDS)")
+    train.add_argument("--init_from", metavar="RUN", default=None,
+                       help=f"start a new run from the model selected in RUN (its {BEST}): every weight but the "
+                            "regressor's, which starts afresh (the released two-stage training); the model flags must "
+                            "build the same network, and the data must be RUN's")
+    train.add_argument("--retrain_regressor", action="store_true",
+                       help="with --init_from and --vanilla: train the regressor only, every other parameter frozen "
+                            "(the released second stage, RRT; Balanced MSE's released recipe)")
 
     srl = parser.add_argument_group("SRL loss (docs/method.md)")
     srl.add_argument("--vanilla", dest="srl", action="store_false",
@@ -220,6 +236,9 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                      help="refill of the surrogate memory: epoch_pass = one extra no-grad pass over the training set "
                           "at the end of each epoch (released code); online = the features of the training steps")
     srl.add_argument("--memory_momentum", type=FRACTION, default=0.9, help="weight of the old memory in each update")
+    srl.add_argument("--grad_share_every", type=NON_NEGATIVE_INT, default=50,
+                     help="every so many steps, measure the SRL terms' gradient on the shared encoder against the "
+                          "regression loss's (norm ratio and cosine, logged per epoch in metrics.jsonl; 0: never)")
     add_method_flags(parser, preset_name)
     return parser
 
@@ -257,6 +276,14 @@ def add_method_flags(parser: argparse.ArgumentParser, preset_name: str) -> None:
                                            " (label int(y); labels past the last pool into it)"))
     fds.add_argument("--bucket_start", type=int, default=m.bucket_start, help="first FDS bucket (lower labels pool into it)")
     fds.add_argument("--fds_mmt", type=float, default=m.fds_mmt, help="momentum of FDS's running statistics")
+    fds.add_argument("--fds_clip", type=POSITIVE, nargs=2, metavar=("LOW", "HIGH"), default=list(m.fds_clip),
+                     help="bounds of the variance ratio in the calibration (the released code's on this benchmark)")
+    fds.add_argument("--fds_alias_last_epoch", action="store_true",
+                     help="released quirk (a), on in the released code: the calibration's source statistics are the "
+                          "running ones, the latest pass included, while its smoothed target lags one pass behind")
+    fds.add_argument("--fds_inplace", action="store_true",
+                     help="released quirk (b), on in the released code: the calibration overwrites h, so the "
+                          "statistics pass, RankSim and the projector read the calibrated h")
     rank = parser.add_argument_group("RankSim: ranking similarity (docs/methods.md, RankSim)")
     rank.add_argument("--regularization_weight", type=float, default=m.regularization_weight,
                       help=f"gamma, the weight of the RankSim term; 0 = off (released command on this benchmark: {gamma:g})")
@@ -313,6 +340,7 @@ def method_flag_errors(config: dict) -> list[tuple[bool, str, str, object]]:
          f"at least --bucket_start + max(2, --fds_ks // 2 + 1) = {c['bucket_start'] + max(2, c['fds_ks'] // 2 + 1)}",
          c["bucket_num"]),
         (not 0 <= c["fds_mmt"] < 1, "--fds_mmt", "a number in [0, 1)", c["fds_mmt"]),
+        (c["fds_clip"][0] > c["fds_clip"][1], "--fds_clip", "LOW <= HIGH", " ".join(f"{v:g}" for v in c["fds_clip"])),
         (not c["regularization_weight"] >= 0, "--regularization_weight", "0 or more", c["regularization_weight"]),
         (not c["interpolation_lambda"] > 0, "--interpolation_lambda", "a positive number", c["interpolation_lambda"]),
         (c["bmse"] and c["reweight"] != "none", "--reweight", "none with --bmse (Balanced MSE replaces the weighted "
@@ -325,6 +353,11 @@ def method_flag_errors(config: dict) -> list[tuple[bool, str, str, object]]:
         (not c.get("conr_w", 1.0) > 0, "-w", "a positive number", c.get("conr_w")),
         (not c.get("conr_beta", 0.0) >= 0, "--beta", "0 or more", c.get("conr_beta")),
         (not c.get("conr_e", 0.0) >= 0, "-e", "0 or more", c.get("conr_e")),
+        (c["retrain_regressor"] and c["init_from"] is None, "--retrain_regressor",
+         "--init_from RUN with it (a trained encoder to freeze)", "no --init_from"),
+        (c["retrain_regressor"] and (c["srl"] or c["regularization_weight"] > 0 or c.get("conr", False)),
+         "--retrain_regressor", "--vanilla and no RankSim or ConR with it (those terms act on the frozen encoder's "
+         "features only)", "SRL" if c["srl"] else "RankSim" if c["regularization_weight"] > 0 else "ConR"),
         # a window wider than twice the bins has taps that never meet a bin, and costs its width in time
         (c["lds_ks"] > 2 * lds_bins - 1, "--lds_ks", f"at most 2 x {lds_bins} LDS bins - 1 = {2 * lds_bins - 1}",
          c["lds_ks"]),
@@ -353,6 +386,9 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
     args = parser.parse_args(argv)
     config = vars(args)
     explicit = explicit_flags(parser, argv)
+    if config.get("recipe", "srl") != "srl":  # another trainer's values for the flags not given
+        values = recipe_flags(recipe(preset_name, config["recipe"]))
+        config.update({key: value for key, value in values.items() if key not in explicit})
     config["runs_dir"] = os.path.expanduser(config["runs_dir"])  # also when quoted: never a folder named ~
     config.update(preset=preset_name, regression_loss=recipe(preset_name).regression_loss,
                   memory_normalized=settings.preset(preset_name).memory_normalized)
@@ -529,6 +565,8 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
             # The data first: a run that cannot start leaves no folder behind.
             task, model, datasets = build(config)
             fingerprint = _fingerprint(task, datasets)
+            if config.get("init_from") is not None:  # recorded: whether the encoder was trained with SRL
+                config["init_from_srl"] = bool(init_from_run(model, config["init_from"], config["preset"], fingerprint)["srl"])
             check_run_size(config, task, model, datasets)
             run_dir = None
             if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
@@ -637,6 +675,32 @@ def _check_benchmark(checkpoint: dict, path: Path, preset: str, action: str) -> 
         )
 
 
+def init_from_run(model: torch.nn.Module, source: str, preset: str, fingerprint: dict) -> dict:
+    """--init_from: every weight of the model selected in run ``source`` (its best.pt) but the
+    regressor's (and FDS's statistics), as the released second stage loads them; returns that
+    run's config. A run of another benchmark or other data, or a network of other shapes, is refused."""
+    checkpoint, path = load_checkpoint(source, BEST)
+    _check_benchmark(checkpoint, path, preset, "init_from")
+    changes = fingerprint_changes(checkpoint["data_fingerprint"], fingerprint) if checkpoint.get("data_fingerprint") else []
+    if changes:
+        raise UserError(f"--init_from {path}: expected a run on this data, got a run on other data ({'; '.join(changes)})")
+    kept = lambda key: not key.startswith(("regressor.", "fds."))  # noqa: E731
+    saved = {key: value for key, value in checkpoint["model"].items() if kept(key)}
+    own = {key: value for key, value in model.state_dict().items() if kept(key)}
+    hint = f"give the model flags of {path.parent / 'config.json'}"
+    for key in sorted(set(own) | set(saved)):
+        if key not in saved or key not in own:
+            raise UserError(f"--init_from {path}: expected the same network, got {'no' if key not in saved else 'an extra'} "
+                            f"tensor {key} in the file; {hint}")
+        if saved[key].shape != own[key].shape:
+            raise UserError(f"--init_from {path}: expected {key} of shape {tuple(own[key].shape)}, got "
+                            f"{tuple(saved[key].shape)}; {hint}")
+    model.load_state_dict(saved, strict=False)
+    if ddp.is_main_process():
+        print(f"initialised from {path} (every weight but the regressor's)", flush=True)
+    return checkpoint["config"]
+
+
 def _fingerprint(task, datasets) -> dict:
     return data_fingerprint(task.data_files, {split: len(dataset) for split, dataset in datasets.items()})
 
@@ -681,13 +745,21 @@ def image_main(benchmark, argv: Sequence[str] | None = None) -> dict:
                             "quick runs and tests)")
     model.add_argument("--img_size", type=ranged(int, 16, 1024), default=images.IMAGE_SIZE, help="images are resized to this square size")
 
+    config, explicit = parse(parser, benchmark.preset, argv)
+    if config["demo"]:
+        demo.prepare(config, explicit, demo.IMAGE_SETTINGS, lambda root: demo.write_images(benchmark, root))
+    return run(config, explicit, image_builder(benchmark))
+
+
+def image_builder(benchmark) -> Build:
+    """The ``build(config) -> (task, model, datasets)`` of an image benchmark's runs."""
+    from .data import images
+    from .models import ImageRegressor
+
     def build(config: dict):
         task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"],
                                                train_views=2 if config.get("conr") else 0,
                                                progress=config.get("progress", False) and ddp.is_main_process())
         return task, ImageRegressor(config["backbone"]), datasets
 
-    config, explicit = parse(parser, benchmark.preset, argv)
-    if config["demo"]:
-        demo.prepare(config, explicit, demo.IMAGE_SETTINGS, lambda root: demo.write_images(benchmark, root))
-    return run(config, explicit, build)
+    return build

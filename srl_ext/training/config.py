@@ -52,10 +52,34 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def recipe(name: str) -> Recipe:
+# The recipes of other trainers of a benchmark, chosen with the drivers' --recipe (docs/training.md):
+# "srl" is RECIPES' (the SRL code's); "dir" on STS-B-DIR is DIR's own trainer
+# (YyzHarry/imbalanced-regression, sts-b-dir/train.py and trainer.py), with which the DIR paper
+# ran LDS and FDS: batch 128, lr 1e-4, patience 10, at most 100 validations, the rest as the SRL code's.
+TRAINER_RECIPES: dict[str, dict[str, Recipe]] = {
+    "sts_b": {"srl": RECIPES["sts_b"],
+              "dir": Recipe(regression_loss="mse", lr=1e-4, weight_decay=1e-5, batch_size=128, epochs=None,
+                            grad_clip_norm=5.0, eval_every_steps=400, early_stop_patience=10, max_validations=100)},
+}
+
+
+def recipe(name: str, trainer: str = "srl") -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"preset must be one of {', '.join(map(repr, RECIPES))}, got {name!r}")
-    return RECIPES[name]
+    if trainer == "srl":
+        return RECIPES[name]
+    choices = TRAINER_RECIPES.get(name, {"srl": RECIPES[name]})
+    if trainer not in choices:
+        raise ValueError(f"recipe of {name} must be one of {', '.join(map(repr, choices))}, got {trainer!r}")
+    return choices[trainer]
+
+
+def recipe_flags(r: Recipe) -> dict:
+    """A recipe as the values of the drivers' flags (0 where a flag reads 0 as 'none')."""
+    return {"lr": r.lr, "weight_decay": r.weight_decay, "batch_size": r.batch_size, "epoch": r.epochs,
+            "lr_milestones": list(r.lr_milestones), "lr_gamma": r.lr_gamma, "grad_clip": r.grad_clip_norm or 0.0,
+            "eval_every": r.eval_every_steps or 0, "patience": r.early_stop_patience or 0,
+            "max_validations": r.max_validations or 0}
 
 
 def srl_settings(config: dict) -> SRLSettings:
@@ -100,6 +124,9 @@ class MethodSettings:
     bucket_num: int = 100
     bucket_start: int = 0
     fds_mmt: float = 0.9
+    fds_clip: tuple[float, float] = (0.1, 10.0)  # bounds of the variance ratio (released: per benchmark)
+    fds_alias_last_epoch: bool = False  # released quirk (a)
+    fds_inplace: bool = False  # released quirk (b): the statistics pass records the calibrated h
     # RankSim: gamma (0: off), lambda, and which feature is ranked
     regularization_weight: float = 0.0
     interpolation_lambda: float = 2.0
@@ -136,7 +163,7 @@ METHOD_FIELDS = tuple(f.name for f in fields(MethodSettings))
 
 def released_methods(preset: str) -> MethodSettings:
     """Each method's released defaults for a benchmark (docs/methods.md), all methods off:
-    LDS's and FDS's windows and buckets (LDS_RELEASED, FDS_RELEASED), RankSim's lambda 2,
+    LDS's and FDS's windows, buckets and variance clip (LDS_RELEASED, FDS_RELEASED), RankSim's lambda 2,
     ConR's w 1, beta 4, e 0.01, Balanced MSE's sigma 1 (its argparse default; on STS-B, whose
     targets are score / 5, 1 / 5: an assumption of this project, there is no released STS-B
     recipe) with lr 1e-2."""
@@ -146,25 +173,34 @@ def released_methods(preset: str) -> MethodSettings:
         lds_kernel=lds["kernel"], lds_ks=lds["ks"], lds_sigma=lds["sigma"],
         fds_kernel=fds["kernel"], fds_ks=fds["ks"], fds_sigma=fds["sigma"], start_update=fds["start_update"],
         start_smooth=fds["start_smooth"], bucket_num=fds["num_buckets"], bucket_start=fds["bucket_start"],
-        fds_mmt=fds["momentum"], init_noise_sigma=0.2 if preset == "sts_b" else 1.0,
+        fds_mmt=fds["momentum"], fds_clip=fds["clip"], init_noise_sigma=0.2 if preset == "sts_b" else 1.0,
     )
 
 
 def fds_arguments(m: MethodSettings, preset: str) -> dict:
     """``FDS``'s keyword arguments (after feature_dim) from the flags: the benchmark's binning
-    (FDS_RELEASED), the flags' window, buckets, epochs and momentum; the released quirks off."""
+    (FDS_RELEASED), the flags' window, buckets, epochs, momentum, variance clip and released quirks
+    (a) and (b)."""
     released = FDS_RELEASED[preset]
     arguments = {key: released[key] for key in ("binning", "value_range") if key in released}
     return dict(arguments, num_buckets=m.bucket_num, bucket_start=m.bucket_start, kernel=m.fds_kernel, ks=m.fds_ks,
-                sigma=m.fds_sigma, momentum=m.fds_mmt, start_update=m.start_update, start_smooth=m.start_smooth)
+                sigma=m.fds_sigma, momentum=m.fds_mmt, start_update=m.start_update, start_smooth=m.start_smooth,
+                clip=m.fds_clip, alias_last_epoch=m.fds_alias_last_epoch, inplace=m.fds_inplace)
+
+
+# The FDS variance clip of every run saved before --fds_clip existed, whatever its benchmark: such a
+# run resumes and evaluates with it (the released STS-B clip, (0.5, 2), became that default later).
+EARLIER_FDS_CLIP = (0.1, 10.0)
 
 
 def method_settings(config: dict) -> MethodSettings:
     """The methods' settings of a run's config: its keys, the preset's released defaults for keys
-    it lacks (runs saved before the methods existed: every method off)."""
+    it lacks (runs saved before the methods existed: every method off; before --fds_clip: the
+    clip they ran with, EARLIER_FDS_CLIP)."""
     preset = config.get("preset")
     base = released_methods(preset) if preset in RECIPES else MethodSettings()
     values = {name: config[name] for name in METHOD_FIELDS if name in config}
+    values["fds_clip"] = tuple(values.get("fds_clip", EARLIER_FDS_CLIP))  # a list in a saved config
     return MethodSettings(**{**{f: getattr(base, f) for f in METHOD_FIELDS}, **values})
 
 
@@ -190,9 +226,13 @@ class TrainConfig:
     loss: SRLSettings = field(default_factory=SRLSettings)  # the SRL terms' settings
     methods: MethodSettings = field(default_factory=MethodSettings)  # LDS, FDS, RankSim, Balanced MSE, ConR
     backend: str = "auto"
+    retrain_regressor: bool = False  # train the regressor only, every other parameter frozen (after --init_from)
     memory_update: str = "epoch_pass"
     memory_momentum: float = 0.9
     memory_normalized: bool = False
+    # every so many steps, the SRL terms' gradient on the shared encoder is measured against the
+    # regression loss's (analysis.gradient_share) and logged per epoch; 0: never
+    grad_share_every: int = 50
     workers: int = 0
     device: str = "cpu"
     progress: bool = True

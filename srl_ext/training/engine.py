@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .. import analysis
 from .. import metrics as dir_metrics
 from .. import methods
 from ..loss import SRLLoss
@@ -111,6 +112,9 @@ class Engine:
         m = self.settings.methods
         if m.fds:  # before DDP wraps the model: the FDS buffers are part of it
             model.fds = methods.FDS(model.feature_width, **fds_arguments(m, task.name))
+        if self.settings.retrain_regressor:  # the released second stage: only the regressor learns (before DDP)
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(name.startswith("regressor."))
         self.model = model.to(self.device)  # the plain module: checkpoints, the memory pass, evaluation
         self.datasets = datasets
         self.main = ddp.is_main_process()  # rank 0 (always, without torch.distributed)
@@ -322,6 +326,7 @@ class Engine:
         self.model.train()
         sums = {"loss": 0.0, "regression": 0.0, "srl_total": 0.0, "contrastive": 0.0, "enveloping": 0.0, "homogeneity": 0.0}
         sums.update({key: 0.0 for key, on in (("ranksim", m.ranksim), ("conr", m.conr)) if on})
+        shares: list[dict[str, float]] = []  # the SRL gradient share at the measured steps
         num_steps = 0
         val_seconds = 0.0  # of the validations inside the epoch, kept out of train_seconds
         started = time.perf_counter()
@@ -359,6 +364,8 @@ class Engine:
                         raise
                     self._diverged(f"the features' norms overflow ({error})")
                 loss = loss + terms.total  # on top of the RankSim and ConR terms
+                if self._measures_gradient_share():
+                    shares.append(analysis.gradient_share(regression, terms.total, self.shared_parameters))
                 for key in ("contrastive", "enveloping", "homogeneity"):
                     sums[key] += getattr(terms, key).detach()
                 sums["srl_total"] += terms.total.detach()
@@ -415,9 +422,26 @@ class Engine:
         record.update({key: float(value) / max(num_steps, 1) for key, value in sums.items()})
         if self.balanced_mse is not None:
             record["noise_sigma"] = float(self.balanced_mse.noise_sigma.detach())
+        if shares:
+            record.update({f"srl_grad_{key}": float(np.mean([share[key] for share in shares])) for key in ("ratio", "cosine")})
+            record["srl_grad_steps"] = len(shares)
         self._log(record)
         if not s.eval_every and not self.stopped:
             self.validate()
+
+    def _measures_gradient_share(self) -> bool:
+        """Whether this step measures the SRL gradient share: every ``grad_share_every`` steps, in
+        one process only (torch.autograd.grad bypasses DistributedDataParallel's reducer)."""
+        every = self.settings.grad_share_every
+        return bool(every) and not self.distributed and self.global_step % every == 0
+
+    @property
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters both the regression loss and the SRL terms reach: the model's,
+        less its heads (regressor, projector) and FDS."""
+        heads = {id(p) for name in ("regressor", "projector", "fds") if getattr(self.model, name, None) is not None
+                 for p in getattr(self.model, name).parameters()}
+        return [p for p in self.model.parameters() if p.requires_grad and id(p) not in heads]
 
     def _all_finite(self, *tensors: torch.Tensor) -> bool:
         """Whether every value is finite on every rank (one host sync per call; under
@@ -456,14 +480,17 @@ class Engine:
     def memory_pass(self, memory: bool = True, fds: bool = False) -> None:
         """The released code's refill: one pass over the training set, train mode (augmentations
         and dropout on), no gradient, every batch's features into the memory and, for FDS, every
-        batch's h (uncalibrated) and labels into FDS's statistics."""
+        batch's h (uncalibrated; calibrated with FDS's ``inplace``, released quirk (b)) and labels
+        into FDS's statistics."""
         self.model.train()
         self._sync_buffers()
         name = "memory pass" if memory else "FDS statistics pass"
         for inputs, labels in progress(self.loader("train", stream=1), self.settings.progress and self.main, name):
             inputs, labels = self._to_device(self._training_inputs(inputs)[0], labels)
             if fds:
-                _, features, h = self.model(*inputs, return_h=True)
+                # released quirk (b): the calibration overwrites h, so the pass records the calibrated h
+                calibrated = {"labels": labels, "epoch": self.epoch} if self.model.fds.inplace else {}
+                _, features, h = self.model(*inputs, return_h=True, **calibrated)
                 self.model.fds.accumulate(h, labels)
             else:
                 _, features = self.model(*inputs)
