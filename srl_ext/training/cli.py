@@ -49,6 +49,9 @@ FINITE_METHOD_FLAGS = {"lds_sigma": "--lds_sigma", "fds_sigma": "--fds_sigma", "
 # --epoch may be raised on --resume to train on.
 ENVIRONMENT_FLAGS = ("data_dir", "workers", "threads", "device", "progress", "debug")
 RESUME_FLAGS = ENVIRONMENT_FLAGS + ("epoch",)
+# Settings whose absence from a saved config means the behaviour of the runs saved before they existed
+# (config.method_settings: EARLIER_FDS_CLIP; train/sts_b.py: EARLIER_RECIPE): never filled in on resume.
+EARLIER_WHEN_ABSENT = ("fds_clip", "regressor", "lstm_dropout", "oov", "released_table")
 # Flags that act on this command only and are never taken from or compared with a saved config.
 COMMAND_FLAGS = ("resume", "evaluate", "trust_checkpoint", "data_changed", "debug", "demo")
 DRIVERS = {"agedb": "train/agedb.py", "imdb_wiki": "train/imdb_wiki.py", "sts_b": "train/sts_b.py"}
@@ -709,8 +712,9 @@ def _merge(saved: dict, given: dict, explicit: set[str], changeable: Sequence[st
     """The checkpoint's config, with the changeable flags given on this command line."""
     merged = dict(saved)
     merged.setdefault("early_stop", "no_improvement")  # the only rule of runs saved before --early_stop
-    # Settings added since the checkpoint was saved: this version's defaults (or this command's values).
-    missing = sorted(key for key in given if key not in merged and key not in COMMAND_FLAGS)
+    # Settings added since the checkpoint was saved: this version's defaults (or this command's values),
+    # except those whose absence the code reads as the behaviour before they existed.
+    missing = sorted(key for key in given if key not in merged and key not in COMMAND_FLAGS + EARLIER_WHEN_ABSENT)
     if missing:
         print(f"note: the checkpoint's config predates {', '.join('--' + key for key in missing)}: "
               "the defaults are used", file=sys.stderr)
