@@ -49,6 +49,16 @@ def test_soft_cases_use_the_soft_envelope():
 
 
 def test_gpu_check_runs_the_one_harness():
-    script = (ROOT / "bench" / "gpu_check.sh").read_text()
-    assert "pytest bench/ --bench-device cuda" in " ".join(script.split())
+    script = " ".join((ROOT / "bench" / "gpu_check.sh").read_text().split())
+    assert 'pytest bench/ --bench-device "$device"' in script and "device=cuda;" in script
     assert not (ROOT / "bench" / "gpu_bench.py").exists()
+
+
+def test_gpu_check_tests_in_the_deterministic_mode_and_checks_every_config():
+    script = " ".join((ROOT / "bench" / "gpu_check.sh").read_text().split())
+    tests = script.index("export SRL_EXT_TRITON_DETERMINISTIC=1")
+    assert tests < script.index("TEST_FILE[$name]") < script.index("unset SRL_EXT_TRITON_DETERMINISTIC")
+    for path in ("tests/test_gpu.py", "tests/test_triton.py", "tests/test_triton_whole_loss.py",
+                 "bench/check_triton_configs.py"):
+        assert path in script and (ROOT / path).exists(), path
+    assert "torch.cuda.get_device_capability()" in script  # the arch list of the visible GPU

@@ -468,6 +468,90 @@ def test_deterministic_mode_matches_the_reference(device, timed_mode_after):
     assert_chain_close(got, want, TOLERANCE[torch.float32], TOLERANCE[torch.float32])
 
 
+def test_only_config_runs_one_listed_config_of_either_gpu(monkeypatch, timed_mode_after):
+    # bench/check_triton_configs.py runs each place of the lists in turn: both GPUs' lists on any
+    # GPU, the last config where a list is shorter, whatever the deterministic mode says.
+    monkeypatch.setattr(tri_utils, "INTERPRETING", False)
+    monkeypatch.setattr(tri_utils, "TUNING_SPACES", [])
+    space = tri_utils.autotune_configs(("BLOCK",), hopper=[(64,), (32,)], ampere=[(16,)], fallback=(8,), interpreter=(4,))
+    assert tri_utils.TUNING_SPACES == [space]
+    prune = space.prune_configs_by["early_config_prune"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (9, 0))
+    blocks = lambda: [c.kwargs["BLOCK"] for c in prune(space.configs, {})]  # noqa: E731
+    assert tri_utils.num_configs("hopper") == 3 and tri_utils.num_configs("ampere") == 2
+    with tri_utils.only_config("ampere", 0):
+        assert blocks() == [16]
+        with tri_utils.only_config("hopper", 1):
+            assert blocks() == [32]
+        with tri_utils.only_config("ampere", 5):
+            assert blocks() == [8]
+        tri.set_deterministic(True)
+        assert blocks() == [16]
+        tri.set_deterministic(False)
+    assert blocks() == [64, 32, 8]
+
+
+def test_configs_up_to_a_row_block_are_not_tried_beyond_it(monkeypatch, timed_mode_after):
+    # Tiles that spill registers at D = 256 (tools/check_triton_kernels.py) are left out there;
+    # the fallback always stays.
+    monkeypatch.setattr(tri_utils, "INTERPRETING", False)
+    monkeypatch.setattr(tri_utils, "TUNING_SPACES", [])
+    space = tri_utils.autotune_configs(("BLOCK",), hopper=[tri_utils.UpTo(128, (64,)), (32,)], ampere=[(16,)],
+                                       fallback=(8,), interpreter=(4,))
+    prune = space.prune_configs_by["early_config_prune"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (9, 0))
+    blocks = lambda block_d: [c.kwargs["BLOCK"] for c in prune(space.configs, {}, BLOCK_D=block_d)]  # noqa: E731
+    assert blocks(64) == blocks(128) == [64, 32, 8]
+    assert blocks(256) == [32, 8]
+    tri.set_deterministic(True)
+    assert blocks(256) == [8]
+
+
+def test_only_config_keeps_its_choices_apart(timed_mode_after):
+    kernel = importlib.import_module("srl_ext.kernels.triton.contrastive")._contrastive_kernel
+    tri_utils.launch(kernel)
+    kernel.cache["shape"] = "timed choice"
+    with tri_utils.only_config("hopper", 1):
+        tri_utils.launch(kernel)
+        assert "shape" not in kernel.cache
+        kernel.cache["shape"] = "config 1"
+    with tri_utils.only_config("hopper", 2):
+        tri_utils.launch(kernel)
+        assert "shape" not in kernel.cache
+    tri_utils.launch(kernel)
+    assert kernel.cache.pop("shape") == "timed choice"
+
+
+def test_sizes_past_the_32_bit_offsets_are_refused():
+    # Expanded views hold 2^31 elements in no memory: the checks come before any copy.
+    wide = torch.zeros(1, 256).expand(2**23, 256)
+    bins = torch.zeros(1, dtype=torch.int64).expand(2**23)
+    memory = torch.zeros(4, 256)
+    message = r"argument '{}' needs {} elements.*32-bit offsets.*at most 2147483647"
+    with pytest.raises(ValueError, match="contrastive_loss: " + message.format("features", 2**31)):
+        torch.ops.srl_ext_triton.contrastive(wide, bins, memory, TEMPERATURE, False)
+    with pytest.raises(ValueError, match="surrogate_table: " + message.format("memory", 2**31)):
+        torch.ops.srl_ext_triton.surrogate_table(wide[:4], bins[:4], wide)
+    with pytest.raises(ValueError, match="homogeneity_loss: " + message.format("surrogates", 2**31)):
+        torch.ops.srl_ext_triton.homogeneity(wide, -1.0, 0.1)
+    # The whole loss writes four B x D gradients: a quarter of the rows is already too many.
+    quarter = wide[: 2**21]
+    four = message.format("features", 2**31).replace("elements", r"elements \(the four gradients, 4 x B x D\)")
+    with pytest.raises(ValueError, match="srl_loss: " + four):
+        torch.ops.srl_ext_triton.srl_loss(quarter, bins[: 2**21], memory, memory, 1.0, 1.0, 1.0, TEMPERATURE, -1.0,
+                                          0.1, None, False)
+    assert tri_utils.MAX_OFFSET == 2**31
+
+
+def test_autotune_keys_bucket_the_batch_and_anchor_counts():
+    # The number of programs (or of loop trips) changes the best tiles: timed once per bucket.
+    assert [tri_utils.size_bucket(n) for n in (1, 16, 17, 64, 100, 2000, 10**6)] == [16, 16, 32, 64, 128, 2048, 2**20]
+    contrastive = importlib.import_module("srl_ext.kernels.triton.contrastive")
+    envelope = importlib.import_module("srl_ext.kernels.triton.envelope")
+    assert "B_BUCKET" in contrastive._contrastive_kernel.keys
+    assert "N_BUCKET" in envelope._coverage_kernel.keys and "N_BUCKET" in envelope._gradient_partials_kernel.keys
+
+
 # ------------------------------------------------ torch.compile and opcheck (compiled only)
 
 

@@ -100,3 +100,16 @@ def test_half_features(device):
     want = functional.srl_loss(upcast, bins, memory, anchors, backend="reference")
     torch.testing.assert_close(torch.stack(out).detach(), torch.stack(want).detach(), rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_contrastive_sum_runs_over_several_row_chunks(device, monkeypatch):
+    # Program 0 of the last kernel sums the per-sample losses ROW_CHUNK at a time (1024 on a
+    # GPU): with chunks of 8, the batch of 14 takes one full chunk and one partial one.
+    monkeypatch.setattr(whole_loss, "_ROW_CHUNK", 8)
+    case = make_case(device, torch.float32)
+    settings = SRLSettings(w1=1.0, w2=2.0, w3=3.0, temperature=0.3)
+    got = losses_and_grads("triton", *case, settings)
+    want = losses_and_grads("reference", *case, settings)
+    torch.testing.assert_close(got[0], want[0], **TOLERANCE[torch.float32])
+    torch.testing.assert_close(got[1], want[1], **TOLERANCE[torch.float32])

@@ -18,14 +18,14 @@ from torch.library import triton_op
 
 from ...ops.fused import register_loss_autograd
 from .table import prepared
-from .utils import (EPS, autotune, autotune_configs, block_dim, joined, launch, normalize_backward, on_inputs_device,
-                    row_tile, split_float, unit_rows)
+from .utils import (EPS, UpTo, autotune, autotune_configs, block_dim, check_offsets, joined, launch,
+                    normalize_backward, on_inputs_device, row_tile, size_bucket, split_float, unit_rows)
 
 _CONFIGS = autotune_configs(
     ("BLOCK_B", "BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3), (16, 64, 4, 4)],
-    ampere=[(32, 64, 4, 2), (16, 64, 4, 2), (64, 32, 4, 2)],
-    fallback=(16, 16, 4, 1), interpreter=(4, 4),
+    hopper=[(32, 32, 8, 2), UpTo(128, (64, 32, 8, 2)), UpTo(128, (16, 64, 8, 2)), (16, 32, 4, 2)],
+    ampere=[UpTo(128, (32, 32, 8, 2)), UpTo(128, (16, 32, 4, 2))],
+    fallback=(16, 16, 8, 2), interpreter=(4, 4),
 )
 
 
@@ -45,11 +45,11 @@ def _logit_tile(z, c_ptr, k, k_mask, d, d_mask, y, max_distance, inv_tau, D,
     return logits, plain, c
 
 
-@autotune(_CONFIGS, key=["K", "D", "LABEL_WEIGHTING"])
+@autotune(_CONFIGS, key=["K", "D", "LABEL_WEIGHTING", "B_BUCKET"])
 @triton.jit
 def _contrastive_kernel(
     h_ptr, bins_ptr, c_ptr, max_distance_ptr, row_loss_ptr, grad_h_ptr,
-    B, K, D, inv_tau_hi, inv_tau_lo, eps,
+    B, K, D, inv_tau_hi, inv_tau_lo, eps, B_BUCKET,
     LABEL_WEIGHTING: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     acc_dtype = c_ptr.dtype.element_ty
@@ -110,7 +110,7 @@ def launch_contrastive(features: torch.Tensor, bins: torch.Tensor, surrogates: t
     grad_features = features.new_empty((batch, dim), dtype=grad_dtype)
     launch(_contrastive_kernel)[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
         features, bins, surrogates, max_distance, row_losses, grad_features,
-        batch, num_bins, dim, *split_float(1.0 / temperature), EPS,
+        batch, num_bins, dim, *split_float(1.0 / temperature), EPS, size_bucket(batch),
         LABEL_WEIGHTING=label_weighting, BLOCK_D=block_dim(dim),
     )
     return row_losses, grad_features
@@ -122,7 +122,7 @@ def contrastive_op(
     features: torch.Tensor, bins: torch.Tensor, surrogates: torch.Tensor, temperature: float, label_weighting: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d features), as ``srl_ext::contrastive``."""
-    features, bins, surrogates, _acc = prepared("contrastive_loss", features, bins, surrogates)
+    features, bins, surrogates, _acc = prepared("contrastive_loss", features, bins, surrogates, "surrogates")
     row_losses, grad_features = launch_contrastive(features, bins, surrogates, temperature, label_weighting,
                                                    features.dtype)
     return row_losses.sum() / features.shape[0], grad_features

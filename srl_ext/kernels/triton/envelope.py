@@ -34,27 +34,30 @@ from ...reference import accumulation_dtype
 from ...ops.fused import check_envelope, register_loss_autograd
 from .utils import (
     INTERPRETING,
+    UpTo,
     autotune,
     autotune_configs,
     block_dim,
     check_feature_dim,
+    check_offsets,
     joined,
     launch,
     on_inputs_device,
+    size_bucket,
     split_float,
 )
 
 _COVERAGE_CONFIGS = autotune_configs(
     ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 8, 3)],
-    ampere=[(64, 64, 4, 2), (128, 32, 4, 2), (32, 64, 4, 3)],
+    hopper=[(32, 32, 8, 2), (64, 16, 8, 2), (16, 64, 8, 2)],
+    ampere=[(32, 32, 8, 2), (16, 32, 4, 2)],
     fallback=(16, 16, 4, 1), interpreter=(8, 4),
 )
 
 _GRADIENT_CONFIGS = autotune_configs(
     ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)],
-    ampere=[(64, 32, 4, 2), (32, 64, 4, 2)],
+    hopper=[UpTo(128, (64, 32, 8, 2)), UpTo(128, (32, 64, 8, 2)), UpTo(128, (32, 32, 4, 2))],
+    ampere=[UpTo(128, (32, 32, 8, 2)), UpTo(128, (64, 16, 8, 2))],
     fallback=(16, 16, 4, 1), interpreter=(8, 4),
 )
 
@@ -87,11 +90,11 @@ def _num_splits(device: torch.device, num_anchors: int, num_bins: int) -> int:
     return torch.sym_max(1, torch.sym_min(anchor_tiles, wanted))
 
 
-@autotune(_COVERAGE_CONFIGS, key=["K", "D", "SOFT"])
+@autotune(_COVERAGE_CONFIGS, key=["K", "D", "SOFT", "N_BUCKET"])
 @triton.jit
 def _coverage_kernel(
     c_ptr, p_ptr, coverage_ptr, arg_max_ptr,
-    N, K, D, inv_tau_hi, inv_tau_lo,
+    N, K, D, inv_tau_hi, inv_tau_lo, N_BUCKET,
     SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     acc_dtype = c_ptr.dtype.element_ty
@@ -129,11 +132,11 @@ def _coverage_kernel(
         tl.store(arg_max_ptr + n, running_arg, mask=n_mask)
 
 
-@autotune(_GRADIENT_CONFIGS, key=["K", "D", "SOFT"])
+@autotune(_GRADIENT_CONFIGS, key=["K", "D", "SOFT", "N_BUCKET"])
 @triton.jit
 def _gradient_partials_kernel(
     c_ptr, p_ptr, coverage_ptr, arg_max_ptr, partial_ptr,
-    N, K, D, inv_tau_hi, inv_tau_lo, num_splits,
+    N, K, D, inv_tau_hi, inv_tau_lo, N_BUCKET, num_splits,
     SOFT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     acc_dtype = c_ptr.dtype.element_ty
@@ -178,11 +181,12 @@ def _reduce_partials_kernel(partial_ptr, out_ptr, size, num_splits, N, BLOCK: tl
 
 
 def launch_envelope(
-    c: torch.Tensor, p: torch.Tensor, envelope_temperature: Optional[float]
+    c: torch.Tensor, p: torch.Tensor, envelope_temperature: Optional[float], function: str = "enveloping_loss"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launches 1 and 2 on contiguous surrogates `c` (K x D) and anchors `p` (N x D) of the
     accumulation dtype: (the coverage per anchor: max cosine, or log-sum-exp of cosine / s when
-    soft; the partial gradients S x K x D, summed and scaled by -1/N by the caller)."""
+    soft; the partial gradients S x K x D, summed and scaled by -1/N by the caller). `function`
+    names the caller in errors."""
     num_bins, dim = c.shape
     num_anchors = p.shape[0]
     soft = envelope_temperature is not None
@@ -191,12 +195,15 @@ def launch_envelope(
     coverage = c.new_empty((num_anchors,))
     arg_max = c.new_empty((num_anchors if not soft else 1,), dtype=torch.int32)
     launch(_coverage_kernel)[lambda meta: (triton.cdiv(num_anchors, meta["BLOCK_N"]),)](
-        c, p, coverage, arg_max, num_anchors, num_bins, dim, *inv_tau, SOFT=soft, BLOCK_D=block_d,
+        c, p, coverage, arg_max, num_anchors, num_bins, dim, *inv_tau, size_bucket(num_anchors), SOFT=soft,
+        BLOCK_D=block_d,
     )
     num_splits = _num_splits(c.device, num_anchors, num_bins)
+    # The partials are addressed with 32-bit offsets (anchor rows with 64-bit ones).
+    check_offsets(function, "surrogates", num_splits * num_bins * dim, f" ({num_splits} partial gradients of K x D)")
     partials = c.new_empty((num_splits, num_bins, dim))
     launch(_gradient_partials_kernel)[lambda meta: (num_splits, triton.cdiv(num_bins, meta["BLOCK_K"]))](
-        c, p, coverage, arg_max, partials, num_anchors, num_bins, dim, *inv_tau, num_splits,
+        c, p, coverage, arg_max, partials, num_anchors, num_bins, dim, *inv_tau, size_bucket(num_anchors), num_splits,
         SOFT=soft, BLOCK_D=block_d,
     )
     return coverage, partials

@@ -17,7 +17,7 @@ from torch.library import triton_op
 
 from ...reference import accumulation_dtype
 from ...ops.fused import check_homogeneity, register_loss_autograd
-from .utils import (autotune, autotune_configs, block_dim, check_feature_dim, joined, launch,
+from .utils import (autotune, autotune_configs, block_dim, check_feature_dim, check_offsets, joined, launch,
                     on_inputs_device, split_float)
 
 _CONFIGS = autotune_configs(
@@ -96,6 +96,7 @@ def homogeneity_op(surrogates: torch.Tensor, sign: float, beta: float) -> tuple[
     if num_bins < 2:
         raise ValueError(f"homogeneity_loss: argument 'surrogates' must have K >= 2 rows, got {num_bins}")
     check_homogeneity(surrogates)
+    check_offsets("homogeneity_loss", "surrogates", num_bins * dim)
     acc = accumulation_dtype(surrogates.dtype)
     c = surrogates.to(acc).contiguous()
     loss = c.new_empty(())

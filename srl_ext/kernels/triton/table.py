@@ -18,29 +18,29 @@ from torch.library import triton_op
 
 from ...reference import accumulation_dtype
 from ...ops.fused import check_table, check_table_backward, register_table_autograd
-from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, launch, normalize_backward,
-                    on_inputs_device, row_tile, unit_rows)
+from .utils import (EPS, UpTo, autotune, autotune_configs, block_dim, check_feature_dim, check_offsets, launch,
+                    normalize_backward, on_inputs_device, row_tile, size_bucket, unit_rows)
 
 _TABLE_CONFIGS = autotune_configs(
     ("BLOCK_K", "BLOCK_B", "num_warps", "num_stages"),
-    hopper=[(64, 64, 4, 3), (32, 64, 4, 3), (64, 128, 8, 3)],
-    ampere=[(32, 64, 4, 2), (64, 32, 4, 2)],
+    hopper=[UpTo(128, (64, 32, 8, 2)), UpTo(128, (32, 32, 4, 2)), UpTo(128, (32, 64, 8, 2))],
+    ampere=[UpTo(128, (64, 32, 8, 2)), UpTo(128, (32, 32, 4, 2))],
     fallback=(16, 16, 4, 1), interpreter=(4, 4),
 )
 
 _BACKWARD_CONFIGS = autotune_configs(
     ("BLOCK_B", "num_warps", "num_stages"),
-    hopper=[(32, 4, 2), (64, 8, 2)],
-    ampere=[(16, 4, 2), (32, 4, 2)],
+    hopper=[UpTo(128, (32, 4, 2)), UpTo(128, (64, 8, 2))],
+    ampere=[(16, 4, 2), UpTo(128, (32, 4, 2))],
     fallback=(8, 2, 1), interpreter=(4,),
 )
 
 
-@autotune(_TABLE_CONFIGS, key=["K", "D"])
+@autotune(_TABLE_CONFIGS, key=["K", "D", "B_BUCKET"])
 @triton.jit
 def _surrogate_table_kernel(
     h_ptr, bins_ptr, memory_ptr, c_ptr, mean_norm_ptr, count_ptr,
-    B, K, D, eps,
+    B, K, D, eps, B_BUCKET,
     BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     acc_dtype = c_ptr.dtype.element_ty
@@ -74,11 +74,11 @@ def _surrogate_table_kernel(
     tl.store(count_ptr + k, counts, mask=k_mask)
 
 
-@autotune(_BACKWARD_CONFIGS, key=["K", "D"])
+@autotune(_BACKWARD_CONFIGS, key=["K", "D", "B_BUCKET"])
 @triton.jit
 def _surrogate_table_backward_kernel(
     grad_c_ptr, h_ptr, bins_ptr, c_ptr, mean_norm_ptr, count_ptr, grad_h_ptr,
-    B, K, D, eps,
+    B, K, D, eps, B_BUCKET,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     acc_dtype = c_ptr.dtype.element_ty
@@ -100,11 +100,13 @@ def _surrogate_table_backward_kernel(
     tl.store(grad_h_ptr + own, grad_h.to(grad_h_ptr.dtype.element_ty), mask=mask)
 
 
-def prepared(function: str, features: torch.Tensor, bins: torch.Tensor, rows: torch.Tensor):
+def prepared(function: str, features: torch.Tensor, bins: torch.Tensor, rows: torch.Tensor, rows_argument: str):
     """(features, bins, K x D rows in the accumulation dtype, that dtype), contiguous, once the
-    contract (``srl_ext.ops.fused``) and the Triton limit on D are checked."""
+    contract (``srl_ext.ops.fused``) and the Triton limits on D and on the sizes are checked."""
     check_table(features, bins, rows)
     check_feature_dim(function, "features", features.shape[1])
+    check_offsets(function, "features", features.shape[0] * features.shape[1])
+    check_offsets(function, rows_argument, rows.shape[0] * rows.shape[1])
     acc = accumulation_dtype(features.dtype)
     return features.contiguous(), bins.contiguous(), rows.to(acc).contiguous(), acc
 
@@ -118,7 +120,8 @@ def launch_table(features: torch.Tensor, bins: torch.Tensor, memory: torch.Tenso
     mean_norms = features.new_empty((num_bins,), dtype=acc)
     counts = bins.new_empty((num_bins,))
     launch(_surrogate_table_kernel)[lambda meta: (triton.cdiv(num_bins, meta["BLOCK_K"]),)](
-        features, bins, memory, surrogates, mean_norms, counts, batch, num_bins, dim, EPS, BLOCK_D=block_dim(dim),
+        features, bins, memory, surrogates, mean_norms, counts, batch, num_bins, dim, EPS, size_bucket(batch),
+        BLOCK_D=block_dim(dim),
     )
     return surrogates, mean_norms, counts
 
@@ -129,7 +132,7 @@ def surrogate_table_op(
     features: torch.Tensor, bins: torch.Tensor, memory: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(surrogates K x D, mean norms K, counts K), as ``srl_ext::surrogate_table``."""
-    return launch_table(*prepared("surrogate_table", features, bins, memory))
+    return launch_table(*prepared("surrogate_table", features, bins, memory, "memory"))
 
 
 @triton_op("srl_ext_triton::surrogate_table_backward", mutates_args=())
@@ -146,12 +149,13 @@ def surrogate_table_backward_op(
     check_table_backward(grad_surrogates, features, bins, surrogates, mean_norms, counts)
     batch, dim = features.shape
     num_bins = surrogates.shape[0]
+    check_offsets("surrogate_table_backward", "features", batch * dim)
     features = features.contiguous()
     grad_features = torch.empty_like(features)
     launch(_surrogate_table_backward_kernel)[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
         grad_surrogates.contiguous(), features, bins.contiguous(), surrogates.contiguous(),
         mean_norms.contiguous(), counts.contiguous(), grad_features,
-        batch, num_bins, dim, EPS,
+        batch, num_bins, dim, EPS, size_bucket(batch),
         BLOCK_D=block_dim(dim),
     )
     return grad_features

@@ -43,12 +43,37 @@ def set_deterministic(enabled: bool) -> None:
     The tile sizes set the summation order, and the autotuner picks them by timing, which can
     differ from one process to the next: results are bitwise equal run to run within a process,
     across processes only in this mode. The pinned config is the last of each GPU's list, the
-    one that fits every dtype and D up to MAX_FEATURE_DIM (the first, fastest ones exceed shared
-    memory in float64, and on Hopper at D = 256), so the kernels are slower. Under torch.compile
-    the mode at compile time counts.
+    smallest tiles, which fit in shared memory for every dtype and D up to MAX_FEATURE_DIM, so
+    the kernels are slower. Under torch.compile the mode at compile time counts.
     """
     global _deterministic
     _deterministic = bool(enabled)
+
+
+# Set by ``only_config``: (GPU list name, index) of the one config every kernel runs, or None.
+_only_config: tuple[str, int] | None = None
+
+
+@contextlib.contextmanager
+def only_config(gpu: str, index: int):
+    """Within this context every kernel runs config `index` of its `gpu` list ("hopper" or
+    "ampere"; the last config where a list is shorter), on any GPU, and nothing is timed.
+
+    For checks that compare every config with the reference (bench/check_triton_configs.py):
+    the autotuner runs only the config it picks, so another process, picking another, would run
+    a config no test has seen. Choices made here are kept apart from the others (``launch``).
+    """
+    global _only_config
+    previous, _only_config = _only_config, (gpu, index)
+    try:
+        yield
+    finally:
+        _only_config = previous
+
+
+def _tuning_mode():
+    """What the configs an autotuner may choose from depend on (its choices are kept per mode)."""
+    return _only_config if _only_config is not None else deterministic()
 
 
 def deterministic() -> bool:
@@ -124,6 +149,30 @@ def check_feature_dim(function: str, argument: str, dim: int) -> None:
         )
 
 
+# Triton's element offsets are 32-bit unless a kernel widens them (the envelope's anchor rows):
+# every other array a kernel addresses must have fewer elements than this.
+MAX_OFFSET = 2**31
+
+
+def check_offsets(function: str, argument: str, elements: int, what: str = "") -> None:
+    """Raise ValueError when an array of `elements` elements (for `argument`) is too large for the
+    kernels' 32-bit offsets (the other backends have no such limit). Traceable: torch._check."""
+    torch._check_value(
+        elements < MAX_OFFSET,
+        lambda: f"{function}: argument '{argument}' needs {elements} elements{what}, more than the Triton "
+                f"kernels' 32-bit offsets address (at most {MAX_OFFSET - 1}); use backend 'cuda', 'cpu' "
+                f"or 'reference', or fewer rows",
+    )
+
+
+def size_bucket(size: int) -> int:
+    """`size` rounded up to a power of two, at least 16: part of the autotune keys where a size
+    changes the best config (the number of programs, or of loop iterations), so that each bucket
+    is timed once rather than each size (a power of two >= 16 also gives Triton one
+    specialisation of the argument)."""
+    return max(16, triton.next_power_of_2(int(size)))
+
+
 @dataclass(frozen=True)
 class TuningSpace:
     """What ``triton.autotune`` gets (``configs``, ``prune_configs_by``), and the per-GPU lists
@@ -134,10 +183,20 @@ class TuningSpace:
     by_gpu: dict
 
 
-def autotune_configs(keys: tuple[str, ...], hopper: list[tuple], ampere: list[tuple], fallback: tuple,
+@dataclass(frozen=True)
+class UpTo:
+    """A config (`spec`, as in ``autotune_configs``) for rows of at most `block_d` columns: with a
+    wider BLOCK_D its tiles spill registers (tools/check_triton_kernels.py), so it is not tried."""
+
+    block_d: int
+    spec: tuple
+
+
+def autotune_configs(keys: tuple[str, ...], hopper: list, ampere: list, fallback: tuple,
                      interpreter: tuple) -> TuningSpace:
     """The configs to autotune over, each a tuple of values for `keys` (the tile sizes, then
-    ``num_warps`` and ``num_stages``; the interpreter's config gives the tile sizes only).
+    ``num_warps`` and ``num_stages``; the interpreter's config gives the tile sizes only), or an
+    ``UpTo`` of one, tried only for row blocks (BLOCK_D) up to its limit.
 
     On a GPU the configs of its generation are benchmarked: Hopper (sm_90, H100/H200) has more
     shared memory and gains from deeper pipelines, Ampere (sm_80/86) prefers fewer stages. The
@@ -146,27 +205,43 @@ def autotune_configs(keys: tuple[str, ...], hopper: list[tuple], ampere: list[tu
     would run every config in numpy (far too slow), and small tiles make the small test shapes
     cross several tiles of every loop.
     """
-    hopper, ampere, fallback, interpreter = (
-        [dict(zip(keys, c)) for c in hopper], [dict(zip(keys, c)) for c in ampere], dict(zip(keys, fallback)),
-        dict(zip(keys, interpreter)),
-    )
     if INTERPRETING:
-        return TuningSpace([_config(interpreter)], None, {})
-    # Every list ends with small tiles on one stage: float64 (and D = 1024) tiles must fit in
-    # shared memory with at least one config.
-    by_gpu = {
-        "hopper": [_config(c) for c in (*hopper, fallback)],
-        "ampere": [_config(c) for c in (*ampere, fallback)],
-    }
+        return TuningSpace([_config(dict(zip(keys, interpreter)))], None, {})
+
+    def with_fallback(listed):
+        # Every list ends with the fallback, small tiles that fit in shared memory with every
+        # dtype and spill no register up to MAX_FEATURE_DIM: at least one config always runs.
+        return [_config(dict(zip(keys, c.spec)), c.block_d) if isinstance(c, UpTo) else _config(dict(zip(keys, c)))
+                for c in (*listed, fallback)]
+
+    by_gpu = {"hopper": with_fallback(hopper), "ampere": with_fallback(ampere)}
 
     def for_this_gpu(configs, named_args, **kwargs):
         # The current device, which is the inputs' one (on_inputs_device); simple enough for
         # torch.compile to trace through this function.
+        if _only_config is not None:
+            gpu, index = _only_config
+            return [by_gpu[gpu][min(index, len(by_gpu[gpu]) - 1)]]
         major, _minor = torch.cuda.get_device_capability()
         listed = by_gpu["hopper"] if major >= 9 else by_gpu["ampere"]
-        return listed[-1:] if deterministic() else listed
+        if deterministic():
+            return listed[-1:]
+        block_d = kwargs.get("BLOCK_D", 0)
+        return [c for c in listed if block_d <= c.max_block_d]
 
-    return TuningSpace(by_gpu["hopper"] + by_gpu["ampere"], {"early_config_prune": for_this_gpu}, by_gpu)
+    space = TuningSpace(by_gpu["hopper"] + by_gpu["ampere"], {"early_config_prune": for_this_gpu}, by_gpu)
+    TUNING_SPACES.append(space)
+    return space
+
+
+# Every GPU tuning space defined (the kernel modules append theirs when imported).
+TUNING_SPACES: list[TuningSpace] = []
+
+
+def num_configs(gpu: str) -> int:
+    """The length of the longest config list for `gpu`: ``only_config(gpu, i)`` for i below it
+    runs every config of every kernel (0 under the interpreter, which has no lists)."""
+    return max((len(space.by_gpu[gpu]) for space in TUNING_SPACES), default=0)
 
 
 def autotune(space: TuningSpace, key: list[str]):
@@ -174,21 +249,24 @@ def autotune(space: TuningSpace, key: list[str]):
     return triton.autotune(configs=space.configs, key=key, prune_configs_by=space.prune_configs_by)
 
 
-def _config(spec: dict) -> triton.Config:
+def _config(spec: dict, max_block_d: int = MAX_FEATURE_DIM) -> triton.Config:
     spec = dict(spec)
     num_warps = spec.pop("num_warps", 4)
     num_stages = spec.pop("num_stages", 2)
-    return triton.Config(spec, num_warps=num_warps, num_stages=num_stages)
+    config = triton.Config(spec, num_warps=num_warps, num_stages=num_stages)
+    config.max_block_d = max_block_d  # the widest row block it is tried with (UpTo)
+    return config
 
 
 def launch(kernel):
     """The kernel, wrapped so torch.compile traces it inside a ``torch.library.triton_op``.
 
     An autotuner keeps one choice per shape and asks for configs only when it has none: its
-    choices of each mode are kept apart, so switching the deterministic mode takes effect at once.
+    choices of each mode (timed, deterministic, ``only_config``) are kept apart, so switching the
+    mode takes effect at once.
     """
     if isinstance(kernel, Autotuner):
-        kernel.cache = kernel.__dict__.setdefault("choices_by_mode", {}).setdefault(deterministic(), {})
+        kernel.cache = kernel.__dict__.setdefault("choices_by_mode", {}).setdefault(_tuning_mode(), {})
     return wrap_triton(kernel)
 
 

@@ -35,19 +35,19 @@ from .contrastive import launch_contrastive
 from .envelope import launch_envelope
 from .homogeneity import _cosine_statistics, _neighbour_cosines
 from .table import launch_table
-from .utils import (EPS, autotune, autotune_configs, block_dim, check_feature_dim, joined, launch, normalize_backward,
-                    on_inputs_device, row_tile, split_float, unit_rows)
+from .utils import (EPS, UpTo, autotune, autotune_configs, block_dim, check_feature_dim, check_offsets, joined, launch,
+                    normalize_backward, on_inputs_device, row_tile, size_bucket, split_float, unit_rows)
 
 _TABLE_GRADIENT_CONFIGS = autotune_configs(
     ("BLOCK_K", "num_warps", "num_stages"),
-    hopper=[(16, 4, 2), (32, 4, 2)],
-    ampere=[(16, 4, 2), (32, 4, 2)],
+    hopper=[(16, 4, 2), UpTo(128, (32, 4, 2))],
+    ampere=[(16, 4, 2), UpTo(128, (32, 4, 2))],
     fallback=(8, 2, 1), interpreter=(4,),
 )
 
 _FEATURES_GRADIENT_CONFIGS = autotune_configs(
     ("BLOCK_B", "num_warps", "num_stages"),
-    hopper=[(32, 4, 2), (64, 8, 2)],
+    hopper=[UpTo(128, (32, 4, 2)), UpTo(128, (64, 8, 2))],
     ampere=[(16, 4, 2), (32, 4, 2)],
     fallback=(8, 2, 1), interpreter=(4,),
 )
@@ -97,12 +97,12 @@ def _table_gradient_kernel(
              mask=row_mask)
 
 
-@autotune(_FEATURES_GRADIENT_CONFIGS, key=["K", "D"])
+@autotune(_FEATURES_GRADIENT_CONFIGS, key=["K", "D", "B_BUCKET"])
 @triton.jit
 def _features_gradient_kernel(
     h_ptr, bins_ptr, grad_mean_ptr, grad_con_ptr, grads_ptr, row_loss_ptr, coverage_sum_ptr, homogeneity_ptr,
     total_ptr, contrastive_ptr, enveloping_ptr,
-    B, K, D, N, w1_hi, w1_lo, w2_hi, w2_lo, w3_hi, w3_lo, coverage_scale_hi, coverage_scale_lo, eps,
+    B, K, D, N, w1_hi, w1_lo, w2_hi, w2_lo, w3_hi, w3_lo, coverage_scale_hi, coverage_scale_lo, eps, B_BUCKET,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, ROW_CHUNK: tl.constexpr,
 ):
     acc_dtype = grads_ptr.dtype.element_ty
@@ -166,6 +166,9 @@ def srl_loss_op(
         raise ValueError(f"srl_loss: argument 'memory' must have K >= 2 rows, got {num_bins}")
     if envelope_temperature is not None and not envelope_temperature > 0:
         raise ValueError(f"srl_loss: argument 'envelope_temperature' must be > 0 or None, got {envelope_temperature}")
+    # 32-bit offsets: the four gradients (4 x B x D) and both table gradients (2 x K x D).
+    check_offsets("srl_loss", "features", 4 * batch * dim, " (the four gradients, 4 x B x D)")
+    check_offsets("srl_loss", "memory", 2 * num_bins * dim, " (two table gradients, 2 x K x D)")
     soft = envelope_temperature is not None
     acc = accumulation_dtype(features.dtype)
     features = features.contiguous()
@@ -181,7 +184,7 @@ def srl_loss_op(
     row_losses, grad_contrastive = launch_contrastive(features, bins, surrogates, temperature, label_weighting, acc)
 
     # 3-4. The envelope: coverage per anchor and its sum, then the partial table gradients.
-    coverage, partials = launch_envelope(surrogates, anchors, envelope_temperature)
+    coverage, partials = launch_envelope(surrogates, anchors, envelope_temperature, "srl_loss")
     coverage_sum = coverage.sum()
     num_splits = partials.shape[0]
 
@@ -203,7 +206,7 @@ def srl_loss_op(
         features, bins, grad_means, grad_contrastive, grads, row_losses, coverage_sum, homogeneity, total, contrastive,
         enveloping,
         batch, num_bins, dim, num_anchors, *split_float(w1), *split_float(w2), *split_float(w3),
-        *split_float(envelope_temperature if soft else 1.0), EPS,
+        *split_float(envelope_temperature if soft else 1.0), EPS, size_bucket(batch),
         BLOCK_D=block_d, ROW_CHUNK=_ROW_CHUNK,
     )
     return total, contrastive, enveloping, homogeneity, grads
