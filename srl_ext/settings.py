@@ -86,9 +86,10 @@ def _checked(function: str, s) -> dict:
     check.envelope(function, values["envelope"], values["envelope_temperature"])
     if values["envelope_temperature"] is not None:
         values["envelope_temperature"] = float(values["envelope_temperature"])
-    for name in ("w1", "w2", "w3", "homogeneity_sign", "homogeneity_beta"):
-        values[name] = float(values[name])
-    values["label_weighting"] = bool(values["label_weighting"])
+    for name in ("w1", "w2", "w3", "homogeneity_beta"):  # weights: a negative one would reverse its term
+        values[name] = check.number(function, name, values[name], minimum=0)
+    values["homogeneity_sign"] = check.number(function, "homogeneity_sign", values["homogeneity_sign"])
+    values["label_weighting"] = check.boolean(function, "label_weighting", values["label_weighting"])
     return values
 
 

@@ -51,6 +51,23 @@ def positive(function: str, argument: str, value: object) -> float:
     return float(value)
 
 
+def number(function: str, argument: str, value: object, *, minimum: float | None = None) -> float:
+    """A finite real number (``minimum``: at least that), as a float; bools are refused."""
+    expected = "a finite number" + (f" >= {minimum:g}" if minimum is not None else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            minimum is not None and value < minimum):
+        fail(function, argument, expected, repr(value))
+    return float(value)
+
+
+def boolean(function: str, argument: str, value: object) -> bool:
+    """True or False (numpy and torch booleans too); a string such as "no" is refused, not taken as True."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_" or (
+            isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1):
+        return bool(value)
+    fail(function, argument, "True or False", f"{type(value).__name__} {value!r}")
+
+
 def reads_data(x: torch.Tensor) -> bool:
     """Whether the data-reading checks may run on x (see the module docstring)."""
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -81,6 +98,8 @@ def finite_rows(function: str, argument: str, x: torch.Tensor, acc: torch.dtype,
 def features(function: str, x: object, read_data: bool = True) -> torch.Tensor:
     """`read_data=False`: metadata only, for the kernels that check the values themselves."""
     x = tensor(function, "features", x, 2, "B x D")
+    if x.device.type == "meta" and not torch.compiler.is_compiling():  # no data for the terms to read
+        fail(function, "features", "a tensor with data (on a CPU or GPU device)", "a tensor on the meta device")
     floating(function, "features", x)
     if x.shape[0] < 1 or x.shape[1] < 1:
         fail(function, "features", "a non-empty B x D tensor", f"shape {tuple(x.shape)}")

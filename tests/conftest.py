@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -7,6 +8,10 @@ import torch
 # when the kernels are defined, so it is set before any test module imports them.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The drivers remember which images passed their check (srl_ext.training.data.images.check_images)
+# in a user cache folder: the tests keep theirs to themselves.
+os.environ["SRL_EXT_CACHE_DIR"] = tempfile.mkdtemp(prefix="srl_ext-test-cache-")
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ import torch
 
 from srl_ext import metrics
 from srl_ext.training.data import MissingDataError, images, sts_b
+from srl_ext.training.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 AGEDB_CSV = SHARED_DATA / "agedb-dir" / "agedb.csv"
@@ -69,7 +70,7 @@ def test_unreadable_image_names_its_path(tmp_path):
     pytest.importorskip("torchvision")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     dataset = images.AgeImageDataset([("broken.jpg", 30)], tmp_path, images.transforms(False, 8))
-    with pytest.raises(OSError, match=r"cannot read image .*broken\.jpg"):
+    with pytest.raises(DataError, match=r"cannot read image .*broken\.jpg"):
         dataset[0]
 
 

@@ -36,15 +36,20 @@ def text_data(tmp_path_factory):
                              score=lambda i, rng: f"{round(float(rng.uniform(0, 5)), 3) if i % 12 else 5.0:.3f}")
 
 
+def srl_size(extra):
+    """The anchors of the small test runs: none with --vanilla, which refuses SRL flags."""
+    return [] if "--vanilla" in extra else ["--num_anchors", "64"]
+
+
 def image_args(data, runs, *extra):
     return ["--data_dir", str(data), "--runs_dir", str(runs), "--backbone", "tiny", "--img_size", "16",
-            "--batch_size", "8", "--lr", "0.01", "--num_anchors", "64", "--no_progress", "--threads", "1", *extra]
+            "--batch_size", "8", "--lr", "0.01", *srl_size(extra), "--no_progress", "--threads", "1", *extra]
 
 
 def text_args(data, runs, *extra):
     root, glove = data
     return ["--data_dir", str(root), "--glove", str(glove), "--runs_dir", str(runs), "--hidden_size", "8",
-            "--batch_size", "8", "--eval_every", "3", "--patience", "50", "--num_anchors", "64", "--no_progress",
+            "--batch_size", "8", "--eval_every", "3", "--patience", "50", *srl_size(extra), "--no_progress",
             "--threads", "1", *extra]
 
 

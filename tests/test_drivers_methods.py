@@ -209,7 +209,7 @@ def test_bad_method_flags_end_in_one_line(name, argv, message, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
-    assert ": error: " in last and message in last, err
+    assert err.splitlines() == [last] and last.startswith("error: ") and message in last, err  # one line, no usage
 
 
 def test_gai_without_scikit_learn_is_refused_at_parse_time(monkeypatch, capsys):

@@ -131,8 +131,9 @@ def test_bad_flags_end_in_one_line(name, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_driver(name).main(argv)
     assert exit_info.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert ": error: " in last and message in last, last
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert err.splitlines() == [last] and last.startswith("error: ") and message in last, err  # one line, no usage
 
 
 # ----- the released second stage: --init_from RUN --retrain_regressor -----

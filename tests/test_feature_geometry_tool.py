@@ -22,12 +22,12 @@ def runs(tmp_path_factory):
                                     score=lambda i, rng: f"{round(float(rng.uniform(0, 5)), 3):.3f}")
     runs_dir = tmp_path_factory.mktemp("runs")
     common = ["--data_dir", str(root), "--glove", str(glove), "--runs_dir", str(runs_dir), "--hidden_size", "8",
-              "--batch_size", "8", "--eval_every", "0", "--num_anchors", "64", "--no_progress", "--threads", "1",
+              "--batch_size", "8", "--eval_every", "0", "--no_progress", "--threads", "1",
               "--epoch", "2"]
     driver = load_driver("sts_b")
-    driver.main(common + ["--run_name", "vanilla", "--vanilla"])
-    driver.main(common + ["--run_name", "srl"])
-    driver.main(common + ["--run_name", "srl-x100", "--w1", "1e-2", "--w2", "1", "--w3", "1e-2"])
+    driver.main(common + ["--run_name", "vanilla", "--vanilla"])  # --vanilla refuses SRL flags: no --num_anchors
+    driver.main(common + ["--run_name", "srl", "--num_anchors", "64"])
+    driver.main(common + ["--run_name", "srl-x100", "--num_anchors", "64", "--w1", "1e-2", "--w2", "1", "--w3", "1e-2"])
     return runs_dir
 
 

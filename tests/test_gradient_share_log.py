@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import load_driver, write_sts_b_pairs
+from test_drivers import srl_size
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +20,8 @@ def run(text_data, runs, name, *extra):
     root, glove = text_data
     table = load_driver("sts_b").main([
         "--data_dir", str(root), "--glove", str(glove), "--runs_dir", str(runs), "--hidden_size", "8",
-        "--batch_size", "8", "--eval_every", "0", "--num_anchors", "64", "--no_progress", "--threads", "1",
-        "--epoch", "2", "--run_name", name, *extra,
+        "--batch_size", "8", "--eval_every", "0", "--no_progress", "--threads", "1",
+        "--epoch", "2", "--run_name", name, *srl_size(extra), *extra,
     ])
     records = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
     return table, [r for r in records if r["split"] == "train"]

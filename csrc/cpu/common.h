@@ -48,6 +48,34 @@ inline void check_bins_in_range(const int64_t* bins, int64_t n, int64_t num_bins
   }
 }
 
+// The ops are public (torch.ops.srl_ext.*): each checks every tensor argument's device, shape and
+// dtype before reading it, since a size that disagrees with another argument's would read or
+// write past a buffer. cols / rows < 0: any.
+inline void check_cpu_matrix(const at::Tensor& t, const char* name, int64_t cols = -1, int64_t rows = -1) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "srl_ext: argument '", name, "' must be a CPU tensor, got one on ", t.device());
+  TORCH_CHECK_VALUE(t.dim() == 2, "srl_ext: argument '", name, "' must be 2-D, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.size(1) >= 1, "srl_ext: argument '", name, "' must have D >= 1 columns, got ", t.size(1));
+  TORCH_CHECK_VALUE(
+      cols < 0 || t.size(1) == cols, "srl_ext: argument '", name, "' must have ", cols, " columns, got shape ",
+      t.sizes());
+  TORCH_CHECK_VALUE(
+      rows < 0 || t.size(0) == rows, "srl_ext: argument '", name, "' must have ", rows, " rows, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(
+      at::isFloatingType(t.scalar_type()), "srl_ext: argument '", name, "' must be floating point, got ",
+      t.scalar_type());
+}
+
+// A vector of n entries on the CPU: int64 when `integer`, else floating point.
+inline void check_cpu_vector(const at::Tensor& t, const char* name, int64_t n, bool integer) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "srl_ext: argument '", name, "' must be a CPU tensor, got one on ", t.device());
+  TORCH_CHECK_VALUE(
+      t.dim() == 1 && t.size(0) == n, "srl_ext: argument '", name, "' must have shape (", n, ",), got shape ",
+      t.sizes());
+  TORCH_CHECK_VALUE(
+      integer ? t.scalar_type() == at::kLong : at::isFloatingType(t.scalar_type()), "srl_ext: argument '", name,
+      "' must be ", integer ? "int64" : "floating point", ", got ", t.scalar_type());
+}
+
 // Rows of D = 0 columns: refused on every device, as the CUDA envelope plans its shared memory
 // per column (a division by D on the host).
 inline void check_feature_dim(int64_t dim, const char* name) {

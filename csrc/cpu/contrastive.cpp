@@ -20,6 +20,10 @@ std::tuple<at::Tensor, at::Tensor> contrastive_cpu(
     const at::Tensor& features, const at::Tensor& bins, const at::Tensor& surrogates, double temperature,
     bool label_weighting) {
   const BelowAutograd below_autograd;
+  check_cpu_matrix(features, "features");
+  check_cpu_vector(bins, "bins", features.size(0), true);
+  check_cpu_matrix(surrogates, "surrogates", features.size(1));
+  TORCH_CHECK_VALUE(temperature > 0, "srl_ext: argument 'temperature' must be > 0, got ", temperature);
   const auto acc = accumulation_type(features.scalar_type());
   const at::Tensor h = features.detach().to(acc).contiguous();
   const at::Tensor b = bins.detach().contiguous();

@@ -21,6 +21,8 @@ constexpr int64_t kAnchorsPerTile = 128;
 std::tuple<at::Tensor, at::Tensor> envelope_cpu(
     const at::Tensor& surrogates, const at::Tensor& anchors, std::optional<double> envelope_temperature) {
   const BelowAutograd below_autograd;
+  check_cpu_matrix(surrogates, "surrogates");
+  check_cpu_matrix(anchors, "anchors", surrogates.size(1));
   const auto acc = accumulation_type(surrogates.scalar_type());
   const at::Tensor c = surrogates.detach().to(acc).contiguous();
   const at::Tensor a = anchors.detach().to(acc).contiguous();

@@ -13,6 +13,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> homogeneity_cpu(const at::Tensor& surrogates, double sign, double beta) {
   const BelowAutograd below_autograd;
+  check_cpu_matrix(surrogates, "surrogates");
   const auto acc = accumulation_type(surrogates.scalar_type());
   const at::Tensor c = surrogates.detach().to(acc).contiguous();
   const int64_t num_bins = c.size(0), dim = c.size(1), num_pairs = num_bins - 1;

@@ -667,6 +667,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_
   const BelowAutograd below_autograd;
   // Metadata checks only: they cost nothing next to the sweeps. Bins and finite features are
   // checked in the table's sweep, which reads them anyway.
+  for (const auto& [t, name] : {std::pair{features, "features"}, std::pair{bins, "bins"}, std::pair{memory, "memory"},
+                                std::pair{anchors, "anchors"}}) {
+    TORCH_CHECK_VALUE(t.device().is_cpu(), "srl_ext: argument '", name, "' must be a CPU tensor, got one on ", t.device());
+  }
   TORCH_CHECK_VALUE(features.dim() == 2, "srl_ext: argument 'features' must be 2-D, got ", features.dim(), "-D");
   TORCH_CHECK_VALUE(
       at::isFloatingType(features.scalar_type()), "srl_ext: argument 'features' must be floating point, got ",
@@ -766,7 +770,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_
 // use) spends about 30 us per call re-reading the schema of an op with twelve arguments, a
 // fifth of the whole step at the STS-B size. The backward weighs the saved gradients of the four
 // losses by the incoming gradients; undefined ones (losses that reached no backward) are skipped.
-// The gradients are taken as constants: no double backward, as for the per-term ops.
+// The gradients are taken as constants: no double backward, as for the per-term ops. Under
+// create_graph=True the gradient carries a node that refuses a second backward (the message of
+// srl_ext/ops/fused.py, DIFFERENTIATED_TWICE), as once_differentiable does, instead of a
+// gradient without a graph that would silently drop the loss from a gradient penalty.
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -775,6 +782,17 @@ using SRLLossSignature = SRLLossOutputs(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double, double, double, double,
     double, std::optional<double>, bool);
 constexpr int kSRLLossInputs = 12;
+
+class DifferentiableOnce : public torch::autograd::Function<DifferentiableOnce> {
+ public:
+  static at::Tensor forward(AutogradContext*, const at::Tensor& grad) { return grad.clone(); }
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(
+        false,
+        "srl_ext: the fused SRL ops are differentiable once; a second derivative (create_graph=True, e.g. a "
+        "gradient penalty) of the SRL loss needs backend='reference'");
+  }
+};
 
 class SRLLossFunction : public torch::autograd::Function<SRLLossFunction> {
  public:
@@ -803,7 +821,10 @@ class SRLLossFunction : public torch::autograd::Function<SRLLossFunction> {
       at::Tensor term = grad_outputs[i] * grads.select(0, i);
       grad = grad.defined() ? grad + term : term;
     }
-    if (grad.defined()) grad = grad.to(ctx->saved_data["dtype"].toScalarType());
+    if (grad.defined()) {
+      grad = grad.to(ctx->saved_data["dtype"].toScalarType());
+      if (at::GradMode::is_enabled()) grad = DifferentiableOnce::apply(grad.detach().requires_grad_(true));
+    }
     variable_list out(kSRLLossInputs);
     out[0] = grad;
     return out;

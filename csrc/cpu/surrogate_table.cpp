@@ -15,6 +15,9 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> surrogate_table_cpu(
     const at::Tensor& features, const at::Tensor& bins, const at::Tensor& memory) {
   const BelowAutograd below_autograd;
+  check_cpu_matrix(features, "features");
+  check_cpu_vector(bins, "bins", features.size(0), true);
+  check_cpu_matrix(memory, "memory", features.size(1));
   const auto acc = accumulation_type(features.scalar_type());
   const at::Tensor h = features.detach().to(acc).contiguous();
   const at::Tensor b = bins.detach().contiguous();
@@ -69,6 +72,13 @@ at::Tensor surrogate_table_backward_cpu(
     const at::Tensor& grad_surrogates, const at::Tensor& features, const at::Tensor& bins,
     const at::Tensor& surrogates, const at::Tensor& mean_norms, const at::Tensor& counts) {
   const BelowAutograd below_autograd;
+  check_cpu_matrix(features, "features");
+  check_cpu_vector(bins, "bins", features.size(0), true);
+  check_cpu_matrix(surrogates, "surrogates", features.size(1));
+  const int64_t table_rows = surrogates.size(0);
+  check_cpu_matrix(grad_surrogates, "grad_surrogates", features.size(1), table_rows);
+  check_cpu_vector(mean_norms, "mean_norms", table_rows, false);
+  check_cpu_vector(counts, "counts", table_rows, true);
   const auto acc = accumulation_type(features.scalar_type());
   const at::Tensor h = features.detach().to(acc).contiguous();
   const at::Tensor b = bins.detach().contiguous();

@@ -30,11 +30,46 @@ def _check_rows(name: str, x: torch.Tensor, cols: int | None = None) -> None:
         torch._check_value(x.shape[1] == cols, lambda: f"srl_ext: argument '{name}' must have {cols} columns")
 
 
+def _check_device(name: str, x: torch.Tensor, like: torch.Tensor) -> None:
+    torch._check_value(x.device == like.device,
+                       lambda: f"srl_ext: argument '{name}' must be on {like.device}, got {x.device}")
+
+
+def _check_floating(name: str, x: torch.Tensor) -> None:
+    torch._check_value(x.dtype.is_floating_point,
+                       lambda: f"srl_ext: argument '{name}' must be floating point, got {x.dtype}")
+
+
+def _check_vector(name: str, x: torch.Tensor, length, dtype: torch.dtype | None, like: torch.Tensor) -> None:
+    """A vector of `length` entries on `like`'s device: of `dtype`, or floating point when None."""
+    _check_device(name, x, like)
+    torch._check_value(x.dim() == 1 and x.shape[0] == length,
+                       lambda: f"srl_ext: argument '{name}' must have shape ({length},), got {tuple(x.shape)}")
+    if dtype is None:
+        _check_floating(name, x)
+    else:
+        torch._check_value(x.dtype == dtype, lambda: f"srl_ext: argument '{name}' must be {dtype}, got {x.dtype}")
+
+
 def check_table(features, bins, memory) -> None:
     _check_rows("features", features)
+    _check_floating("features", features)
     _check_rows("memory", memory, features.shape[1])
-    torch._check_value(bins.dim() == 1 and bins.shape[0] == features.shape[0],
-                       lambda: "srl_ext: argument 'bins' must be a vector of B bin indices")
+    _check_device("memory", memory, features)
+    _check_vector("bins", bins, features.shape[0], torch.int64, features)
+
+
+def check_table_backward(grad_surrogates, features, bins, surrogates, mean_norms, counts) -> None:
+    """The table's backward op reads every argument by the sizes of the others: each is checked."""
+    check_table(features, bins, surrogates)
+    num_bins = surrogates.shape[0]
+    _check_rows("grad_surrogates", grad_surrogates, features.shape[1])
+    torch._check_value(grad_surrogates.shape[0] == num_bins,
+                       lambda: f"srl_ext: argument 'grad_surrogates' must have {num_bins} rows, got {grad_surrogates.shape[0]}")
+    _check_device("grad_surrogates", grad_surrogates, features)
+    _check_floating("grad_surrogates", grad_surrogates)
+    _check_vector("mean_norms", mean_norms, num_bins, None, features)
+    _check_vector("counts", counts, num_bins, torch.int64, features)
 
 
 def check_contrastive(features, bins, surrogates) -> None:
@@ -44,6 +79,7 @@ def check_contrastive(features, bins, surrogates) -> None:
 def check_envelope(surrogates, anchors) -> None:
     _check_rows("surrogates", surrogates)
     _check_rows("anchors", anchors, surrogates.shape[1])
+    _check_device("anchors", anchors, surrogates)
 
 
 def check_homogeneity(surrogates) -> None:
@@ -55,6 +91,7 @@ def check_srl_loss(features, bins, memory, anchors) -> None:
     check_table(features, bins, memory)
     torch._check_value(memory.shape[0] >= 2, lambda: "srl_ext: argument 'memory' must have K >= 2 rows")
     _check_rows("anchors", anchors, features.shape[1])
+    _check_device("anchors", anchors, features)
 
 
 # Fake kernels: the contract, then outputs allocated contiguous, as the kernels return them
@@ -67,6 +104,7 @@ def fake_surrogate_table(features, bins, memory):
 
 
 def fake_surrogate_table_backward(grad_surrogates, features, bins, surrogates, mean_norms, counts):
+    check_table_backward(grad_surrogates, features, bins, surrogates, mean_norms, counts)
     return features.new_empty(features.shape)
 
 
@@ -96,6 +134,35 @@ def fake_srl_loss(features, bins, memory, anchors, w1, w2, w3, temperature, homo
 
 
 # ----- autograd, one registration for both namespaces -----
+# The fused ops compute their gradient in the forward sweep and their backward scales it: they
+# have no second derivative. Under create_graph=True (a gradient penalty, a Hessian-vector
+# product) the gradient they return carries a node that refuses to be differentiated, as
+# torch.autograd.function.once_differentiable does, rather than a gradient that silently
+# ends the graph. csrc/cpu/srl_loss.cpp does the same for its C++ autograd, with this message.
+DIFFERENTIATED_TWICE = (
+    "srl_ext: the fused SRL ops are differentiable once; a second derivative (create_graph=True, e.g. a "
+    "gradient penalty) of the SRL loss needs backend='reference'"
+)
+
+
+class _DifferentiableOnce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grad):
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, _grad):
+        raise RuntimeError(DIFFERENTIATED_TWICE)
+
+
+def differentiable_once(grad: torch.Tensor | None) -> torch.Tensor | None:
+    """`grad`, returned by a fused backward: as it is, or under create_graph=True with a node that
+    raises DIFFERENTIATED_TWICE when a second backward reaches it."""
+    if grad is None or not torch.is_grad_enabled():
+        return grad
+    return _DifferentiableOnce.apply(grad.detach().requires_grad_())
+
+
 def _register(op, backward, setup_context) -> None:
     if isinstance(op, str):
         torch.library.register_autograd(op, backward, setup_context=setup_context)
@@ -113,7 +180,7 @@ def register_loss_autograd(op, num_inputs: int) -> None:
 
     def backward(ctx, grad_loss, _grad_of_grad):
         (fused_grad,) = ctx.saved_tensors
-        return ((grad_loss * fused_grad).to(ctx.input_dtype),) + (None,) * (num_inputs - 1)
+        return (differentiable_once((grad_loss * fused_grad).to(ctx.input_dtype)),) + (None,) * (num_inputs - 1)
 
     _register(op, backward, setup_context)
 
@@ -128,7 +195,7 @@ def register_table_autograd(op, backward_op: Callable) -> None:
     def backward(ctx, grad_surrogates, _grad_mean_norms, _grad_counts):
         if grad_surrogates is None:
             return None, None, None
-        return backward_op(grad_surrogates, *ctx.saved_tensors), None, None
+        return differentiable_once(backward_op(grad_surrogates, *ctx.saved_tensors)), None, None
 
     _register(op, backward, setup_context)
 
@@ -154,7 +221,7 @@ def register_srl_loss_autograd(op) -> None:
                 term = grad_loss * grads[index]
                 grad = term if grad is None else grad + term
         if grad is not None:
-            grad = grad.to(ctx.input_dtype)
+            grad = differentiable_once(grad.to(ctx.input_dtype))
         return (grad,) + (None,) * (SRL_LOSS_INPUTS - 1)
 
     _register(op, backward, setup_context)

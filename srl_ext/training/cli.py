@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -25,6 +26,7 @@ import torch
 from .. import backends, settings
 from ..settings import ENVELOPES
 from ..memory import MODES as MEMORY_MODES
+from ..methods import LDS_RELEASED
 from . import ddp, demo, released_checkpoints, reporting
 from .checkpoint import (BEST, LAST, PREVIOUS, RunFolderLock, data_fingerprint, fingerprint_changes, load_checkpoint,
                          make_run_dir, seed_everything, set_aside)
@@ -33,10 +35,23 @@ from .config import (BMSE_MODES, EARLY_STOP_RULES, KERNELS, RANKSIM_FEATURES, RA
 from .engine import Engine
 from .errors import CheckpointError, UserError
 
+# Flags that set the SRL terms, their memory or their kernels: contradictions of --vanilla.
+SRL_ONLY_FLAGS = ("warmup", "w1", "w2", "w3", "temp", "num_anchors", "anchor_seed", "homogeneity_sign",
+                  "homogeneity_beta", "envelope", "envelope_temperature", "label_weighting", "backend",
+                  "memory_update", "memory_momentum", "released_table")
+# The float flags of the methods: finite (an infinite weight only diverges at the first step).
+FINITE_METHOD_FLAGS = {"lds_sigma": "--lds_sigma", "fds_sigma": "--fds_sigma", "fds_mmt": "--fds_mmt",
+                       "regularization_weight": "--regularization_weight",
+                       "interpolation_lambda": "--interpolation_lambda", "init_noise_sigma": "--init_noise_sigma",
+                       "sigma_lr": "--sigma_lr", "conr_w": "-w", "conr_beta": "--beta", "conr_e": "-e"}
+
 # Flags that a --resume or --evaluate may change: where the data is and how to run, not what is trained.
 # --epoch may be raised on --resume to train on.
 ENVIRONMENT_FLAGS = ("data_dir", "workers", "threads", "device", "progress", "debug")
 RESUME_FLAGS = ENVIRONMENT_FLAGS + ("epoch",)
+# Settings whose absence from a saved config means the behaviour of the runs saved before they existed
+# (config.method_settings: EARLIER_FDS_CLIP; train/sts_b.py: EARLIER_RECIPE): never filled in on resume.
+EARLIER_WHEN_ABSENT = ("fds_clip", "regressor", "lstm_dropout", "oov", "released_table")
 # Flags that act on this command only and are never taken from or compared with a saved config.
 COMMAND_FLAGS = ("resume", "evaluate", "trust_checkpoint", "data_changed", "debug", "demo")
 DRIVERS = {"agedb": "train/agedb.py", "imdb_wiki": "train/imdb_wiki.py", "sts_b": "train/sts_b.py"}
@@ -72,6 +87,7 @@ def ranged(kind: type, low: float | None = None, high: float | None = None, *, a
 
 
 NON_NEGATIVE_INT = ranged(int, 0)
+SEED = ranged(int, 0, 2**32 - 1)  # numpy's seeds are 32-bit
 POSITIVE = ranged(float, 0, above=True)
 NON_NEGATIVE = ranged(float, 0)
 FINITE = ranged(float)
@@ -89,13 +105,24 @@ def command(main: Callable[[Sequence[str] | None], dict], argv: Sequence[str] | 
     debug = "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
     try:
         main(args)
-    except (UserError, ReleasedCheckpointError, FileNotFoundError, UnicodeDecodeError) as error:
+    # A user can cause: the project's errors, any file-system error (a missing, unreadable or
+    # unwritable path; a file where a folder is expected; a full disk) and running out of memory.
+    except (UserError, ReleasedCheckpointError, OSError, UnicodeDecodeError, MemoryError,
+            torch.OutOfMemoryError) as error:
         if debug:
             traceback.print_exc()
         message = " ".join(str(error).split("\n")[0].split()) if not isinstance(error, UserError) else str(error)
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A parse error is one line, ``error: ...``, and exit status 2, as every other user error;
+    --help shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -113,7 +140,7 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
     """The common flags with the preset's defaults; the driver adds its own to the returned parser."""
     p = recipe(preset_name)
     loss = settings.preset(preset_name).srl
-    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    parser = OneLineParser(description=description, formatter_class=HelpFormatter)
 
     data = parser.add_argument_group("data and run folder")
     data.add_argument("--data_dir", default=default_data_dir, help="folder holding the dataset files")
@@ -150,7 +177,7 @@ def build_parser(preset_name: str, description: str, default_data_dir: str) -> a
                            "(an argparse namespace, ...), which runs code the file names; only for files you trust")
 
     train = parser.add_argument_group("optimisation")
-    train.add_argument("--seed", "--random_seed", type=NON_NEGATIVE_INT, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
+    train.add_argument("--seed", "--random_seed", type=SEED, default=0, help="seed of the initialisation, shuffling, augmentations and dropout")
     train.add_argument("--epoch", type=ranged(int, 1), default=p.epochs,
                        help="number of training epochs" + (" (none: until early stopping)" if p.epochs is None else ""))
     train.add_argument("--batch_size", type=ranged(int, 2), default=p.batch_size,
@@ -305,6 +332,7 @@ def method_flag_errors(config: dict) -> list[tuple[bool, str, str, object]]:
         import importlib.util
 
         sklearn_missing = importlib.util.find_spec("sklearn") is None
+    lds_bins = LDS_RELEASED[c["preset"]]["num_bins"]
     return [
         (c["lds"] and c["reweight"] == "none", "--lds", "--reweight sqrt_inv or inverse with it", "--reweight none"),
         (c["lds_ks"] < 1 or c["lds_ks"] % 2 == 0, "--lds_ks", "an odd number >= 1", c["lds_ks"]),
@@ -336,7 +364,13 @@ def method_flag_errors(config: dict) -> list[tuple[bool, str, str, object]]:
         (c["retrain_regressor"] and (c["srl"] or c["regularization_weight"] > 0 or c.get("conr", False)),
          "--retrain_regressor", "--vanilla and no RankSim or ConR with it (those terms act on the frozen encoder's "
          "features only)", "SRL" if c["srl"] else "RankSim" if c["regularization_weight"] > 0 else "ConR"),
-    ]
+        # a window wider than twice the bins has taps that never meet a bin, and costs its width in time
+        (c["lds_ks"] > 2 * lds_bins - 1, "--lds_ks", f"at most 2 x {lds_bins} LDS bins - 1 = {2 * lds_bins - 1}",
+         c["lds_ks"]),
+        (c["fds_ks"] > 2 * max(rows, 1) - 1, "--fds_ks",
+         f"at most 2 x (--bucket_num - --bucket_start) - 1 = {2 * max(rows, 1) - 1}", c["fds_ks"]),
+    ] + [(not math.isfinite(c[key]), flag, "a finite number", c[key]) for key, flag in FINITE_METHOD_FLAGS.items()
+         if key in c]
 
 
 def _resolve_eval_model(parser: argparse.ArgumentParser, config: dict) -> None:
@@ -380,6 +414,7 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
     if config.get("recipe", "srl") != "srl":  # another trainer's values for the flags not given
         values = recipe_flags(recipe(preset_name, config["recipe"]))
         config.update({key: value for key, value in values.items() if key not in explicit})
+    config["runs_dir"] = os.path.expanduser(config["runs_dir"])  # also when quoted: never a folder named ~
     config.update(preset=preset_name, regression_loss=recipe(preset_name).regression_loss,
                   memory_normalized=settings.preset(preset_name).memory_normalized)
     for key in ("grad_clip", "eval_every", "patience", "max_validations"):
@@ -400,11 +435,86 @@ def parse(parser: argparse.ArgumentParser, preset_name: str, argv: Sequence[str]
         (config["resume"] is not None and config["evaluate"] is not None, "--resume/--evaluate", "only one of them", "both"),
         (config["trust_checkpoint"] and config["evaluate"] is None, "--trust_checkpoint", "only with --evaluate",
          "no --evaluate"),
+        (Path(config["runs_dir"]).exists() and not Path(config["runs_dir"]).is_dir(), "--runs_dir", "a folder",
+         f"the file {config['runs_dir']}"),
+        (config["srl"] and config["epoch"] is not None and config["warmup"] >= config["epoch"] and config["resume"] is None
+         and config["evaluate"] is None, "--warmup", f"fewer epochs than --epoch {config['epoch']} (the SRL terms "
+         "would never be on; --vanilla trains without them)", config["warmup"]),
     ] + method_flag_errors(config)
+    if not config["srl"]:
+        contradictions = sorted(flag for flag in SRL_ONLY_FLAGS if flag in explicit)
+        checks.append((bool(contradictions), "--vanilla", "no SRL flag with it (the baseline has no SRL terms, memory "
+                       "or kernels)", ", ".join(f"--{flag}" for flag in contradictions)))
+    problem = device_problem(config["device"])
+    if problem is not None:
+        checks.append((True, "--device", *problem))
     for failed, flag, expected, actual in checks:
         if failed:
             parser.error(f"{flag}: expected {expected}, got {actual}")
+    if config["resume"] is None and config["evaluate"] is None:
+        check_backend(config)
     return config, explicit
+
+
+def device_problem(name: str) -> tuple[str, str] | None:
+    """(expected, actual) when torch device `name` does not exist on this machine, else None."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return "a torch device such as cpu, cuda or cuda:1", repr(name)
+    if device.type == "cpu":
+        return None
+    module = getattr(torch, device.type, None)
+    if module is None or not hasattr(module, "is_available") or not module.is_available():
+        return "a device of this machine", f"{name!r}, but torch finds no {device.type} device here"
+    count = module.device_count() if hasattr(module, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        return f"a device index below {count} (the {device.type} devices of this machine)", repr(name)
+    return None
+
+
+def check_backend(config: dict) -> None:
+    """The SRL kernels of `config` (--backend) can run on its --device, or a UserError says why."""
+    if not config["srl"]:
+        return
+    device = torch.device(config["device"])
+    name = backends.auto_name(device) if config["backend"] == "auto" else config["backend"]
+    reason = backends.unavailable_reason(name, device)
+    if reason is not None:
+        raise UserError(f"--backend: expected kernels that run on --device {config['device']}, got "
+                        f"{config['backend']!r}: {reason}")
+
+
+def check_run_size(config: dict, task, model, datasets: dict) -> None:
+    """Before a run folder is made: an epoch has at least one training step, and the tables the
+    flags size (the anchors, FDS's statistics) fit in the device's memory."""
+    from .engine import feature_dim, train_steps
+
+    per_rank = math.ceil(len(datasets["train"]) / ddp.world_size())
+    if train_steps(per_rank, config["batch_size"]) == 0:
+        raise UserError(
+            f"--batch_size: expected a train split with at least one training step, got {len(datasets['train'])} "
+            f"training sample(s) for --batch_size {config['batch_size']}" + (
+                f" on {ddp.world_size()} processes" if ddp.world_size() > 1 else "")
+            + " (a last batch of one sample is dropped: BatchNorm cannot train on it); nothing would be trained")
+    device = torch.device(config["device"])
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        available = torch.cuda.get_device_properties(index).total_memory
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    needs = []
+    if config["srl"]:  # float32 anchors, N x D, and the envelope's K x N cosines
+        needs.append(("--num_anchors", config["num_anchors"], 4 * config["num_anchors"] * (feature_dim(model) + task.num_bins),
+                      "the anchors and the K x N cosines of the enveloping term"))
+    if config["fds"]:  # six float32 tables of buckets x h's width (fds.FDS's statistics)
+        buckets = config["bucket_num"] - config["bucket_start"]
+        needs.append(("--bucket_num", config["bucket_num"], 4 * 6 * buckets * getattr(model, "feature_width", 1),
+                      "FDS's statistics"))
+    for flag, value, size, what in needs:
+        if size > available:
+            raise UserError(f"{flag}: expected a size whose tables fit in the {available / 2**30:.0f} GiB of {device}, "
+                            f"got {value}: {what} need {size / 2**30:.0f} GiB")
 
 
 Build = Callable[[dict], tuple]  # config -> (Task, model, {"train", "val", "test"} datasets)
@@ -450,9 +560,17 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
                     f"(best.pt), which holds no optimiser, memory or RNG state to continue from: resume with "
                     f"--resume {path.parent} (its last.pt); to test this model use --evaluate {path}"
                 )
+            if path.name == PREVIOUS and (path.parent / LAST).is_file():
+                _refuse_a_sound_last(path)
+            if checkpoint.get("best") is not None and not (path.parent / BEST).is_file():
+                raise CheckpointError(
+                    f"--resume {path}: expected {path.parent / BEST} (the model selected at epoch "
+                    f"{checkpoint['best'].get('epoch')}, which the test evaluates), got no such file: put it back, "
+                    f"or start a new run")
             if main_process:
                 lock = RunFolderLock(path.parent).acquire()
             saved = _merge(checkpoint["config"], config, explicit, RESUME_FLAGS)
+            check_backend(saved)  # the run's kernels, on this command's --device
             task, model, datasets = build(saved)
             fingerprint = _fingerprint(task, datasets)
             changes = fingerprint_changes(checkpoint["data_fingerprint"], fingerprint) if checkpoint.get("data_fingerprint") else []
@@ -465,7 +583,7 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
                 aside = set_aside(path.parent / LAST)  # the damaged last.pt, kept under another name
                 print(f"note: resuming from {path}; the damaged {LAST} is kept as {aside}", flush=True)
             engine = Engine(saved, task, model, datasets, path.parent)
-            engine.load_state_dict(checkpoint)
+            _load(lambda: engine.load_state_dict(checkpoint), "--resume", path)
             engine.data_fingerprint = fingerprint
             if main_process:
                 print(f"resumed {path} after epoch {engine.epoch} step {engine.global_step}", flush=True)
@@ -476,6 +594,7 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
             fingerprint = _fingerprint(task, datasets)
             if config.get("init_from") is not None:  # recorded: whether the encoder was trained with SRL
                 config["init_from_srl"] = bool(init_from_run(model, config["init_from"], config["preset"], fingerprint)["srl"])
+            check_run_size(config, task, model, datasets)
             run_dir = None
             if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
                 kind = "+".join(["srl" if config["srl"] else "vanilla"] + method_settings(config).names())
@@ -485,13 +604,45 @@ def _run(config: dict, explicit: set[str], build: Build) -> dict:
                 (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
                 print(f"run folder {run_dir}", flush=True)
             run_dir = Path(ddp.broadcast_object(None if run_dir is None else str(run_dir)))
-            engine = Engine(config, task, model, datasets, run_dir)
-            engine.data_fingerprint = fingerprint
+            try:
+                engine = None
+                engine = Engine(config, task, model, datasets, run_dir)
+                engine.data_fingerprint = fingerprint
+                engine.fit()
+            except BaseException:
+                # a run that never trained a step leaves no folder behind
+                if main_process and (engine is None or engine.global_step == 0) and not (run_dir / LAST).exists():
+                    lock.release()
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+            return engine.test()
         engine.fit()
         return engine.test()
     finally:
         if lock is not None:
             lock.release()
+
+
+def _refuse_a_sound_last(previous: Path) -> None:
+    """--resume RUN/last.prev.pt is for a damaged last.pt: a sound one is newer, and is kept."""
+    try:
+        epoch = load_checkpoint(previous.parent / LAST, LAST)[0].get("epoch")
+    except CheckpointError:
+        return  # damaged: resuming from the previous one is what it is kept for
+    raise CheckpointError(
+        f"--resume {previous}: expected a damaged {LAST} beside it, got a sound one (epoch {epoch}, newer): resume "
+        f"with --resume {previous.parent}; {PREVIOUS} is only for a {LAST} that cannot be read")
+
+
+def _load(load: Callable[[], None], action: str, path: Path) -> None:
+    """A checkpoint whose weights do not fit the model its config builds is a CheckpointError."""
+    try:
+        load()
+    except (RuntimeError, KeyError, ValueError) as error:
+        if isinstance(error, UserError):
+            raise
+        first = " ".join(str(error).strip().splitlines()[0].split()) if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{action} {path}: expected weights that fit the model of its config, got: {first}") from None
 
 
 def _evaluate(config: dict, explicit: set[str], build: Build) -> dict:
@@ -508,9 +659,19 @@ def _evaluate(config: dict, explicit: set[str], build: Build) -> dict:
     _check_benchmark(checkpoint, path, config["preset"], "evaluate")
     saved = _merge(checkpoint["config"], config, explicit, ENVIRONMENT_FLAGS)
     task, model, datasets = build(saved)
+    # the run's folder is written to: not while a live run holds it
+    lock = RunFolderLock(path.parent).acquire() if ddp.is_main_process() else None
+    try:
+        return _evaluate_into(saved, checkpoint, path, task, model, datasets)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate_into(saved: dict, checkpoint: dict, path: Path, task, model, datasets) -> dict:
     fingerprint = _fingerprint(task, datasets)
     engine = Engine(saved, task, model, datasets, path.parent)
-    engine.model.load_state_dict(checkpoint["model"])
+    _load(lambda: engine.model.load_state_dict(checkpoint["model"]), "--evaluate", path)
     best = checkpoint.get("best") or {}
     # The run's own table (test_metrics.json) is only ever rewritten from the run's own data; a
     # table from other data goes beside it, named after that data's fingerprint.
@@ -575,6 +736,13 @@ def _merge(saved: dict, given: dict, explicit: set[str], changeable: Sequence[st
     """The checkpoint's config, with the changeable flags given on this command line."""
     merged = dict(saved)
     merged.setdefault("early_stop", "no_improvement")  # the only rule of runs saved before --early_stop
+    # Settings added since the checkpoint was saved: this version's defaults (or this command's values),
+    # except those whose absence the code reads as the behaviour before they existed.
+    missing = sorted(key for key in given if key not in merged and key not in COMMAND_FLAGS + EARLIER_WHEN_ABSENT)
+    if missing:
+        print(f"note: the checkpoint's config predates {', '.join('--' + key for key in missing)}: "
+              "the defaults are used", file=sys.stderr)
+        merged.update({key: given[key] for key in missing})
     ignored = sorted(key for key in explicit - set(changeable) if key not in COMMAND_FLAGS and given[key] != saved.get(key))
     if ignored:
         print(f"note: the checkpoint's config is used; ignored: {', '.join('--' + key for key in ignored)}", file=sys.stderr)
@@ -582,6 +750,10 @@ def _merge(saved: dict, given: dict, explicit: set[str], changeable: Sequence[st
         if key in explicit:
             merged[key] = given[key]
     merged["resume"], merged["evaluate"] = given["resume"], given["evaluate"]
+    if merged.get("threads"):  # the run's own thread count (or this command's): exact resume in a new process
+        torch.set_num_threads(merged["threads"])
+    if (problem := device_problem(merged["device"])) is not None:
+        raise UserError(f"--device: expected {problem[0]}, got {problem[1]}")
     return merged
 
 
@@ -614,7 +786,8 @@ def image_builder(benchmark) -> Build:
 
     def build(config: dict):
         task, datasets = images.load_benchmark(benchmark, data_dir_path(config), config["img_size"],
-                                               train_views=2 if config.get("conr") else 0)
+                                               train_views=2 if config.get("conr") else 0,
+                                               progress=config.get("progress", False) and ddp.is_main_process())
         return task, ImageRegressor(config["backbone"]), datasets
 
     return build

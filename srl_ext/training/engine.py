@@ -289,8 +289,7 @@ class Engine:
         return DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=self.settings.workers,
             collate_fn=self.task.collate, generator=generator, pin_memory=self.device.type == "cuda",
-            # A last batch of one sample cannot pass BatchNorm in train mode: drop only that one.
-            drop_last=split == "train" and length % batch_size == 1,
+            drop_last=split == "train" and drops_last_batch(length, batch_size),
         )
 
     def _training_inputs(self, inputs) -> tuple[tuple, torch.Tensor | None]:
@@ -603,6 +602,16 @@ class Engine:
         self.history.append(record)  # on every rank: the checkpoints are alike whichever rank wrote them
         if self.main:
             self.log.write(record)
+
+
+def drops_last_batch(length: int, batch_size: int) -> bool:
+    """A last training batch of one sample cannot pass BatchNorm in train mode: only that one is dropped."""
+    return length % batch_size == 1
+
+
+def train_steps(length: int, batch_size: int) -> int:
+    """The training steps of an epoch over `length` samples (``Engine.loader``)."""
+    return length // batch_size + (length % batch_size > 0 and not drops_last_batch(length, batch_size))
 
 
 def feature_dim(model: nn.Module) -> int:

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ...reference import accumulation_dtype
-from ...ops.fused import check_table, register_table_autograd
+from ...ops.fused import check_table, check_table_backward, register_table_autograd
 from .utils import (EPS, UpTo, autotune, autotune_configs, block_dim, check_feature_dim, check_offsets, launch,
                     normalize_backward, on_inputs_device, row_tile, size_bucket, unit_rows)
 
@@ -146,6 +146,7 @@ def surrogate_table_backward_op(
     counts: torch.Tensor,
 ) -> torch.Tensor:
     """d loss / d features given d loss / d surrogates (memory rows are detached)."""
+    check_table_backward(grad_surrogates, features, bins, surrogates, mean_norms, counts)
     batch, dim = features.shape
     num_bins = surrogates.shape[0]
     check_offsets("surrogate_table_backward", "features", batch * dim)

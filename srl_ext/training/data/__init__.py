@@ -36,11 +36,12 @@ def require_files(data_dir: str | Path, names: list[str], dataset: str, where_to
 
 
 def read_text(path: str | Path) -> str:
-    """The text of a UTF-8 data file; a file that is not UTF-8 raises DataError naming the line."""
+    """The text of a UTF-8 data file (a leading byte-order mark dropped); a file that is not UTF-8
+    raises DataError naming the line."""
     path = Path(path)
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8").removeprefix("\ufeff")  # a byte-order mark is no part of the first field
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
@@ -48,3 +49,12 @@ def read_text(path: str | Path) -> str:
             f"{path}:{line}: expected UTF-8 text, got the byte 0x{raw[error.start]:02x} at column {column} "
             "(convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8)"
         ) from None
+
+
+def text_lines(text: str) -> list[str]:
+    """The lines of a data file: split at "\n" (its "\r\n" too) only. str.splitlines would also
+    split at a lone "\r", a form feed, U+0085 or U+2028 inside a sentence, cutting its row in two."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]

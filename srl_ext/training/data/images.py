@@ -8,8 +8,13 @@ Layout (the DIR benchmark's): ``<data_dir>/<csv>`` with the columns ``age``, ``p
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +105,19 @@ def read_age_csv(path: str | Path, num_bins: int) -> dict[str, list[tuple[str, i
     if header is None or any(column not in header for column in CSV_COLUMNS):
         raise DataError(f"{path}:1: expected a header with the columns {', '.join(CSV_COLUMNS)}, got {header}")
     column = {name: header.index(name) for name in CSV_COLUMNS}
-    for fields in reader:
+    line = reader.line_num
+    while True:
+        first = line + 1  # the row's first line: a quoted field may run over several
+        try:
+            fields = next(reader, None)
+        except csv.Error as error:  # a field over csv's size limit, a NUL byte, ...
+            raise DataError(f"{path}:{first}: {error}") from None
+        if fields is None:
+            break
         line = reader.line_num
+        if line > first:
+            raise DataError(f"{path}:{first}: a quoted field opens on this line and is not closed before line {line} "
+                            "(an unterminated quote)")
         if not fields:
             continue
         if len(fields) != len(header):
@@ -123,21 +139,154 @@ def read_age_csv(path: str | Path, num_bins: int) -> dict[str, list[tuple[str, i
     return rows
 
 
-def check_images(benchmark: "Benchmark", data_dir: Path, rows: dict[str, list[tuple[str, int]]], shown: int = 5) -> None:
-    """Every image of every split is a file, before any training: a missing test image must not
-    end a run after hours. MissingDataError counts the missing ones and names the first few."""
-    missing = []
+def check_images(benchmark: "Benchmark", data_dir: Path, rows: dict[str, list[tuple[str, int]]], shown: int = 5,
+                 progress: bool = False) -> None:
+    """Every image of every split is a file whose header and pixel data can be read, before any
+    training: a missing, empty, truncated or oversized test image must not end a run after hours.
+    MissingDataError counts the missing images and names the first few; DataError does the same
+    for unreadable ones. The images are read in parallel; those that passed are remembered by
+    size and modification time (``checked_images_cache``), so a resume or a second run on the
+    same data reads only new or changed files."""
+    missing, entries = [], []
     for split in SPLITS:
         for number, (relative, _) in enumerate(rows[split], start=1):
-            if not (data_dir / relative).is_file():
-                missing.append(f"{data_dir / relative} (row {number} of the {split} split)")
+            path = data_dir / relative
+            try:
+                stat = path.stat()
+            except OSError:
+                stat = None
+            if stat is None or not path.is_file():
+                missing.append(f"{path} (row {number} of the {split} split)")
+            else:
+                entries.append((relative, f"row {number} of the {split} split", [stat.st_size, stat.st_mtime_ns]))
+    total = sum(len(r) for r in rows.values())
     if missing:
-        total = sum(len(r) for r in rows.values())
         raise MissingDataError(
             f"{benchmark.preset}: {len(missing)} of the {total} images of {benchmark.csv_name} are missing: "
             f"{'; '.join(missing[:shown])}" + (f"; and {len(missing) - shown} more" if len(missing) > shown else "")
             + f"; the images are expected at --data_dir/<path of the CSV>. {benchmark.where_to_get}"
         )
+    cache_file = checked_images_cache(data_dir)
+    cached = _read_cache(cache_file)
+    unchecked = [(relative, where, stamp) for relative, where, stamp in entries if cached.get(relative) != stamp]
+    from ..reporting import progress as progress_bar
+
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
+        results = pool.map(lambda entry: image_problem(data_dir / entry[0]), unchecked)
+        problems = []
+        for (relative, where, stamp), problem in zip(unchecked, progress_bar(
+                results, progress and len(unchecked) > 100, f"checking {len(unchecked)} images")):
+            if problem is None:
+                cached[relative] = stamp
+            else:
+                cached.pop(relative, None)
+                problems.append(f"{data_dir / relative} ({where}): {problem}")
+    if unchecked:
+        _write_cache(cache_file, cached)
+    if problems:
+        raise DataError(
+            f"{benchmark.preset}: {len(problems)} of the {total} images of {benchmark.csv_name} cannot be read: "
+            f"{'; '.join(problems[:shown])}" + (f"; and {len(problems) - shown} more" if len(problems) > shown else "")
+            + "; replace or remove them (and their rows of the CSV)"
+        )
+
+
+# Integer grey levels wider than 8 bits (PNG and TIFF of 16 bits a sample): scaled to 8 bits as
+# the PNG standard scales sample depths (v * 255 / 65535), not clipped at 255 as PIL's convert does.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+WIDE_GREY_MAX = 65535
+
+
+def to_rgb(image):
+    """The 8-bit RGB image of a PIL image of any mode that has a defined range: 8-bit modes
+    (grey, palette, with alpha, CMYK, YCbCr, ...) by PIL's conversion, the alpha dropped as the
+    released code's ``convert("RGB")`` does; 16-bit grey scaled to 8 bits. Pixels of no defined
+    range (floats, 32-bit integers beyond 16 bits) raise ValueError."""
+    from PIL import Image
+
+    if image.mode in WIDE_GREY_MODES:
+        pixels = np.asarray(image).astype(np.int64)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > WIDE_GREY_MAX):
+            raise ValueError(f"{image.mode} pixels in [{pixels.min()}, {pixels.max()}]: expected 8 or 16-bit "
+                             "unsigned levels")
+        grey = ((pixels * 255 + WIDE_GREY_MAX // 2) // WIDE_GREY_MAX).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if image.mode == "F":
+        raise ValueError("32-bit floating-point pixels (mode F) have no defined range: save the image with 8 or "
+                         "16-bit levels")
+    if image.mode in ("La", "RGBa"):  # premultiplied alpha
+        image = image.convert("RGBA")
+    try:
+        return image.convert("RGB")
+    except ValueError as error:
+        raise ValueError(f"mode {image.mode} cannot be converted to RGB ({error})") from None
+
+
+def open_rgb(path: Path):
+    """The image at `path` as 8-bit RGB (``to_rgb``); an unreadable file raises DataError naming it."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return to_rgb(image)
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, EOFError, ... by format
+        raise DataError(f"cannot read image {path}: {_describe(error)}") from None
+
+
+def image_problem(path: Path) -> str | None:
+    """Why the image at `path` cannot be used, or None: its header, its size (PIL's decompression
+    bomb limit), its pixel data to the end (a JPEG decoded at 1/8 scale: fast, and it still reads
+    every byte) and its mode."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.format == "JPEG":
+                    image.draft(image.mode, (1, 1))
+                image.load()
+                to_rgb(image)
+    except Exception as error:
+        return _describe(error)
+    return None
+
+
+def _describe(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    if type(error).__name__.startswith("DecompressionBomb"):
+        return f"too many pixels ({text})"
+    return text or type(error).__name__
+
+
+def checked_images_cache(data_dir: Path) -> Path:
+    """The file remembering which images of `data_dir` passed ``check_images``: under
+    $SRL_EXT_CACHE_DIR, else $XDG_CACHE_HOME/srl_ext, else ~/.cache/srl_ext."""
+    root = os.environ.get("SRL_EXT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "srl_ext")
+    key = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:20]
+    return Path(root) / "checked-images" / f"{key}.json"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def _write_cache(path: Path, cached: dict) -> None:
+    """Written whole or not at all; a cache that cannot be written only costs the next run a check."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(cached))
+        os.replace(temporary, path)
+    except OSError:
+        pass
 
 
 def transforms(train: bool, image_size: int = IMAGE_SIZE):
@@ -167,15 +316,8 @@ class AgeImageDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         relative, age = self.rows[index]
-        path = self.root / relative
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except OSError as error:
-            raise OSError(f"cannot read image {path}: {error}") from None
+        image = open_rgb(self.root / relative)
         if self.views:
             return (self.transform(image), *(self.transform(image) for _ in range(self.views)), float(age))
         return self.transform(image), float(age)
@@ -207,16 +349,17 @@ class AgeBins:
 
 
 def load_benchmark(benchmark: Benchmark, data_dir: str | Path, image_size: int = IMAGE_SIZE,
-                   train_views: int = 0) -> tuple[Task, dict[str, Dataset]]:
+                   train_views: int = 0, progress: bool = False) -> tuple[Task, dict[str, Dataset]]:
     """The Task (bins, shot groups from the training counts) and the three datasets; with
-    ``train_views`` = 2 (ConR) the training set yields two extra augmented views per image."""
+    ``train_views`` = 2 (ConR) the training set yields two extra augmented views per image.
+    Every image is checked first (``check_images``; ``progress``: with a progress bar)."""
     data_dir = Path(data_dir)
     require_files(data_dir, [benchmark.csv_name], benchmark.preset, benchmark.where_to_get)
     rows = read_age_csv(data_dir / benchmark.csv_name, benchmark.num_bins)
     for split in SPLITS:
         if not rows[split]:
             raise DataError(f"{data_dir / benchmark.csv_name}: the {split} split is empty (no row with split {split!r})")
-    check_images(benchmark, data_dir, rows)
+    check_images(benchmark, data_dir, rows, progress=progress)
     datasets = {
         split: AgeImageDataset(rows[split], data_dir, transforms(split == "train", image_size),
                                views=train_views if split == "train" else 0)

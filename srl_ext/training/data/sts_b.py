@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ...settings import NUM_BINS as _BINS
 from ..errors import DataError
-from . import MissingDataError, read_text, require_files
+from . import MissingDataError, read_text, require_files, text_lines
 
 SPLIT_FILES = {"train": "train_new.tsv", "val": "dev_new.tsv", "test": "test_new.tsv"}
 COLUMNS = ("index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2", "score")
@@ -75,7 +75,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
     [0, 5] or a file that is not UTF-8 raises DataError (a ValueError) naming the file and line."""
     path = Path(path)
     pairs = []
-    for line_number, line in enumerate(read_text(path).splitlines(), start=1):
+    for line_number, line in enumerate(text_lines(read_text(path)), start=1):
         fields = line.split("\t")
         if line_number == 1:
             if tuple(fields) != COLUMNS:
