@@ -145,3 +145,16 @@ def assert_compiled_matches_eager(loss_of, features: torch.Tensor) -> None:
     (compiled_grad,) = torch.autograd.grad(compiled_value, features)
     torch.testing.assert_close(compiled_value, eager_value, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-6, atol=1e-6)
+
+
+def assert_one_line_error(main, argv, message, capsys) -> None:
+    """``main(argv)`` exits with status 2 and prints one line, ``error: ...`` holding ``message``
+    (no usage block, no traceback)."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert err.splitlines() == [last] and last.startswith("error: ") and message in last, err

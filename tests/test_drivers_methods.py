@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from helpers import load_driver
+from helpers import assert_one_line_error, load_driver
 from test_drivers import (  # noqa: F401 (the fixtures)
     image_args,
     image_data,
@@ -204,12 +204,7 @@ def test_help_shows_the_released_defaults(name, released, capsys):
     ("agedb", ["--reweight", "sqrt"], "argument --reweight: invalid choice: 'sqrt'"),
 ])
 def test_bad_method_flags_end_in_one_line(name, argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load_driver(name).main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert err.splitlines() == [last] and last.startswith("error: ") and message in last, err  # one line, no usage
+    assert_one_line_error(load_driver(name).main, argv, message, capsys)  # one line, no usage
 
 
 def test_gai_without_scikit_learn_is_refused_at_parse_time(monkeypatch, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import load_driver, write_sts_b_pairs
+from helpers import assert_one_line_error, load_driver, write_sts_b_pairs
 from test_drivers import text_args, text_data  # noqa: F401 (the fixture)
 from test_drivers_methods import straight_and_resumed
 
@@ -128,12 +128,7 @@ def test_dir_recipe_sets_dir_trainer_defaults_and_explicit_flags_win():
      "got RankSim"),
 ])
 def test_bad_flags_end_in_one_line(name, argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load_driver(name).main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert err.splitlines() == [last] and last.startswith("error: ") and message in last, err  # one line, no usage
+    assert_one_line_error(load_driver(name).main, argv, message, capsys)  # one line, no usage
 
 
 # ----- the released second stage: --init_from RUN --retrain_regressor -----
