@@ -99,7 +99,7 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_folder(image_data, tmp
 
 
 @pytest.mark.parametrize("driver, extra, words", [
-    ("agedb", ["--seed", "4294967296"], "argument --seed: expected an integer >= 0 and <= 4.29497e+09"),
+    ("agedb", ["--seed", "4294967296"], "argument --seed/--random_seed: expected an integer >= 0 and <= 4294967295"),
     ("agedb", ["--regularization_weight", "inf"], "--regularization_weight: expected a finite number, got inf"),
     ("agedb", ["--conr", "--beta", "inf"], "--beta: expected a finite number, got inf"),
     ("agedb", ["--vanilla", "--w1", "3"], "--vanilla: expected no SRL flag with it"),

@@ -65,10 +65,12 @@ def ranged(kind: type, low: float | None = None, high: float | None = None, *, a
     strictly above low; ``below``: strictly below high), so that a flag out of range is refused
     when the command line is parsed: ``error: argument --temp: expected a number > 0, got '0'``."""
     bounds = []
+    # an integer's bound in full (4294967295, not 4.29497e+09): the user must be able to type it
+    shown = (lambda bound: str(int(bound))) if kind is int else (lambda bound: f"{bound:g}")
     if low is not None:
-        bounds.append(f"{'>' if above else '>='} {low:g}")
+        bounds.append(f"{'>' if above else '>='} {shown(low)}")
     if high is not None:
-        bounds.append(f"{'<' if below else '<='} {high:g}")
+        bounds.append(f"{'<' if below else '<='} {shown(high)}")
     expected = ("an integer" if kind is int else "a number") + (" " + " and ".join(bounds) if bounds else "")
 
     def parse_value(text: str):
