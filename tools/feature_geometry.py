@@ -58,10 +58,7 @@ def _driver_build(preset: str):
     """The ``build(config)`` of the driver that trained a run of ``preset``."""
     if preset not in DRIVERS:
         raise UserError(f"run config: expected a preset of {', '.join(DRIVERS)}, got {preset!r}")
-    spec = importlib.util.spec_from_file_location(f"driver_{preset}", ROOT / DRIVERS[preset])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build
+    return _load_tool("sts_b_summary").load_driver(preset).build
 
 
 @torch.no_grad()

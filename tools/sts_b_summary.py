@@ -263,10 +263,13 @@ def figure(arms: dict[tuple[str, str], list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def load_driver():
-    """train/sts_b.py as a module (the drivers are scripts, not part of the package)."""
-    path = Path(__file__).resolve().parents[1] / "train" / "sts_b.py"
-    spec = importlib.util.spec_from_file_location("driver_sts_b", path)
+def load_driver(preset: str = "sts_b"):
+    """The driver of ``preset`` (train/sts_b.py by default) as a module (the drivers are scripts,
+    not part of the package)."""
+    from srl_ext.training.cli import DRIVERS
+
+    path = Path(__file__).resolve().parents[1] / DRIVERS[preset]
+    spec = importlib.util.spec_from_file_location(f"driver_{preset}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
