@@ -91,3 +91,16 @@ def test_markdown_pairs_the_strength_sweep_with_vanilla_and_shows_the_gradient_s
     assert "| dir-split | SRL ×100 | vanilla | mean ± std | -0.010 ± 0.057 |" in text
     assert "| dir-split | SRL ×100 | 0 | 800 | 2 | 10.0 | 1.0 | 0.0100 | 0.0200 | -0.100 |" in text
     assert "| dir-split | vanilla | 0 | 800 | 2 | 10.0 | 1.0 | - | - | - |" in text
+
+
+def test_runs_of_one_arm_from_two_commits_pair_and_a_real_difference_is_refused(tmp_path):
+    # a run saved before --fds_clip, --recipe and the share log existed pairs with one saved after
+    old = {"preset": "sts_b", "data_dir": "x/dir-split", "epoch": 20, "srl": False, "lr": 2.5e-4}
+    new = {**old, "fds_clip": [0.5, 2.0], "fds_inplace": False, "recipe": "srl", "grad_share_every": 50}
+    folders = [fake_run(tmp_path / "old0", {**old, "seed": 0}, 1.25), fake_run(tmp_path / "new1", {**new, "seed": 1}, 1.15)]
+    out = tmp_path / "t.md"
+    summary.main([*map(str, folders), "--markdown", str(out)])
+    assert "| dir-split | vanilla | 2 seeds | 1.200 ± 0.071 |" in out.read_text()
+    other = fake_run(tmp_path / "new2", {**new, "seed": 2, "lr": 1e-4}, 1.0)
+    with pytest.raises(SystemExit, match=r"both 'vanilla' on dir-split but differ in lr \(0.00025 vs 0.0001\)"):
+        summary.main([str(folders[0]), str(other), "--markdown", str(out)])

@@ -163,9 +163,13 @@ def load_run(folder: Path) -> dict:
 
 
 def check_same_recipe(runs: list[dict]) -> None:
+    """Refuses an arm whose runs differ in a setting other than PER_RUN. A setting that one run's
+    config lacks was added to the drivers after that run was saved; it is not compared: what such a
+    setting changes in training (FDS clip and quirks, recipe, retrained regressor, budget, strength)
+    is read with its earlier value by arm_of, so the two runs are already in different arms if it matters."""
     first = runs[0]
     for run in runs[1:]:
-        keys = (set(first["config"]) | set(run["config"])) - PER_RUN
+        keys = (set(first["config"]) & set(run["config"])) - PER_RUN
         differ = sorted(k for k in keys if first["config"].get(k) != run["config"].get(k))
         if differ:
             raise SystemExit(
