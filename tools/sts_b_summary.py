@@ -28,6 +28,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import re
 import sys
 import tempfile
 from collections import defaultdict
@@ -65,8 +66,16 @@ def fds_of(config: dict) -> str:
 def balanced_mse_of(config: dict) -> str:
     """'Balanced MSE', with a fixed sigma or a retrained regressor (the released second stage)."""
     notes = [f"sigma fixed at {config['init_noise_sigma']:g}"] if config.get("fix_noise_sigma") else []
-    notes += ["regressor retrained"] if config.get("retrain_regressor") else []
+    notes += [retrain_of(config)] if config.get("retrain_regressor") else []
     return "Balanced MSE" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def retrain_of(config: dict) -> str:
+    """'regressor retrained: 40 epochs, lr 0.001' for a second stage (--retrain_regressor): its
+    budget is part of the arm, since a stage of too few steps leaves the fresh regressor unfit."""
+    budget = [f"{config['epoch']} epochs" if config.get("epoch") else "", f"lr {config['lr']:g}" if "lr" in config else ""]
+    budget = ", ".join(b for b in budget if b)
+    return "regressor retrained" + (f": {budget}" if budget else "")
 
 
 def method_of(config: dict) -> str:
@@ -108,7 +117,11 @@ def arm_of(config: dict) -> str:
     method = method_of(config)
     if not config["srl"]:
         # a second stage on an encoder trained with SRL (--init_from an SRL run) counts as SRL + the method
-        arm = ("SRL + " + method if config.get("init_from_srl") else method) or "vanilla"
+        first_stage = "SRL" if config.get("init_from_srl") else "vanilla"
+        if method:
+            arm = f"SRL + {method}" if first_stage == "SRL" else method
+        else:  # a second stage of the plain regression loss: the control of a method's second stage
+            arm = f"{first_stage} ({retrain_of(config)})" if config.get("retrain_regressor") else first_stage
     else:
         if config.get("released_table"):
             arm = "SRL, released table"
@@ -136,7 +149,9 @@ def baselines_of(arm: str) -> tuple[str, ...]:
     elif name.startswith("SRL + "):
         same_budget = (name[len("SRL + "):], "SRL")
     elif not name.startswith("SRL") and name != "vanilla":
-        same_budget = ("vanilla",)
+        stage = re.search(r"regressor retrained[^),]*(, lr [^)]*)?", name)
+        # a method's second stage is also paired with the plain loss's second stage of the same budget
+        same_budget = ("vanilla",) + ((f"vanilla ({stage.group(0)})",) if stage and not name.startswith("vanilla") else ())
     else:
         same_budget = ()
     return tuple(b + bracket + recipe + budget for b in same_budget) + ((base,) if budget else ())
