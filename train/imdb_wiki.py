@@ -1,18 +1,30 @@
 """Train and evaluate a ResNet-50 on IMDB-WIKI-DIR with SRL (or the plain regression baseline).
 
-`python train/imdb_wiki.py --help` lists the flags; this is the driver of train/agedb.py on the
-IMDB-WIKI-DIR benchmark (srl_ext.training.data.images.IMDB_WIKI).
+`python train/imdb_wiki.py --help` lists the flags. The driver is srl_ext.training.run.main on the
+IMDB-WIKI-DIR record of srl_ext.training.benchmarks: parse the flags, load the data, build the model
+and the loss, train with validation and model selection, test the selected model.
 """
 
 import sys
-from functools import partial
 
-from srl_ext.training import cli
+from srl_ext.training import run
+from srl_ext.training.benchmarks import IMDB_WIKI as BENCHMARK
 from srl_ext.training.cli import command
-from srl_ext.training.data import images
 
-main = partial(cli.image_main, images.IMDB_WIKI)  # main(argv=None) -> the test table
-build = cli.image_builder(images.IMDB_WIKI)  # build(config) -> (task, model, datasets) of a run's config
+
+def parser():
+    return run.parser(BENCHMARK)
+
+
+def build(config: dict):
+    """(task, model, datasets) of a run's config."""
+    return BENCHMARK.build(config)
+
+
+def main(argv=None) -> dict:
+    """The whole run; returns the test table."""
+    return run.main(BENCHMARK, argv)
+
 
 if __name__ == "__main__":
     sys.exit(command(main))

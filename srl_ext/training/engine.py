@@ -49,7 +49,7 @@ from .. import distributed
 from . import ddp
 from .checkpoint import (BEST, CHECKPOINT_FORMAT, LAST, PREVIOUS, atomic_save, epoch_seed, load_checkpoint, rng_state,
                          seed_everything, set_rng_state)
-from .config import EARLY_STOP_RULES, REGRESSION_LOSSES, MethodSettings, Task, TrainConfig, fds_arguments
+from .config import EARLY_STOP_RULES, REGRESSION_LOSSES, MethodSettings, Task, TrainConfig
 from .errors import TrainingDiverged
 from .reporting import RunLog, progress, write_test_report
 
@@ -110,8 +110,9 @@ class Engine:
         self.distributed = ddp.is_distributed()
         self.device = training_device(self.settings.device, self.distributed)
         m = self.settings.methods
-        if m.fds:  # before DDP wraps the model: the FDS buffers are part of it
-            model.fds = methods.FDS(model.feature_width, **fds_arguments(m, task.name))
+        if m.fds and getattr(model, "fds", None) is None:
+            raise ValueError("model: expected its FDS module (model.fds, built with the model: benchmarks.Benchmark.build) "
+                             "for a run with FDS, got none")
         if self.settings.retrain_regressor:  # the released second stage: only the regressor learns (before DDP)
             for name, parameter in model.named_parameters():
                 parameter.requires_grad_(name.startswith("regressor."))
