@@ -14,7 +14,7 @@ from helpers import load_driver, write_agedb_images, write_sts_b_pairs
 from test_layout import pickled_names
 
 from srl_ext.training import checkpoint as ckpt
-from srl_ext.training import engine
+from srl_ext.training import ddp, engine, evaluation
 from srl_ext.training.data import MissingDataError, sts_b
 
 pytest.importorskip("torchvision")  # the image transforms and backbones of the drivers
@@ -285,7 +285,7 @@ def test_sts_b_stops_after_max_vals(text_data, tmp_path):
     ([9.0] * 50, None, "released", False),  # no patience: no early stop
 ])
 def test_early_stopping_rules(scores, patience, rule, stops):
-    assert engine.out_of_patience(scores, patience, rule) is stops
+    assert evaluation.out_of_patience(scores, patience, rule) is stops
 
 
 def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
@@ -388,7 +388,7 @@ def test_a_gpu_device_is_made_current(monkeypatch, name, data_parallel, expected
     current = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
-    device = engine.training_device(name, data_parallel)
+    device = ddp.training_device(name, data_parallel)
     if expected is None:
         assert device == torch.device("cpu") and current == []
     else:

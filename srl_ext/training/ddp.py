@@ -151,3 +151,17 @@ def gather_tensors(tensor: torch.Tensor, group: dist.ProcessGroup | None = None)
     gathered = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(gathered, padded.contiguous(), group=group)
     return torch.cat([part[:n] for part, n in zip(gathered, lengths)])
+
+
+def training_device(name: str, data_parallel: bool) -> torch.device:
+    """The device to train on, made the current one if it is a GPU: whatever runs on the current
+    device (Triton launches, torch.cuda calls without a device) would stay on cuda:0 for
+    `--device cuda:1` otherwise."""
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if device.index is None or data_parallel:
+        # under torchrun every rank uses its own GPU, LOCAL_RANK's (ddp.init_from_env set it)
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
+    return device

@@ -15,7 +15,8 @@ from . import ddp
 from .benchmarks import BENCHMARKS
 from .checkpoint import BEST, LAST, PREVIOUS, load_checkpoint
 from .cli import device_problem
-from .engine import feature_dim, train_steps
+from .loaders import train_steps
+from .models import feature_dim
 from .errors import CheckpointError, UserError
 
 # Flags that a --resume or --evaluate may change: where the data is and how to run, not what is trained.
