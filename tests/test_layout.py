@@ -157,3 +157,51 @@ def test_no_file_cites_a_document_outside_the_repository():
     tracked = [ROOT / name for name in listed.stdout.splitlines() if not name.endswith(".png")]
     assert not [str(p.relative_to(ROOT)) for p in tracked if p.is_file() and word in p.read_text(errors="ignore")]
     assert (ROOT / "docs" / "method.md").is_file()
+
+
+TRAINING = PACKAGE / "training"
+MAX_FILE_LINES, MAX_FUNCTION_LINES, MAX_DRIVER_LINES = 400, 60, 40
+
+
+def long_functions(source: str, limit: int) -> list[tuple[str, int]]:
+    """(name, lines) of every function or method of `source` longer than `limit` lines."""
+    return [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_the_training_application_has_short_files_and_functions():
+    files = sorted(TRAINING.rglob("*.py"))
+    assert files
+    long_files = {str(p.relative_to(ROOT)): n for p in files if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
+    assert not long_files
+    long = {str(p.relative_to(ROOT)): found for p in files if (found := long_functions(p.read_text(), MAX_FUNCTION_LINES))}
+    assert not long
+
+
+def test_the_function_length_check_sees_a_long_function():
+    def body(lines: int, indent: str) -> str:
+        return "".join(f"{indent}x{i} = {i}\n" for i in range(lines))
+
+    assert long_functions(f"def f():\n{body(MAX_FUNCTION_LINES, '    ')}", MAX_FUNCTION_LINES) == [
+        ("f", MAX_FUNCTION_LINES + 1)]
+    method = f"class C:\n    def g(self):\n{body(MAX_FUNCTION_LINES, '        ')}"
+    assert long_functions(method, MAX_FUNCTION_LINES) == [("g", MAX_FUNCTION_LINES + 1)]
+    assert long_functions(f"def f():\n{body(MAX_FUNCTION_LINES - 1, '    ')}", MAX_FUNCTION_LINES) == []
+
+
+@pytest.mark.parametrize("driver", sorted((ROOT / "train").glob("*.py")), ids=lambda p: p.name)
+def test_drivers_are_short_and_of_one_shape(driver):
+    text = driver.read_text()
+    assert len(text.splitlines()) < MAX_DRIVER_LINES
+    assert f'driver("{driver.stem}")' in text and "sys.exit(command(main))" in text
+
+
+def test_one_place_builds_an_engine():
+    """``Engine(...)`` is called in srl_ext/training/run.py only (``open_engine``); the tools and
+    the drivers get their engine there."""
+    sites = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "train").glob("*.py"), *(ROOT / "tools").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and _called_name(node.func) == "Engine":
+                sites.append(str(path.relative_to(ROOT)))
+    assert sites == ["srl_ext/training/run.py"]

@@ -1,30 +1,14 @@
-"""Train and evaluate a BiLSTM on STS-B-DIR with SRL (or the plain regression baseline).
-
-`python train/sts_b.py --help` lists the flags. The driver is srl_ext.training.run.main on the
-STS-B-DIR record of srl_ext.training.benchmarks: parse the flags, load the data, build the model
-and the loss, train with validation and model selection, test the selected model.
+"""STS-B-DIR, sentence-pair similarity scores in [0, 5]: GloVe vectors, a BiLSTM encoder, a regressor
+trained with MSE and the SRL terms on a projection head; validation every 400 steps with early
+stopping. `python train/sts_b.py --help` lists the flags, released checkpoints included
+(--evaluate FILE --released_vocab VOCAB). Its record: srl_ext.training.benchmarks.STS_B.
 """
 
 import sys
 
-from srl_ext.training import run
-from srl_ext.training.benchmarks import STS_B as BENCHMARK
-from srl_ext.training.cli import command
+from srl_ext.training.run import command, driver
 
-
-def parser():
-    return run.parser(BENCHMARK)
-
-
-def build(config: dict):
-    """(task, model, datasets) of a run's config."""
-    return BENCHMARK.build(config)
-
-
-def main(argv=None) -> dict:
-    """The whole run; returns the test table."""
-    return run.main(BENCHMARK, argv)
-
+parser, build, main = driver("sts_b")  # parser(); build(config) -> (task, model, datasets); main(argv) -> test table
 
 if __name__ == "__main__":
     sys.exit(command(main))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import cli, ddp, demo, reporting
+from .cli import command  # noqa: F401 (the drivers' entry point: run.command(main))
 from .benchmarks import BENCHMARKS, Benchmark, data_dir_path
 from .checkpoint import (BEST, LAST, PREVIOUS, RunFolderLock, data_fingerprint, file_digest, fingerprint_changes,
                          load_checkpoint, make_run_dir, seed_everything, set_aside)
@@ -29,6 +30,17 @@ from .released_checkpoints import is_srl_ext_checkpoint, read_checkpoint
 from .released_checkpoints.mapping import released_model_for, released_run_settings
 from .run_checks import (ENVIRONMENT_FLAGS, RESUME_FLAGS, check_benchmark, check_resumable, check_run_size,
                          merge_saved_config)
+
+
+def driver(name: str) -> tuple[Callable, Callable, Callable]:
+    """What a driver script in train/ is, for benchmark ``name``: ``parser()``, ``build(config)
+    -> (task, model, datasets)`` and ``main(argv=None) -> the test table``."""
+    benchmark = BENCHMARKS[name]
+
+    def main_of_driver(argv: Sequence[str] | None = None) -> dict:
+        return main(benchmark, argv)
+
+    return (lambda: parser(benchmark)), benchmark.build, main_of_driver
 
 
 def parser(benchmark: Benchmark) -> argparse.ArgumentParser:
