@@ -28,7 +28,7 @@ SAME = [
 
 
 def parsed(monkeypatch, driver: str, argv: list[str]) -> tuple[dict, set[str]]:
-    """(config, explicit flags) that the driver hands to cli.run, without running anything."""
+    """(config, explicit flags) that the driver hands to run.run, without running anything."""
     seen = {}
     monkeypatch.setattr(runs, "run", lambda config, explicit, benchmark: seen.update(config=config, explicit=explicit))
     load_driver(driver).main(argv)
