@@ -295,6 +295,20 @@ def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
         load_driver("sts_b").main(["--resume", str(bogus)])
 
 
+@pytest.mark.parametrize("action", ["--resume", "--evaluate"])
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path, action, capsys):
+    from srl_ext.training.cli import command
+
+    newer = ckpt.CHECKPOINT_FORMAT + 1
+    path = tmp_path / ("last.pt" if action == "--resume" else "best.pt")
+    torch.save({"format": newer, "model": {}, "config": {"preset": "sts_b"}, "optimizer": {}}, path)
+    assert command(load_driver("sts_b").main, [action, str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert f"expected a checkpoint of format {ckpt.CHECKPOINT_FORMAT} or older" in err[0]
+    assert f"got format {newer}: it was written by a newer srl-ext" in err[0]
+
+
 @pytest.mark.parametrize("name, words", [("agedb", "AgeDB-DIR"), ("imdb_wiki", "IMDB-WIKI-DIR"), ("sts_b", "STS-B-DIR")])
 def test_help_describes_the_driver_and_its_defaults(name, words, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 
 from ..benchmarks import BENCHMARKS
-from ..checkpoint import CHECKPOINT_FORMAT
 
 STS_B_EMBEDDING = "pair_encoder._text_field_embedder.token_embedder_words.weight"
 STS_B_LSTM = "pair_encoder._phrase_layer._module."
@@ -158,8 +157,10 @@ def _first_line(text: str) -> str:
 
 
 def is_srl_ext_checkpoint(obj) -> bool:
-    """Whether ``obj`` is a checkpoint of this project's engine (``best.pt``, ``last.pt``)."""
-    return isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT and "model" in obj and "config" in obj
+    """Whether ``obj`` is a checkpoint of this project's engine (``best.pt``, ``last.pt``), of
+    this version or another (``checkpoint.read_checkpoint`` refuses a newer one, naming it)."""
+    version = obj.get("format") if isinstance(obj, Mapping) else None
+    return isinstance(version, int) and not isinstance(version, bool) and "model" in obj and "config" in obj
 
 
 # ----- the layout of a released file -----
