@@ -57,6 +57,9 @@ class Benchmark:
         task, model, datasets = self.build_data(config)
         m = run_config.method_settings(config)
         if m.fds:  # owned by the model: its buffers are saved and loaded with it, DDP wraps it with it
+            # six float32 tables of buckets x h's width (FDS's statistics), checked before they are made
+            ddp.check_tables_fit(config["device"], "--bucket_num", m.bucket_num,
+                                 4 * 6 * (m.bucket_num - m.bucket_start) * model.feature_width, "FDS's statistics")
             model.fds = methods.FDS(model.feature_width, **run_config.fds_arguments(m, self.name))
         return task, model, datasets
 

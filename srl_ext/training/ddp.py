@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed
 from .. import validation as check
 from ..distributed import broadcast_
+from .errors import UserError
 
 
 def is_distributed() -> bool:
@@ -165,3 +166,17 @@ def training_device(name: str, data_parallel: bool) -> torch.device:
         device = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.set_device(device)
     return device
+
+
+def check_tables_fit(device_name: str, flag: str, value, size: int, what: str) -> None:
+    """A UserError naming ``flag`` unless ``size`` bytes (the tables ``value`` of ``flag`` sizes)
+    fit in the memory of device ``device_name`` (a GPU's, or the machine's), before they are made."""
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        available = torch.cuda.get_device_properties(index).total_memory
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if size > available:
+        raise UserError(f"{flag}: expected a size whose tables fit in the {available / 2**30:.0f} GiB of {device}, "
+                        f"got {value}: {what} need {size / 2**30:.0f} GiB")

@@ -4,7 +4,6 @@ config merged with this command's flags, and a new run's size (docs/training.md,
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,8 +98,9 @@ def merge_saved_config(saved: dict, given: dict, explicit: set[str], changeable:
 
 
 def check_run_size(config: dict, task, model, datasets: dict) -> None:
-    """Before a run folder is made: an epoch has at least one training step, and the tables the
-    flags size (the anchors, FDS's statistics) fit in the device's memory."""
+    """Before a run folder is made: an epoch has at least one training step, and the anchors'
+    tables fit in the device's memory (FDS's statistics are checked where they are built,
+    ``Benchmark.build``)."""
     per_rank = math.ceil(len(datasets["train"]) / ddp.world_size())
     if train_steps(per_rank, config["batch_size"]) == 0:
         raise UserError(
@@ -108,21 +108,7 @@ def check_run_size(config: dict, task, model, datasets: dict) -> None:
             f"training sample(s) for --batch_size {config['batch_size']}" + (
                 f" on {ddp.world_size()} processes" if ddp.world_size() > 1 else "")
             + " (a last batch of one sample is dropped: BatchNorm cannot train on it); nothing would be trained")
-    device = torch.device(config["device"])
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        available = torch.cuda.get_device_properties(index).total_memory
-    else:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    needs = []
-    if config["srl"]:  # float32 anchors, N x D, and the envelope's K x N cosines
-        needs.append(("--num_anchors", config["num_anchors"], 4 * config["num_anchors"] * (feature_dim(model) + task.num_bins),
-                      "the anchors and the K x N cosines of the enveloping term"))
-    if config["fds"]:  # six float32 tables of buckets x h's width (fds.FDS's statistics)
-        buckets = config["bucket_num"] - config["bucket_start"]
-        needs.append(("--bucket_num", config["bucket_num"], 4 * 6 * buckets * getattr(model, "feature_width", 1),
-                      "FDS's statistics"))
-    for flag, value, size, what in needs:
-        if size > available:
-            raise UserError(f"{flag}: expected a size whose tables fit in the {available / 2**30:.0f} GiB of {device}, "
-                            f"got {value}: {what} need {size / 2**30:.0f} GiB")
+    if config["srl"]:  # float32 anchors, N x D, and the envelope's K x N cosines (FDS's tables: Benchmark.build)
+        ddp.check_tables_fit(config["device"], "--num_anchors", config["num_anchors"],
+                             4 * config["num_anchors"] * (feature_dim(model) + task.num_bins),
+                             "the anchors and the K x N cosines of the enveloping term")
