@@ -15,7 +15,7 @@ The library (this package; it never imports ``srl_ext.training``):
 The training application of the drivers in ``train/`` is ``srl_ext.training``.
 """
 
-from . import backends, distributed, functional, ops, presets, reference, settings
+from . import backends, distributed, functional, ops, reference, settings
 from .methods import label_bins
 from .loss import SRLLoss, SRLTerms, sample_anchors
 from .memory import SurrogateMemory
@@ -23,6 +23,6 @@ from .settings import SRLSettings
 
 __all__ = [
     "SRLLoss", "SRLSettings", "SRLTerms", "SurrogateMemory", "backends", "distributed", "functional", "label_bins",
-    "ops", "presets", "reference", "sample_anchors", "settings",
+    "ops", "reference", "sample_anchors", "settings",
 ]
 __version__ = "0.1.0"

@@ -200,18 +200,3 @@ def assert_same_across_ranks(tensor: torch.Tensor, what: str, group: dist.Proces
             f"(draw them from the same seed, or call srl_ext.distributed.broadcast_)"
         )
 
-
-# Names that moved to the training application (srl_ext.training.ddp), importable from here with
-# a DeprecationWarning until a later release.
-_MOVED = ("barrier", "broadcast_object", "gather_tensors", "init_from_env", "is_main_process",
-          "launched_by_torchrun", "shard_indices")
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-        import warnings
-
-        warnings.warn(f"srl_ext.distributed.{name} moved to srl_ext.training.ddp.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("srl_ext.training.ddp"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import make_inputs
-from srl_ext import SRLLoss, SRLSettings, functional, ops, presets, reference, sample_anchors, settings
+from srl_ext import SRLLoss, SRLSettings, functional, ops, reference, sample_anchors, settings
 
 needs_cpu_ops = pytest.mark.skipif(not ops.available(), reason=str(ops.LOAD_ERROR))
 
@@ -204,8 +204,7 @@ def test_settings_are_checked_when_built():
     assert SRLSettings(w1=1).w1 == 1.0 and isinstance(SRLSettings(w1=1).w1, float)
 
 
-def test_presets_state_k_once_and_the_old_module_warns():
+def test_presets_state_k_once():
     assert {name: p.num_bins for name, p in settings.PRESETS.items()} == settings.NUM_BINS
-    with pytest.warns(DeprecationWarning, match="srl_ext.settings.preset"):
-        old = presets.get("sts_b")
-    assert (old.num_bins, old.temperature, old.batch_size, old.memory_normalized) == (50, 0.1, 16, True)
+    sts_b = settings.preset("sts_b")
+    assert (sts_b.num_bins, sts_b.srl.temperature, sts_b.memory_normalized) == (50, 0.1, True)

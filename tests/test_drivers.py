@@ -14,7 +14,7 @@ from helpers import load_driver, write_agedb_images, write_sts_b_pairs
 from test_layout import pickled_names
 
 from srl_ext.training import checkpoint as ckpt
-from srl_ext.training import engine
+from srl_ext.training import ddp, engine, evaluation
 from srl_ext.training.data import MissingDataError, sts_b
 
 pytest.importorskip("torchvision")  # the image transforms and backbones of the drivers
@@ -285,7 +285,7 @@ def test_sts_b_stops_after_max_vals(text_data, tmp_path):
     ([9.0] * 50, None, "released", False),  # no patience: no early stop
 ])
 def test_early_stopping_rules(scores, patience, rule, stops):
-    assert engine.out_of_patience(scores, patience, rule) is stops
+    assert evaluation.out_of_patience(scores, patience, rule) is stops
 
 
 def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
@@ -293,6 +293,20 @@ def test_resume_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     torch.save({"model": {}}, bogus)
     with pytest.raises(ValueError, match="not an srl-ext training checkpoint"):
         load_driver("sts_b").main(["--resume", str(bogus)])
+
+
+@pytest.mark.parametrize("action", ["--resume", "--evaluate"])
+def test_a_checkpoint_of_a_newer_format_is_refused_in_one_line(tmp_path, action, capsys):
+    from srl_ext.training.cli import command
+
+    newer = ckpt.CHECKPOINT_FORMAT + 1
+    path = tmp_path / ("last.pt" if action == "--resume" else "best.pt")
+    torch.save({"format": newer, "model": {}, "config": {"preset": "sts_b"}, "optimizer": {}}, path)
+    assert command(load_driver("sts_b").main, [action, str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert f"expected a checkpoint of format {ckpt.CHECKPOINT_FORMAT} or older" in err[0]
+    assert f"got format {newer}: it was written by a newer srl-ext" in err[0]
 
 
 @pytest.mark.parametrize("name, words", [("agedb", "AgeDB-DIR"), ("imdb_wiki", "IMDB-WIKI-DIR"), ("sts_b", "STS-B-DIR")])
@@ -388,7 +402,7 @@ def test_a_gpu_device_is_made_current(monkeypatch, name, data_parallel, expected
     current = []
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
-    device = engine.training_device(name, data_parallel)
+    device = ddp.training_device(name, data_parallel)
     if expected is None:
         assert device == torch.device("cpu") and current == []
     else:

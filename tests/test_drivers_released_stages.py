@@ -15,6 +15,7 @@ from test_drivers_methods import straight_and_resumed
 
 from srl_ext import methods
 from srl_ext.training import cli, engine
+from srl_ext.training import run as runs
 from srl_ext.training.config import method_settings
 
 # Deterministic forwards (no dropout), so that a pass can be recomputed outside the engine.
@@ -143,14 +144,14 @@ def vanilla_run(text_data, tmp_path_factory):  # noqa: F811
 def test_retraining_the_regressor_of_a_run_resumes_exactly_and_leaves_the_rest(text_data, vanilla_run, tmp_path,
                                                                               monkeypatch):  # noqa: F811
     loaded = []
-    original = cli.init_from_run
+    original = runs.init_from_run
 
     def init_from_run(model, *args):
         source_config = original(model, *args)
         loaded.append({key: value.clone() for key, value in model.state_dict().items()})
         return source_config
 
-    monkeypatch.setattr(cli, "init_from_run", init_from_run)
+    monkeypatch.setattr(runs, "init_from_run", init_from_run)
     driver = load_driver("sts_b")
     options = ("--epoch", "3", "--vanilla", "--bmse", "--init_from", str(vanilla_run), "--retrain_regressor",
                "--seed", "1")

@@ -7,6 +7,7 @@ import pytest
 from helpers import load_driver
 
 from srl_ext.training import cli
+from srl_ext.training import run as runs
 from srl_ext.training.data import MissingDataError, require_files
 
 STS_B_FILES = ["train_new.tsv", "dev_new.tsv", "test_new.tsv"]
@@ -27,9 +28,9 @@ SAME = [
 
 
 def parsed(monkeypatch, driver: str, argv: list[str]) -> tuple[dict, set[str]]:
-    """(config, explicit flags) that the driver hands to cli.run, without running anything."""
+    """(config, explicit flags) that the driver hands to run.run, without running anything."""
     seen = {}
-    monkeypatch.setattr(cli, "run", lambda config, explicit, build: seen.update(config=config, explicit=explicit))
+    monkeypatch.setattr(runs, "run", lambda config, explicit, benchmark: seen.update(config=config, explicit=explicit))
     load_driver(driver).main(argv)
     return seen["config"], seen["explicit"]
 

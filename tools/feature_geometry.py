@@ -36,7 +36,9 @@ import torch
 
 from srl_ext import analysis
 from srl_ext.training.checkpoint import BEST, load_checkpoint
-from srl_ext.training.cli import DRIVERS, command
+from srl_ext.training import run
+from srl_ext.training.benchmarks import BENCHMARKS
+from srl_ext.training.cli import command
 from srl_ext.training.engine import Engine
 from srl_ext.training.errors import UserError
 
@@ -52,13 +54,6 @@ def _load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _driver_build(preset: str):
-    """The ``build(config)`` of the driver that trained a run of ``preset``."""
-    if preset not in DRIVERS:
-        raise UserError(f"run config: expected a preset of {', '.join(DRIVERS)}, got {preset!r}")
-    return _load_tool("sts_b_summary").load_driver(preset).build
 
 
 @torch.no_grad()
@@ -107,9 +102,11 @@ def measure(folder: Path, data_dir: str | None, share_batches: int, arm_of) -> d
     if data_dir is not None:
         config["data_dir"] = data_dir
     config.update(resume=None, evaluate=None, progress=False, device="cpu")
-    task, model, datasets = _driver_build(config["preset"])(config)
+    if config.get("preset") not in BENCHMARKS:
+        raise UserError(f"run config: expected a preset of {', '.join(BENCHMARKS)}, got {config.get('preset')!r}")
     with tempfile.TemporaryDirectory() as scratch:  # the engine's log goes there, not into the run
-        engine = Engine(config, task, model, datasets, scratch)
+        engine = run.open_engine(config, scratch)
+        task = engine.task
         engine.model.load_state_dict(checkpoint["model"])
         encoded = encode(engine, "test")
         row = {"run": folder.name, "arm": arm_of(config), "seed": config["seed"],

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import re
@@ -282,32 +281,19 @@ def figure(arms: dict[tuple[str, str], list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def load_driver(preset: str = "sts_b"):
-    """The driver of ``preset`` (train/sts_b.py by default) as a module (the drivers are scripts,
-    not part of the package)."""
-    from srl_ext.training.cli import DRIVERS
-
-    path = Path(__file__).resolve().parents[1] / DRIVERS[preset]
-    spec = importlib.util.spec_from_file_location(f"driver_{preset}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def validation_calibration(run: dict, data_dir: Path | None = None) -> tuple[float, float]:
     """(slope, intercept) of the validation targets on the predictions of the run's selected
     model (best.pt), in score units, predicted as the run's own validations did (Engine.predict)."""
     from srl_ext.metrics import calibration_line
+    from srl_ext.training import run as runs
     from srl_ext.training.checkpoint import BEST, read_checkpoint
-    from srl_ext.training.engine import Engine
 
     config = dict(run["config"], resume=None, evaluate=None, progress=False, device="cpu")
     if data_dir is not None:
         config["data_dir"] = str(data_dir)
-    with contextlib.redirect_stdout(sys.stderr):  # the driver's notes, away from the tables
-        task, model, datasets = load_driver().build(config)
     with tempfile.TemporaryDirectory() as scratch:  # the engine's log goes there, not into the run
-        engine = Engine(config, task, model, datasets, scratch)
+        with contextlib.redirect_stdout(sys.stderr):  # the data's notes, away from the tables
+            engine = runs.open_engine(config, scratch)
         engine.model.load_state_dict(read_checkpoint(run["folder"] / BEST)["model"])
         predictions, targets = engine.predict("val")
     slope, intercept = calibration_line(predictions, targets)

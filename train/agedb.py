@@ -1,18 +1,15 @@
-"""Train and evaluate a ResNet-50 on AgeDB-DIR with SRL (or the plain regression baseline).
+"""AgeDB-DIR: a ResNet-50 trained from scratch predicts a face's age (0-101), with the SRL terms
+or, with --vanilla, as the plain regression baseline. `python train/agedb.py --help` lists the flags.
 
-`python train/agedb.py --help` lists the flags. The driver is srl_ext.training.cli.image_main
-on the AgeDB-DIR benchmark: parse the flags, load the data, build the model and the loss, train
-with validation and model selection, test the selected model.
+The benchmark is the AGEDB record of srl_ext.training.benchmarks; srl_ext.training.run parses the
+flags, loads the data, builds the model and the loss, trains, selects on validation and tests.
 """
 
 import sys
-from functools import partial
 
-from srl_ext.training.cli import command, image_builder, image_main
-from srl_ext.training.data.images import AGEDB
+from srl_ext.training.run import command, driver
 
-main = partial(image_main, AGEDB)  # main(argv=None) -> the test table
-build = image_builder(AGEDB)  # build(config) -> (task, model, datasets) of a run's config
+parser, build, main = driver("agedb")  # parser(); build(config) -> (task, model, datasets); main(argv) -> test table
 
 if __name__ == "__main__":
     sys.exit(command(main))

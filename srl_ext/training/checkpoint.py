@@ -19,6 +19,9 @@ import torch
 
 from .errors import CheckpointError, RunFolderInUse
 
+# The version of the checkpoint layout and of the config saved in it. Checkpoints of version 1
+# (and those that predate the versions of their settings: run_checks.merge_saved_config) resume
+# and evaluate; a newer version, written by a newer srl-ext, is refused naming both.
 CHECKPOINT_FORMAT = 1
 LAST, BEST = "last.pt", "best.pt"
 PREVIOUS = "last.prev.pt"  # the checkpoint last.pt replaced, kept in case last.pt is damaged
@@ -70,7 +73,12 @@ def read_checkpoint(path: Path) -> dict:
         raise CheckpointError(
             f"checkpoint {path} is unreadable (truncated or corrupt): {type(error).__name__}: {str(error)[:120]}"
         ) from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    version = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: expected a checkpoint of format {CHECKPOINT_FORMAT} or older (what this srl-ext reads), got format "
+            f"{version}: it was written by a newer srl-ext; resume or evaluate it with that version")
+    if version != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an srl-ext training checkpoint (format {CHECKPOINT_FORMAT})")
     return checkpoint
 

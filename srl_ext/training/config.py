@@ -96,8 +96,6 @@ REWEIGHTS = ("none", "sqrt_inv", "inverse")
 KERNELS = ("gaussian", "triang", "laplace")
 BMSE_MODES = ("bmc", "gai", "bni")
 RANKSIM_FEATURES = ("h", "projector")
-# RankSim's gamma in the released README commands (docs/methods.md, "RankSim").
-RANKSIM_RELEASED_WEIGHT = {"agedb": 100.0, "imdb_wiki": 100.0, "sts_b": 3e-4}
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed
 from .. import validation as check
 from ..distributed import broadcast_
+from .errors import UserError
 
 
 def is_distributed() -> bool:
@@ -151,3 +152,31 @@ def gather_tensors(tensor: torch.Tensor, group: dist.ProcessGroup | None = None)
     gathered = [torch.empty_like(padded) for _ in range(size)]
     dist.all_gather(gathered, padded.contiguous(), group=group)
     return torch.cat([part[:n] for part, n in zip(gathered, lengths)])
+
+
+def training_device(name: str, data_parallel: bool) -> torch.device:
+    """The device to train on, made the current one if it is a GPU: whatever runs on the current
+    device (Triton launches, torch.cuda calls without a device) would stay on cuda:0 for
+    `--device cuda:1` otherwise."""
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if device.index is None or data_parallel:
+        # under torchrun every rank uses its own GPU, LOCAL_RANK's (ddp.init_from_env set it)
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_device(device)
+    return device
+
+
+def check_tables_fit(device_name: str, flag: str, value, size: int, what: str) -> None:
+    """A UserError naming ``flag`` unless ``size`` bytes (the tables ``value`` of ``flag`` sizes)
+    fit in the memory of device ``device_name`` (a GPU's, or the machine's), before they are made."""
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        available = torch.cuda.get_device_properties(index).total_memory
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if size > available:
+        raise UserError(f"{flag}: expected a size whose tables fit in the {available / 2**30:.0f} GiB of {device}, "
+                        f"got {value}: {what} need {size / 2**30:.0f} GiB")

@@ -148,3 +148,12 @@ class SentencePairRegressor(nn.Module):
         v = self.encoder(ids2, lengths2)
         pair = torch.cat([u, v, (u - v).abs(), u * v], dim=1)
         return regress_and_project(self, pair, labels, epoch, return_h)
+
+
+def feature_dim(model: nn.Module) -> int:
+    """D of the model's projection head, read from its last Linear layer named 'projector'."""
+    projector = getattr(model, "projector", None)
+    linears = [m for m in projector.modules() if isinstance(m, nn.Linear)] if projector is not None else []
+    if not linears:
+        raise ValueError("model: expected a `projector` module ending in nn.Linear (the SRL feature head)")
+    return linears[-1].out_features

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ... import metrics
 from ...settings import NUM_BINS
-from ..config import Task, recipe
+from ..config import Task
 from ..errors import DataError
 from . import MissingDataError, read_text, require_files
 
@@ -37,55 +37,28 @@ NORMALIZE_MEAN = NORMALIZE_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
-class Benchmark:
+class ImageData:
+    """Where an image benchmark's files are and what they hold (the benchmark's other facts are its
+    ``srl_ext.training.benchmarks.Benchmark`` record)."""
+
     preset: str  # also the Task name
-    title: str  # "AgeDB-DIR"
     csv_name: str
     num_bins: int  # ages 0 .. num_bins - 1
     image_folders: str  # where the CSV's paths point, for the help text
-    default_data_dir: str
     where_to_get: str
-    torchrun_gpus: int = 4  # the data-parallel example of the help text
-
-    def description(self) -> str:
-        """The driver's --help text."""
-        script = f"train/{self.preset}.py"
-        data = f"path/to/{self.preset}"
-        batch = recipe(self.preset).batch_size
-        return f"""\
-{self.title}: predict a person's age (0-{self.num_bins - 1}) from a face image. A ResNet-50 trained from scratch at
-224 x 224, a regressor trained with L1 and, by default, the SRL terms on a 128-d projection head
-(one bin per age). Validation after every epoch selects the model (lowest validation MAE); the
-test set is evaluated once, on it, in the DIR protocol (All / Many / Medium / Few shots).
-
-Data: --data_dir holds {self.csv_name} (columns age, path, split) and the images at the CSV's paths
-({self.image_folders}).
-
-Examples:
-  python {script} --data_dir {data}                   # SRL, released settings
-  python {script} --data_dir {data} --vanilla         # regression baseline
-  python {script} --data_dir {data} --backbone resnet18 --epoch 10 --img_size 112
-  torchrun --standalone --nproc_per_node {self.torchrun_gpus} {script} --data_dir {data} --batch_size {batch // self.torchrun_gpus}
-                                             # {self.torchrun_gpus} GPUs, global batch {batch} (docs/distributed.md)
-  python {script} --resume runs/{self.preset}-srl-20260101-120000    # continue a run
-  python {script} --evaluate runs/{self.preset}-srl-20260101-120000  # test table of its best model
-  python {script} --data_dir {data} --evaluate ckpt.best.pth.tar
-                                             # a checkpoint released by the SRL authors (docs/training.md)
-"""
 
 
-AGEDB = Benchmark(
-    preset="agedb", title="AgeDB-DIR", csv_name="agedb.csv", num_bins=NUM_BINS["agedb"], image_folders="AgeDB/...",
-    default_data_dir="data/agedb-dir",
+AGEDB = ImageData(
+    preset="agedb", csv_name="agedb.csv", num_bins=NUM_BINS["agedb"], image_folders="AgeDB/...",
     where_to_get=(
         "AgeDB-DIR: agedb.csv is agedb-dir/data/agedb.csv of the imbalanced-regression repository (YyzHarry/"
         "imbalanced-regression on GitHub); the AgeDB images (folder AgeDB/) are given by the AgeDB authors on request "
         "(ibug.doc.ic.ac.uk/resources/agedb). Put both in one folder and pass it as --data_dir."
     ),
 )
-IMDB_WIKI = Benchmark(
-    preset="imdb_wiki", title="IMDB-WIKI-DIR", csv_name="imdb_wiki.csv", num_bins=NUM_BINS["imdb_wiki"],
-    image_folders="imdb_crop/..., wiki_crop/...", default_data_dir="data/imdb-wiki-dir", torchrun_gpus=8,
+IMDB_WIKI = ImageData(
+    preset="imdb_wiki", csv_name="imdb_wiki.csv", num_bins=NUM_BINS["imdb_wiki"],
+    image_folders="imdb_crop/..., wiki_crop/...",
     where_to_get=(
         "IMDB-WIKI-DIR: imdb_wiki.csv is imdb-wiki-dir/data/imdb_wiki.csv of the imbalanced-regression repository "
         "(YyzHarry/imbalanced-regression on GitHub); the face crops (folders imdb_crop/ and wiki_crop/) come from the "
@@ -139,7 +112,7 @@ def read_age_csv(path: str | Path, num_bins: int) -> dict[str, list[tuple[str, i
     return rows
 
 
-def check_images(benchmark: "Benchmark", data_dir: Path, rows: dict[str, list[tuple[str, int]]], shown: int = 5,
+def check_images(benchmark: ImageData, data_dir: Path, rows: dict[str, list[tuple[str, int]]], shown: int = 5,
                  progress: bool = False) -> None:
     """Every image of every split is a file whose header and pixel data can be read, before any
     training: a missing, empty, truncated or oversized test image must not end a run after hours.
@@ -348,7 +321,7 @@ class AgeBins:
         return torch.as_tensor(labels).long().clamp(0, self.num_bins - 1)
 
 
-def load_benchmark(benchmark: Benchmark, data_dir: str | Path, image_size: int = IMAGE_SIZE,
+def load_benchmark(benchmark: ImageData, data_dir: str | Path, image_size: int = IMAGE_SIZE,
                    train_views: int = 0, progress: bool = False) -> tuple[Task, dict[str, Dataset]]:
     """The Task (bins, shot groups from the training counts) and the three datasets; with
     ``train_views`` = 2 (ConR) the training set yields two extra augmented views per image.
