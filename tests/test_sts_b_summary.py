@@ -104,3 +104,19 @@ def test_runs_of_one_arm_from_two_commits_pair_and_a_real_difference_is_refused(
     other = fake_run(tmp_path / "new2", {**new, "seed": 2, "lr": 1e-4}, 1.0)
     with pytest.raises(SystemExit, match=r"both 'vanilla' on dir-split but differ in lr \(0.00025 vs 0.0001\)"):
         summary.main([str(folders[0]), str(other), "--markdown", str(out)])
+
+
+def test_a_second_stage_is_named_after_its_first_stage_and_paired_with_both(tmp_path):
+    base = {"preset": "sts_b", "data_dir": "x/dir-split", "released_table": False, "memory_update": "epoch_pass"}
+    srl10 = {**base, "srl": True, "epoch": 20, "w1": 1e-3, "w2": 1e-1, "w3": 1e-3}
+    stage = {**base, "srl": False, "bmse": True, "retrain_regressor": True, "epoch": 40, "lr": 1e-3, "init_from_srl": True}
+    folders = []
+    for seed, first_mse, second_mse in ((0, 1.20, 1.10), (1, 1.30, 1.25)):
+        first = fake_run(tmp_path / f"srl{seed}", {**srl10, "seed": seed}, first_mse)
+        folders += [first, fake_run(tmp_path / f"bmc{seed}", {**stage, "seed": seed, "init_from": str(first)}, second_mse)]
+    run = summary.load_run(folders[1])
+    assert run["arm"] == "SRL ×10 + Balanced MSE (regressor retrained: 40 epochs, lr 0.001)"
+    assert summary.baselines_of(run["arm"]) == ("Balanced MSE (regressor retrained: 40 epochs, lr 0.001)", "SRL ×10")
+    out = tmp_path / "t.md"
+    summary.main([*map(str, folders), "--markdown", str(out)])
+    assert "| dir-split | SRL ×10 + Balanced MSE (regressor retrained: 40 epochs, lr 0.001) | SRL ×10 | mean ± std | -0.075 ± 0.035 |" in out.read_text()

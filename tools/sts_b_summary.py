@@ -116,9 +116,10 @@ def arm_of(config: dict) -> str:
     method = method_of(config)
     if not config["srl"]:
         # a second stage on an encoder trained with SRL (--init_from an SRL run) counts as SRL + the method
-        first_stage = "SRL" if config.get("init_from_srl") else "vanilla"
+        # the first stage's own arm where load_run could read it (e.g. "SRL ×10"), else what the run recorded
+        first_stage = config.get("first_stage_arm") or ("SRL" if config.get("init_from_srl") else "vanilla")
         if method:
-            arm = f"SRL + {method}" if first_stage == "SRL" else method
+            arm = method if first_stage == "vanilla" else f"{first_stage} + {method}"
         else:  # a second stage of the plain regression loss: the control of a method's second stage
             arm = f"{first_stage} ({retrain_of(config)})" if config.get("retrain_regressor") else first_stage
     else:
@@ -145,8 +146,9 @@ def baselines_of(arm: str) -> tuple[str, ...]:
         same_budget = ("vanilla", "SRL")
     elif name in BASELINES:
         same_budget = BASELINES[name]
-    elif name.startswith("SRL + "):
-        same_budget = (name[len("SRL + "):], "SRL")
+    elif name.startswith("SRL") and " + " in name:  # SRL (at any strength) with a method
+        first, _, method = name.partition(" + ")
+        same_budget = (method, first)
     elif not name.startswith("SRL") and name != "vanilla":
         stage = re.search(r"regressor retrained[^),]*(, lr [^)]*)?", name)
         # a method's second stage is also paired with the plain loss's second stage of the same budget
@@ -160,6 +162,10 @@ def load_run(folder: Path) -> dict:
     """Config (as trained: the last checkpoint's, so an extended run shows its final --epoch),
     test table, and the per-epoch wall times of the run in ``folder``."""
     config = torch.load(folder / "last.pt", map_location="cpu", weights_only=False)["config"]
+    first_stage = Path(config.get("init_from") or folder) / "last.pt"
+    if config.get("init_from_srl") and first_stage.is_file():  # a second stage: named after its first stage's arm
+        first = torch.load(first_stage, map_location="cpu", weights_only=False)["config"]
+        config = {**config, "first_stage_arm": arm_of(first)}
     table = json.loads((folder / "test_metrics.json").read_text())["table"]
     log = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in log if r["split"] == "train"]
