@@ -74,6 +74,27 @@ def srl_loss(features, bins, memory, anchors, settings) -> tuple:
     return fused.weighted_terms(_terms, features, bins, memory, anchors, settings)
 
 
+# The phases of one CPU whole-loss call, in the order of srl_loss_phase_times (csrc/cpu/srl_loss.cpp,
+# Phase): along the call's critical path, so they add up to its time.
+SRL_LOSS_PHASES = ("setup", "table", "region_start", "parts", "join", "finish", "outputs")
+
+
+def cpu_isa(isa: str | None = None) -> str:
+    """The kernel set the CPU whole-loss op runs: "avx512", "avx2" or "baseline" (portable C++).
+
+    With `isa` ("auto": the best this CPU supports, the default; or a set's name) it switches to
+    it first, for the whole process; the environment variable SRL_EXT_CPU_ISA sets the starting
+    choice. Every set gives the same numbers; ``python -m bench.isa`` times them on this CPU. A
+    set the CPU cannot run, or an unknown name, is a ValueError."""
+    return torch.ops.srl_ext.cpu_isa(isa)
+
+
+def srl_loss_phase_times() -> dict[str, float]:
+    """Seconds spent in each phase (SRL_LOSS_PHASES) of the calling thread's last CPU whole-loss
+    op call: where its time goes above its matrix products (bench/phases.py)."""
+    return dict(zip(SRL_LOSS_PHASES, torch.ops.srl_ext.srl_loss_phase_times(), strict=True))
+
+
 def checks_data(device: torch.device) -> bool:
     """The CPU kernel of the whole-loss op checks the values as it reads them (bins in range,
     finite features and used memory rows, norms that fit: a ValueError) and normalises the
