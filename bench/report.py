@@ -35,7 +35,7 @@ README_START, README_END = "<!-- latest-table:start -->", "<!-- latest-table:end
 
 GROUP_TITLES = {
     "preset": "Preset sizes",
-    "fixed": "Fixed per-call cost: (B, K, N) = (1, 2, 1), sts_b otherwise (next to nothing to compute)",
+    "fixed": "Fixed per-call cost: (B, K, N) = (4, 4, 4), sts_b otherwise (next to nothing to compute)",
     "sweep_n": "Scaling in N (anchors), imdb_wiki otherwise (B 256, K 187)",
     "sweep_k": "Scaling in K (bins), imdb_wiki otherwise (B 256, N 2000)",
     "sweep_b": "Scaling in B (batch), imdb_wiki otherwise (K 187, N 2000)",
