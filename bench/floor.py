@@ -3,7 +3,7 @@
     python -m bench.floor                          # print the tables
     python -m bench.floor --output bench/results/floor.md --rounds 400
 
-At the tiny size (B, K, N) = (1, 2, 1) the op does next to no arithmetic: its time there is the
+At the tiny size (B, K, N) = (4, 4, 4) (``cases.FIXED_SIZES``) the op does next to no arithmetic: its time there is the
 fixed cost of every call. At that size and at the three preset sizes (D = 128, the preset's
 settings) it times, interleaved round by round so that noise falls on all alike, the minimum over
 the rounds of:
@@ -11,15 +11,18 @@ the rounds of:
 - ``floor``: one K x D by D x N product into a preallocated output (the bench's ``matmul`` row);
 - ``step``: forward + backward by the public API (``functional.srl_loss``, then
   ``torch.autograd.grad``): the bench's ``cpu`` row;
-- ``op step``: the same through ``torch.ops.srl_ext.srl_loss`` directly (no Python API layer);
+- ``op step``: the same through the op's eager entry, ``srl_ext._C.srl_loss``, directly (no
+  Python API layer);
 - ``engine step``: that with the backward run by the autograd engine directly (no Python layer of
   ``torch.autograd.grad``: torch's own cost, the same for any loss);
 - ``op``: the op's forward alone, under ``no_grad`` (no autograd node, no backward), with the
-  op's own record of its phases (``srl_ext.ops.srl_loss_phase_times``) at its fastest call.
+  op's own record of its phases (``srl_ext.ops.srl_loss_phase_times``) at its fastest call;
+- ``torch.ops op``: the same through ``torch.ops.srl_ext.srl_loss`` (its generic argument
+  parsing, which the eager entry saves: the last column).
 
 The differences place the time: the Python API layer (step - op step), torch.autograd.grad's
 Python layer (op step - engine step), the autograd node and the backward (engine step - op), the
-Python binding and dispatcher (op - its phases), and the phases inside the op (the
+Python binding and the dispatcher (op - its phases), and the phases inside the op (the
 checks and allocations, the table, the parallel region's start, its slowest part and its join,
 the gradients and sums, the outputs). Then the kernel sets (AVX-512, AVX2, the portable
 baseline) this CPU supports are timed on the same steps, interleaved, and their numbers compared:
@@ -44,7 +47,7 @@ from srl_ext import functional, ops
 from . import cases, machine
 
 SIZES = {  # label: (B, K, N); D = 128 and the settings of the preset
-    "fixed (1, 2, 1)": ("sts_b", dict(batch=1, num_bins=2, num_anchors=1)),
+    "fixed (4, 4, 4)": ("sts_b", cases.FIXED_SIZES),
     "sts_b": ("sts_b", {}),
     "agedb": ("agedb", {}),
     "imdb_wiki": ("imdb_wiki", {}),
@@ -69,7 +72,8 @@ class Steps:
         detached = inputs.features.detach()
         bins, memory, anchors = inputs.bins, inputs.memory, inputs.anchors
         product = inputs.surrogates.new_empty(case.num_bins, case.num_anchors)
-        op = torch.ops.srl_ext.srl_loss.default
+        op = ops._fast_srl_loss  # what functional.srl_loss calls in eager mode
+        dispatched = torch.ops.srl_ext.srl_loss.default
         args = (s.w1, s.w2, s.w3, s.temperature, s.homogeneity_sign, s.homogeneity_beta, s.soft_envelope_temperature,
                 s.label_weighting)
 
@@ -95,8 +99,12 @@ class Steps:
             with torch.no_grad():
                 op(detached, bins, memory, anchors, *args)
 
+        def dispatched_forward():  # through torch.ops' generic argument parsing
+            with torch.no_grad():
+                dispatched(detached, bins, memory, anchors, *args)
+
         self.timed = {"floor": floor, "step": step, "op step": op_step, "engine step": op_step_engine,
-                      "op": op_forward}
+                      "op": op_forward, "torch.ops op": dispatched_forward}
         self.step = step
         self.values = lambda: (functional.srl_loss(x, bins, memory, anchors, s, backend="cpu"), step())
 
@@ -131,8 +139,8 @@ def breakdown(steps: dict[str, Steps], rounds: int) -> list[str]:
     phase_names = ops.SRL_LOSS_PHASES
     lines = [
         "| size (B, K, N) | floor | step | step / floor | Python API | torch.autograd.grad | autograd node + backward "
-        "| dispatcher | " + " | ".join(phase_names) + " |",
-        "|---|" + "---:|" * (8 + len(phase_names)),
+        "| binding + dispatcher | " + " | ".join(phase_names) + " | (torch.ops binding instead) |",
+        "|---|" + "---:|" * (9 + len(phase_names)),
     ]
     for label, st in steps.items():
         phases: dict[str, float] = {}
@@ -144,7 +152,7 @@ def breakdown(steps: dict[str, Steps], rounds: int) -> list[str]:
             label, _us(best["floor"]), _us(best["step"]), f"{best['step'] / best['floor']:.2f}x",
             _us(best["step"] - best["op step"]), _us(best["op step"] - best["engine step"]),
             _us(best["engine step"] - best["op"]), _us(best["op"] - in_op),
-            *(_us(phases[name]) for name in phase_names),
+            *(_us(phases[name]) for name in phase_names), f"+{_us(best['torch.ops op'] - best['op'])}",
         ]) + " |")
     return lines
 
@@ -169,7 +177,7 @@ def isa_comparison(steps: dict[str, Steps], rounds: int) -> list[str]:
             for isa in supported:
                 ops.cpu_isa(isa)
                 losses, grad = st.values()
-                results[isa] = torch.cat([torch.stack(tuple(losses)), grad.flatten()])
+                results[isa] = torch.cat([torch.stack(tuple(losses)), grad.flatten()]).detach()
             same = [isa for isa in supported if torch.equal(results[isa], results[supported[0]])]
             differ = {isa: float((results[isa] - results[supported[0]]).abs().max()) for isa in supported
                       if isa not in same}
@@ -222,12 +230,13 @@ def main(argv: list[str] | None = None) -> None:
         + (f" --threads {args.threads}" if args.threads else "") + "`; times in microseconds, the minimum over "
         "the rounds; float32, D = 128, each preset's settings.",
         "- step = forward + backward by `functional.srl_loss` (the bench's `cpu` row); floor = the K x N product "
-        "(its `matmul` row). Python API = step - the op called directly with autograd; torch.autograd.grad = that - "
-        "the same with the engine's backward called directly; autograd node + backward = that - the op's forward "
-        "alone; dispatcher = that - the op's phases (Python binding, dispatch, output tuple). The phases (csrc/cpu/srl_loss.cpp, "
+        "(its `matmul` row). Python API = step - the op's eager entry (`srl_ext._C.srl_loss`) called directly with "
+        "autograd; torch.autograd.grad = that - the same with the engine's backward called directly; autograd node "
+        "+ backward = that - the op's forward alone; binding + dispatcher = that - the op's phases. The last column:"
+        " what the op's forward costs more through `torch.ops.srl_ext.srl_loss` (its generic argument parsing). The phases (csrc/cpu/srl_loss.cpp, "
         "Phase) are those of the op's fastest call and add up to it; region_start, parts and join follow the part "
         "that ended last.",
-        "- At (1, 2, 1) there is next to nothing to compute: its step is the fixed cost of every call.",
+        "- At (4, 4, 4) there is next to nothing to compute: its step is the fixed cost of every call.",
         "",
         "## Where the time goes",
         "",

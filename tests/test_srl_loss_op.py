@@ -1,6 +1,7 @@
 """The whole-loss CPU op (torch.ops.srl_ext.srl_loss, csrc/cpu/srl_loss.cpp) against the reference:
 the four losses and the four gradients it returns, float32 and float64, hard and soft envelope,
-label weighting, absent bins, zero memory rows; its input checks; its BLAS fallback."""
+label weighting, absent bins, zero memory rows; its input checks; its BLAS fallback; its kernel sets
+(SRL_EXT_CPU_ISA), its record of phase times and its eager entry from Python (srl_ext._C.srl_loss)."""
 
 import os
 import subprocess
@@ -450,3 +451,48 @@ def test_phase_times_add_up_to_the_call(threads):
     assert 0 < sum(phases.values()) <= elapsed
     if threads == 1:  # one part, on the calling thread: no region to start or join
         assert phases["region_start"] < 1e-4 and phases["join"] < 1e-4
+
+
+def test_eager_calls_take_the_fast_entry_and_match_the_dispatched_op(monkeypatch):
+    """functional.srl_loss on plain CPU tensors calls srl_ext._C.srl_loss (no torch.ops argument
+    parsing): the same losses and gradient as torch.ops.srl_ext.srl_loss; under a
+    __torch_function__ mode the op goes through torch.ops, where the mode sees it."""
+    features, bins, memory, anchors = make_inputs(30, 12, 300, 16, present_bins=8, zero_memory_rows=1)
+    s = SRLSettings(w1=2.0, w2=3.0, w3=0.5, temperature=0.2, envelope="soft", envelope_temperature=0.1,
+                    label_weighting=True)
+    calls = []
+    fast = ops._fast_srl_loss
+    monkeypatch.setattr(ops, "_fast_srl_loss", lambda *args: calls.append(1) or fast(*args))
+    out = functional.srl_loss(features, bins, memory, anchors, s, backend="cpu")
+    assert calls == [1]
+    (grad,) = torch.autograd.grad(out.total, features)
+    dispatched = torch.ops.srl_ext.srl_loss(features, bins, memory, anchors, s.w1, s.w2, s.w3, s.temperature,
+                                            s.homogeneity_sign, s.homogeneity_beta, s.soft_envelope_temperature,
+                                            s.label_weighting)
+    (wanted_grad,) = torch.autograd.grad(dispatched[0], features)
+    assert torch.equal(torch.stack(tuple(out)), torch.stack(dispatched[:4])) and torch.equal(grad, wanted_grad)
+
+    seen = []
+
+    class Recorder(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        again = functional.srl_loss(features, bins, memory, anchors, s, backend="cpu")
+    assert calls == [1] and "srl_ext.srl_loss" in " ".join(seen)
+    assert torch.equal(torch.stack(tuple(again)), torch.stack(tuple(out)))
+
+
+def test_fast_entry_refuses_arguments_of_the_wrong_kind():
+    features, bins, memory, anchors = make_inputs(4, 3, 5, 8)
+    settings_args = (1.0, 1.0, 1.0, 0.3, -1.0, 0.1, None)
+    with pytest.raises(TypeError, match="takes 12 arguments, got 3"):
+        ops._fast_srl_loss(features, bins, memory)
+    with pytest.raises(TypeError, match="argument 3 must be a Tensor"):
+        ops._fast_srl_loss(features, bins, memory, anchors.tolist(), *settings_args, False)
+    with pytest.raises(TypeError, match="'label_weighting' must be a bool"):
+        ops._fast_srl_loss(features, bins, memory, anchors, *settings_args, 1)
+    with pytest.raises(ValueError, match="argument 'bins' must hold bin indices in"):  # the kernel's own checks
+        ops._fast_srl_loss(features, bins + 10, memory, anchors, *settings_args, False)

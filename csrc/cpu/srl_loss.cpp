@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "common.h"
+#include "srl_loss.h"
 
 namespace srl_ext {
 namespace {
@@ -762,6 +763,12 @@ void check_table(const at::Tensor& t, const char* name, int64_t dim, const char*
       t.scalar_type());
 }
 
+// `t` itself when it has `dtype` and is contiguous (the usual case), else a contiguous copy in it.
+c10::MaybeOwned<at::Tensor> contiguous_as(const at::Tensor& t, at::ScalarType dtype) {
+  if (t.scalar_type() == dtype && t.is_contiguous()) return c10::MaybeOwned<at::Tensor>::borrowed(t);
+  return c10::MaybeOwned<at::Tensor>::owned(t.to(dtype).contiguous());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_cpu(
     const at::Tensor& features, const at::Tensor& bins, const at::Tensor& memory, const at::Tensor& anchors,
     double w1, double w2, double w3, double temperature, double homogeneity_sign, double homogeneity_beta,
@@ -796,10 +803,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_
   const auto acc = accumulation_type(features.scalar_type());
   // No copies for contiguous inputs of the accumulation dtype (the usual case): the anchors,
   // the largest input, are read where they are.
-  const at::Tensor h = features.detach().to(acc).contiguous();
-  const at::Tensor b = bins.detach().contiguous();
-  const at::Tensor mem = memory.detach().to(acc).contiguous();
-  const at::Tensor a = anchors.detach().to(acc).contiguous();
+  // Borrowed, not detached views: only their data is read, below the autograd (saves a tensor
+  // per input, per call).
+  const auto h_owned = contiguous_as(features, acc), b_owned = contiguous_as(bins, at::kLong);
+  const auto mem_owned = contiguous_as(memory, acc), a_owned = contiguous_as(anchors, acc);
+  const at::Tensor &h = *h_owned, &b = *b_owned, &mem = *mem_owned, &a = *a_owned;
   const int64_t num_bins = mem.size(0), num_anchors = a.size(0);
 
   const auto options = h.options();
@@ -952,6 +960,8 @@ class SRLLossFunction : public torch::autograd::Function<SRLLossFunction> {
   }
 };
 
+}  // namespace
+
 SRLLossOutputs srl_loss_autograd(
     const at::Tensor& features, const at::Tensor& bins, const at::Tensor& memory, const at::Tensor& anchors, double w1,
     double w2, double w3, double temperature, double homogeneity_sign, double homogeneity_beta,
@@ -961,8 +971,6 @@ SRLLossOutputs srl_loss_autograd(
       envelope_temperature, label_weighting);
   return {out[0], out[1], out[2], out[3], out[4]};
 }
-
-}  // namespace
 
 // The op's settings and measurements, which take no tensor: one kernel for every device.
 TORCH_LIBRARY_FRAGMENT(srl_ext, m) {
