@@ -13,15 +13,15 @@ pytest-benchmark's own tables are shown with --bench-raw-tables.
 from __future__ import annotations
 
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from . import _measure, cases, report
+from srl_ext import ops
+
+from . import _measure, cases, machine, report
 
 RESULTS = Path(__file__).parent / "results"
 RAW_RESULTS = RESULTS / "raw"
@@ -82,7 +82,7 @@ LOAD_BEFORE = pytest.StashKey[float]()  # the 1-minute load average when the run
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own configure reads the option
 def pytest_configure(config):
     config.stash[SKIPPED] = {}
-    config.stash[LOAD_BEFORE] = _load_average()
+    config.stash[LOAD_BEFORE] = machine.load_average()
     if config.getoption("bench_threads"):
         torch.set_num_threads(config.getoption("bench_threads"))
     if config.getoption("collectonly"):
@@ -134,58 +134,18 @@ def skipped_impls(pytestconfig) -> dict:
     return pytestconfig.stash[SKIPPED]
 
 
-def _cpu_model() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in lscpu.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
-
-
-def _cpu_flags() -> list[str] | None:
-    """The CPU's feature flags (/proc/cpuinfo), or None where they cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    return sorted(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError):
-        return None
-
-
-def _memory_gib() -> float | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
 def pytest_benchmark_update_machine_info(config, machine_info):
     device = bench_device_of(config)
     machine_info["srl_bench"] = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
-        "cpu_model": _cpu_model(),
-        "cpu_flags": [flag for flag in _cpu_flags() or () if flag in report.VECTOR_FLAGS] if _cpu_flags() else None,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else machine.cpu_model(),
+        "cpu_model": machine.cpu_model(),
+        "cpu_flags": machine.vector_flags(),
+        "cpu_kernels": ops.cpu_isa() if ops.available() else None,
         "load_before": config.stash.get(LOAD_BEFORE, None),
-        "load_after": _load_average(),
+        "load_after": machine.load_average(),
         "cpu_count": os.cpu_count(),
-        "memory_gib": _memory_gib(),
+        "memory_gib": machine.memory_gib(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "full": config.getoption("full"),

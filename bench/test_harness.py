@@ -175,6 +175,31 @@ def test_a_busy_run_says_it_is_unreliable(tmp_path, machine, spread, why):
     assert any(line.startswith("UNRELIABLE") for line in report.verdict(meta, rows, "min"))
 
 
+def test_the_verdict_sets_the_fixed_per_call_cost_beside_the_floor_ratio(tmp_path):
+    import json
+
+    def bench(group, label, impl, time_s, batch=256, num_bins=187, num_anchors=2000):
+        info = dict(group=group, case=label, term="srl", impl=impl, batch=batch, num_bins=num_bins,
+                    num_anchors=num_anchors, dim=128, peak_memory_bytes=1 << 20)
+        return {"extra_info": info, "stats": {"min": time_s, "median": time_s, "mean": time_s}}
+
+    fixed = dict(batch=1, num_bins=2, num_anchors=1)
+    run = {"benchmarks": [bench("preset", "imdb_wiki", "cpu", 0.8e-3), bench("preset", "imdb_wiki", "matmul", 0.5e-3),
+                          bench("fixed", "B=1,K=2,N=1", "cpu", 40e-6, **fixed),
+                          bench("fixed", "B=1,K=2,N=1", "matmul", 2e-6, **fixed)],
+           "machine_info": {"srl_bench": {"device": "cpu", "cpu_kernels": "avx512"}}, "datetime": "now"}
+    source = tmp_path / "run.json"
+    source.write_text(json.dumps(run))
+    meta, rows = report.load(source, "min", None)
+    lines = report.verdict(meta, rows, "min")
+    assert "CPU whole-loss kernels: avx512" in lines[0]
+    case_lines = [line for line in lines if line.startswith("  ")]
+    assert len(case_lines) == 1 and "cpu -x / -x, 1.60x floor (fixed 0.08x), memory -" in case_lines[0]
+    assert lines[-1] == ("Fixed per-call cost (the whole loss at (B, K, N) = (1, 2, 1), next to nothing to compute; "
+                         "\"fixed\" above: it over the case's floor): cpu 40 us, matmul (floor) 2 us")
+    assert report.target_lines(rows) == ["  NOT MET: imdb_wiki cpu, time <= 1.5x the K x N product: 1.60x the product"]
+
+
 def test_the_verdict_gives_the_loss_share_of_a_training_step(tmp_path):
     meta, rows = _run_json(tmp_path, {"load_before": 0.1}, step_s=0.0792)  # 79.2 ms step + 0.8 ms loss
     assert report.step_share_lines(rows) == [

@@ -28,7 +28,8 @@ def test_released_baseline_matches_the_reference_at_preset_sizes(case):
 def test_groups_are_named_by_case_and_size():
     ids = [b.id for b in cases.benchmarks(full=True)]
     groups = {i.split("-", 1)[0] for i in ids}
-    assert groups == {"preset", "sweep_n", "sweep_k", "sweep_b", "large"}
+    assert groups == {"preset", "fixed", "sweep_n", "sweep_k", "sweep_b", "large"}
+    assert "fixed-B=4,K=4,N=4-srl-cpu" in ids and "fixed-B=4,K=4,N=4-srl-matmul" in ids
     assert "large-K=1000,N=1000000-srl-released" in ids
     assert "large-K=1000,N=1000000,soft-enveloping-cuda" in ids
     assert not any(i.startswith("large-K=1000,N=1000000,soft") and i.endswith("-released") for i in ids)

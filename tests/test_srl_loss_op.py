@@ -1,10 +1,12 @@
 """The whole-loss CPU op (torch.ops.srl_ext.srl_loss, csrc/cpu/srl_loss.cpp) against the reference:
 the four losses and the four gradients it returns, float32 and float64, hard and soft envelope,
-label weighting, absent bins, zero memory rows; its input checks; its BLAS fallback."""
+label weighting, absent bins, zero memory rows; its input checks; its BLAS fallback; its kernel sets
+(SRL_EXT_CPU_ISA), its record of phase times and its eager entry from Python (srl_ext._C.srl_loss)."""
 
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -353,3 +355,144 @@ def test_kernel_refuses_norms_that_overflow_and_bad_used_memory_rows():
         broken = memory.clone()
         broken[0] = bad  # bin 0 is present: its memory row is not used
         functional.srl_loss(features, zeros, broken, anchors)
+
+
+# ----- the kernel sets (SRL_EXT_CPU_ISA, ops.cpu_isa) and the phase record -----
+def _supported_isas() -> list[str]:
+    default, supported = ops.cpu_isa(), []
+    try:
+        for isa in ("avx512", "avx2", "baseline"):
+            try:
+                ops.cpu_isa(isa)
+                supported.append(isa)
+            except ValueError:
+                pass
+    finally:
+        ops.cpu_isa(default)
+    return supported
+
+
+@pytest.fixture
+def restore_isa():
+    default = ops.cpu_isa()
+    yield
+    ops.cpu_isa(default)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("envelope_temperature", [None, 0.1])
+def test_kernel_sets_give_the_same_numbers(restore_isa, dtype, envelope_temperature):
+    """Every set the CPU runs matches the reference; the FMA sets (AVX-512, AVX2) bit for bit."""
+    inputs = make_inputs(70, 37, 1500, 48, dtype=dtype, present_bins=25, zero_memory_rows=2, seed=3)
+    options = dict(envelope_temperature=envelope_temperature, label_weighting=True)
+    wanted = expected(*inputs, **options)
+    results = {}
+    for isa in _supported_isas():
+        assert ops.cpu_isa(isa) == isa
+        results[isa] = fused(*inputs, **options)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-10
+        assert_matches(results[isa], wanted, rtol=tolerance, atol=tolerance)
+    assert "baseline" in results
+    fma_sets = [isa for isa in ("avx512", "avx2") if isa in results]
+    for isa in fma_sets[1:]:
+        assert torch.equal(results[isa][0], results[fma_sets[0]][0]) and torch.equal(results[isa][1],
+                                                                                     results[fma_sets[0]][1])
+
+
+def test_cpu_isa_auto_picks_the_best_set_and_refuses_other_names(restore_isa):
+    supported = _supported_isas()
+    assert ops.cpu_isa("auto") == supported[0]
+    with pytest.raises(ValueError, match=r"argument 'isa' must be one of auto, avx512, avx2, baseline, got 'sse4'"):
+        ops.cpu_isa("sse4")
+    assert ops.cpu_isa() == supported[0]  # a refused name changes nothing
+    if "avx512" not in supported:
+        with pytest.raises(ValueError, match="asks for the avx512 kernels, which this CPU cannot run"):
+            ops.cpu_isa("avx512")
+
+
+def _isa_in_subprocess(value: str) -> subprocess.CompletedProcess:
+    script = (
+        "import torch, srl_ext.ops as ops\n"
+        "from helpers import make_inputs\n"
+        "f, b, m, a = make_inputs(4, 3, 5, 8)\n"
+        "torch.ops.srl_ext.srl_loss(f.detach(), b, m, a, 1.0, 1.0, 1.0, 0.3, -1.0, 0.1, None, False)\n"
+        "print(ops.cpu_isa())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), *sys.path]), SRL_EXT_CPU_ISA=value)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+
+
+def test_environment_variable_picks_the_kernel_set():
+    done = _isa_in_subprocess("baseline")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "baseline"
+    done = _isa_in_subprocess("avx-2")
+    assert done.returncode != 0
+    assert ("ValueError: srl_ext: the environment variable SRL_EXT_CPU_ISA must be one of auto, avx512, avx2, "
+            "baseline, got 'avx-2'") in done.stderr
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_phase_times_add_up_to_the_call(threads):
+    inputs = make_inputs(64, 50, 4000, 64, present_bins=30)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        fused(*inputs)  # buffers and threads ready
+        start = time.perf_counter()
+        fused(*inputs)
+        elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
+    phases = ops.srl_loss_phase_times()
+    assert tuple(phases) == ops.SRL_LOSS_PHASES
+    assert all(value >= 0 for value in phases.values())
+    assert phases["parts"] > 0 and phases["table"] > 0
+    assert 0 < sum(phases.values()) <= elapsed
+    if threads == 1:  # one part, on the calling thread: no region to start or join
+        assert phases["region_start"] < 1e-4 and phases["join"] < 1e-4
+
+
+def test_eager_calls_take_the_fast_entry_and_match_the_dispatched_op(monkeypatch):
+    """functional.srl_loss on plain CPU tensors calls srl_ext._C.srl_loss (no torch.ops argument
+    parsing): the same losses and gradient as torch.ops.srl_ext.srl_loss; under a
+    __torch_function__ mode the op goes through torch.ops, where the mode sees it."""
+    features, bins, memory, anchors = make_inputs(30, 12, 300, 16, present_bins=8, zero_memory_rows=1)
+    s = SRLSettings(w1=2.0, w2=3.0, w3=0.5, temperature=0.2, envelope="soft", envelope_temperature=0.1,
+                    label_weighting=True)
+    calls = []
+    fast = ops._fast_srl_loss
+    monkeypatch.setattr(ops, "_fast_srl_loss", lambda *args: calls.append(1) or fast(*args))
+    out = functional.srl_loss(features, bins, memory, anchors, s, backend="cpu")
+    assert calls == [1]
+    (grad,) = torch.autograd.grad(out.total, features)
+    dispatched = torch.ops.srl_ext.srl_loss(features, bins, memory, anchors, s.w1, s.w2, s.w3, s.temperature,
+                                            s.homogeneity_sign, s.homogeneity_beta, s.soft_envelope_temperature,
+                                            s.label_weighting)
+    (wanted_grad,) = torch.autograd.grad(dispatched[0], features)
+    assert torch.equal(torch.stack(tuple(out)), torch.stack(dispatched[:4])) and torch.equal(grad, wanted_grad)
+
+    seen = []
+
+    class Recorder(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        again = functional.srl_loss(features, bins, memory, anchors, s, backend="cpu")
+    assert calls == [1] and "srl_ext.srl_loss" in " ".join(seen)
+    assert torch.equal(torch.stack(tuple(again)), torch.stack(tuple(out)))
+
+
+def test_fast_entry_refuses_arguments_of_the_wrong_kind():
+    features, bins, memory, anchors = make_inputs(4, 3, 5, 8)
+    settings_args = (1.0, 1.0, 1.0, 0.3, -1.0, 0.1, None)
+    with pytest.raises(TypeError, match="takes 12 arguments, got 3"):
+        ops._fast_srl_loss(features, bins, memory)
+    with pytest.raises(TypeError, match="argument 3 must be a Tensor"):
+        ops._fast_srl_loss(features, bins, memory, anchors.tolist(), *settings_args, False)
+    with pytest.raises(TypeError, match="'label_weighting' must be a bool"):
+        ops._fast_srl_loss(features, bins, memory, anchors, *settings_args, 1)
+    with pytest.raises(ValueError, match="argument 'bins' must hold bin indices in"):  # the kernel's own checks
+        ops._fast_srl_loss(features, bins + 10, memory, anchors, *settings_args, False)

@@ -34,18 +34,28 @@
 //
 // Buffers are kept by the calling thread between calls (grown, never shrunk: O(B*D + P*K*D +
 // P*block)), so a training step allocates only its outputs. The loops are compiled for AVX-512
-// and AVX2 besides the baseline ISA, and the CPU's best is picked at run time.
+// and AVX2 besides the baseline ISA; the CPU's best runs unless SRL_EXT_CPU_ISA (or
+// srl_ext::cpu_isa) picks another. Each call records how long its phases took on the calling
+// thread (srl_ext::srl_loss_phase_times; a few clock reads per call), so that the time above the
+// K x N product can be placed on any host (bench/phases.py).
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <array>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <memory>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "common.h"
+#include "srl_loss.h"
 
 namespace srl_ext {
 namespace {
@@ -237,6 +247,8 @@ struct Buffers {
   T* pair_cos;       // K - 1: <c_{k+1}, c_k>
   double* part_contrastive;  // P: sum of the part's sample losses
   double* part_coverage;     // P: sum of the part's anchor coverages
+  double* part_start;        // P: when the part began and ended (seconds, steady clock)
+  double* part_end;
   // Per part, `part` apart.
   T* block;          // K x max(rows_cap, cols_cap)
   T* vec_a;          // max(rows_cap, cols_cap) each
@@ -283,6 +295,8 @@ void carve(Arena& arena, const Problem<T>& pr, Buffers<T>& buf) {
   buf.pair_cos = arena.take<T>(K);
   buf.part_contrastive = arena.take<double>(P);
   buf.part_coverage = arena.take<double>(P);
+  buf.part_start = arena.take<double>(P);
+  buf.part_end = arena.take<double>(P);
   // Per-part strides rounded to 64 bytes, so that parts never share a cache line.
   const auto padded = [](int64_t count) { return (count * int64_t(sizeof(T)) + 63) / 64 * 64 / int64_t(sizeof(T)); };
   buf.block_stride = padded(K * block_cols);
@@ -323,6 +337,27 @@ class Workspace {
 Workspace& thread_workspace() {
   thread_local Workspace workspace;
   return workspace;
+}
+
+// ------------------------------------------------------------------------------------------
+// Where a call's time goes, along its critical path (they add up to the call's time): the checks,
+// input views, output and workspace allocation; the table; the parallel region until the part
+// that ended last began (a worker's wake-up), that part's work, and the region's join; the
+// gradients and sums; writing the losses. The names are srl_ext.ops.SRL_LOSS_PHASES.
+enum Phase : int { kSetup, kTable, kRegionStart, kParts, kJoin, kFinish, kOutputs, kNumPhases };
+
+double seconds_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::array<double, kNumPhases>& last_phase_times() {
+  thread_local std::array<double, kNumPhases> times{};
+  return times;
+}
+
+std::vector<double> srl_loss_phase_times() {
+  const auto& times = last_phase_times();
+  return {times.begin(), times.end()};
 }
 
 // ------------------------------------------------------------------------------------------
@@ -629,20 +664,88 @@ SRL_DEFINE_KERNELS(avx2, SRL_TARGET_AVX2, true)
 SRL_DEFINE_KERNELS(avx512, SRL_TARGET_AVX512, true)
 #endif
 
-template <typename T>
-const Kernels<T>& kernels() {
-  static const Kernels<T> picked = [] {
+// The kernel sets by name, in the order of preference. The default is the best the CPU supports
+// (AVX-512 where it has it); SRL_EXT_CPU_ISA=avx512|avx2|baseline, or srl_ext::cpu_isa at run
+// time, picks another, e.g. where AVX-512's lower clock makes AVX2 faster (the sweeps are the
+// only code this picks; the BLAS chooses its own). bench/isa.py times the sets on this CPU. The
+// sets give the same numbers: the reductions have a fixed order and every set uses FMA but the
+// baseline.
+enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+constexpr const char* kIsaNames[] = {"baseline", "avx2", "avx512"};
+constexpr const char* kIsaEnv = "SRL_EXT_CPU_ISA";
+
+bool cpu_supports(Isa isa) {
 #ifdef SRL_X86_DISPATCH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
-      return avx512_kernels<T>();
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2_kernels<T>();
+  __builtin_cpu_init();
+  switch (isa) {
+    case Isa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::kBaseline:
+      return true;
+  }
+  return false;
+#else
+  return isa == Isa::kBaseline;
 #endif
-    return baseline_kernels<T>();
-  }();
-  return picked;
+}
+
+Isa best_supported_isa() {
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+    if (cpu_supports(isa)) return isa;
+  }
+  return Isa::kBaseline;
+}
+
+// "auto" or a set's name -> the set; a name the CPU cannot run, or an unknown one, is refused
+// naming where it came from (`source`: the environment variable or the argument).
+Isa parse_isa(const std::string& name, const char* source) {
+  if (name == "auto") return best_supported_isa();
+  for (int i = 0; i < 3; ++i) {
+    if (name != kIsaNames[i]) continue;
+    const Isa isa = static_cast<Isa>(i);
+    TORCH_CHECK_VALUE(
+        cpu_supports(isa), "srl_ext: ", source, " asks for the ", name,
+        " kernels, which this CPU cannot run; supported: ", best_supported_isa() == Isa::kAvx512 ? "avx512, " : "",
+        cpu_supports(Isa::kAvx2) ? "avx2, " : "", "baseline (or auto)");
+    return isa;
+  }
+  TORCH_CHECK_VALUE(false, "srl_ext: ", source, " must be one of auto, avx512, avx2, baseline, got '", name, "'");
+  std::abort();  // not reached
+}
+
+// -1 until the first call reads SRL_EXT_CPU_ISA (an error there is raised by that call, and
+// again by the next one until the variable is fixed).
+std::atomic<int> active_isa{-1};
+
+Isa current_isa() {
+  int isa = active_isa.load(std::memory_order_relaxed);
+  if (isa < 0) {
+    const char* chosen = std::getenv(kIsaEnv);
+    isa = static_cast<int>(chosen == nullptr ? best_supported_isa() : parse_isa(chosen, "the environment variable SRL_EXT_CPU_ISA"));
+    active_isa.store(isa, std::memory_order_relaxed);
+  }
+  return static_cast<Isa>(isa);
+}
+
+template <typename T>
+Kernels<T> kernels(Isa isa) {
+#ifdef SRL_X86_DISPATCH
+  if (isa == Isa::kAvx512) return avx512_kernels<T>();
+  if (isa == Isa::kAvx2) return avx2_kernels<T>();
+#endif
+  return baseline_kernels<T>();
+}
+
+// srl_ext::cpu_isa(isa=None): the kernel set the whole-loss op runs, after switching to `isa`
+// ("auto", "avx512", "avx2", "baseline") when given. For every thread of the process.
+std::string cpu_isa(std::optional<std::string> isa) {
+  if (isa.has_value()) {
+    active_isa.store(static_cast<int>(parse_isa(*isa, "argument 'isa'")), std::memory_order_relaxed);
+  }
+  return kIsaNames[static_cast<int>(current_isa())];
 }
 
 // ------------------------------------------------------------------------------------------
@@ -660,10 +763,17 @@ void check_table(const at::Tensor& t, const char* name, int64_t dim, const char*
       t.scalar_type());
 }
 
+// `t` itself when it has `dtype` and is contiguous (the usual case), else a contiguous copy in it.
+c10::MaybeOwned<at::Tensor> contiguous_as(const at::Tensor& t, at::ScalarType dtype) {
+  if (t.scalar_type() == dtype && t.is_contiguous()) return c10::MaybeOwned<at::Tensor>::borrowed(t);
+  return c10::MaybeOwned<at::Tensor>::owned(t.to(dtype).contiguous());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_cpu(
     const at::Tensor& features, const at::Tensor& bins, const at::Tensor& memory, const at::Tensor& anchors,
     double w1, double w2, double w3, double temperature, double homogeneity_sign, double homogeneity_beta,
     std::optional<double> envelope_temperature, bool label_weighting) {
+  const double called = seconds_now();
   const BelowAutograd below_autograd;
   // Metadata checks only: they cost nothing next to the sweeps. Bins and finite features are
   // checked in the table's sweep, which reads them anyway.
@@ -693,10 +803,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_
   const auto acc = accumulation_type(features.scalar_type());
   // No copies for contiguous inputs of the accumulation dtype (the usual case): the anchors,
   // the largest input, are read where they are.
-  const at::Tensor h = features.detach().to(acc).contiguous();
-  const at::Tensor b = bins.detach().contiguous();
-  const at::Tensor mem = memory.detach().to(acc).contiguous();
-  const at::Tensor a = anchors.detach().to(acc).contiguous();
+  // Borrowed, not detached views: only their data is read, below the autograd (saves a tensor
+  // per input, per call).
+  const auto h_owned = contiguous_as(features, acc), b_owned = contiguous_as(bins, at::kLong);
+  const auto mem_owned = contiguous_as(memory, acc), a_owned = contiguous_as(anchors, acc);
+  const at::Tensor &h = *h_owned, &b = *b_owned, &mem = *mem_owned, &a = *a_owned;
   const int64_t num_bins = mem.size(0), num_anchors = a.size(0);
 
   const auto options = h.options();
@@ -747,20 +858,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_
     carve(arena, pr, buf);
     buf.grads = grads.data_ptr<T>();
 
-    const Kernels<T>& k = kernels<T>();
+    const Kernels<T> k = kernels<T>(current_isa());
+    const double table_begins = seconds_now();
     k.build_table(pr, buf);
+    const double region_begins = seconds_now();
+    const auto run_part = [&](int64_t p) {
+      buf.part_start[p] = seconds_now();
+      k.run_part(pr, buf, p);
+      buf.part_end[p] = seconds_now();
+    };
     if (pr.parts == 1) {
-      k.run_part(pr, buf, 0);
+      run_part(0);
     } else {
       at::parallel_for(0, pr.parts, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) k.run_part(pr, buf, p);
+        for (int64_t p = p0; p < p1; ++p) run_part(p);
       });
     }
+    const double region_ends = seconds_now();
     const Losses losses = k.finish(pr, buf);
+    const double finish_ends = seconds_now();
     *total.data_ptr<T>() = static_cast<T>(losses.total);
     *contrastive.data_ptr<T>() = static_cast<T>(losses.contrastive);
     *enveloping.data_ptr<T>() = static_cast<T>(losses.enveloping);
     *homogeneity.data_ptr<T>() = static_cast<T>(losses.homogeneity);
+    const int64_t last = std::max_element(buf.part_end, buf.part_end + pr.parts) - buf.part_end;
+    auto& times = last_phase_times();
+    times[kSetup] = table_begins - called;
+    times[kTable] = region_begins - table_begins;
+    times[kRegionStart] = buf.part_start[last] - region_begins;
+    times[kParts] = buf.part_end[last] - buf.part_start[last];
+    times[kJoin] = region_ends - buf.part_end[last];
+    times[kFinish] = finish_ends - region_ends;
+    times[kOutputs] = seconds_now() - finish_ends;
   });
   return {total, contrastive, enveloping, homogeneity, grads};
 }
@@ -831,6 +960,8 @@ class SRLLossFunction : public torch::autograd::Function<SRLLossFunction> {
   }
 };
 
+}  // namespace
+
 SRLLossOutputs srl_loss_autograd(
     const at::Tensor& features, const at::Tensor& bins, const at::Tensor& memory, const at::Tensor& anchors, double w1,
     double w2, double w3, double temperature, double homogeneity_sign, double homogeneity_beta,
@@ -841,7 +972,15 @@ SRLLossOutputs srl_loss_autograd(
   return {out[0], out[1], out[2], out[3], out[4]};
 }
 
-}  // namespace
+// The op's settings and measurements, which take no tensor: one kernel for every device.
+TORCH_LIBRARY_FRAGMENT(srl_ext, m) {
+  // -> the kernel set of the CPU whole-loss op ("avx512", "avx2", "baseline"), after switching to
+  // `isa` ("auto": the best the CPU supports) when given.
+  m.def("cpu_isa(str? isa=None) -> str", &cpu_isa);
+  // -> seconds spent in each phase of this thread's last CPU srl_loss call (csrc/cpu/srl_loss.cpp,
+  // Phase; names: srl_ext.ops.SRL_LOSS_PHASES).
+  m.def("srl_loss_phase_times() -> float[]", &srl_loss_phase_times);
+}
 
 TORCH_LIBRARY_IMPL(srl_ext, CPU, m) {
   m.impl("srl_loss", &srl_loss_cpu);
