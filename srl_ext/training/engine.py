@@ -47,6 +47,7 @@ from . import ddp
 from .checkpoint import (CHECKPOINT_FORMAT, LAST, PREVIOUS, atomic_save, epoch_seed, rng_state,
                          seed_everything, set_rng_state)
 from .config import Task, TrainConfig
+from .run_config import RunConfig
 from .errors import TrainingDiverged
 from .ddp import training_device
 from .evaluation import Evaluation
@@ -65,14 +66,14 @@ class Engine(Evaluation):
 
     def __init__(
         self,
-        config: dict,
+        config: "RunConfig | dict",
         task: Task,
         model: nn.Module,
         datasets: dict[str, Dataset],
         run_dir: str | Path,
     ) -> None:
-        self.config = dict(config)
-        self.settings = TrainConfig.from_dict(config)
+        self.config = RunConfig.from_dict(config)  # the run's settings, whole (run_config.py)
+        self.settings = TrainConfig.from_dict(self.config.to_dict())
         self.task = task
         self.run_dir = Path(run_dir)
         self.distributed = ddp.is_distributed()
@@ -134,7 +135,7 @@ class Engine(Evaluation):
     def state_dict(self) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
-            "config": self.config,
+            "config": self.config.to_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
             "model": self.model.state_dict(),

@@ -82,7 +82,7 @@ class Evaluation:
             self.best = {"value": value, "epoch": self.epoch_number, "step": self.global_step}
             self.bad_validations = 0
             if self.main:
-                atomic_save({"format": CHECKPOINT_FORMAT, "config": self.config, "model": self.model.state_dict(),
+                atomic_save({"format": CHECKPOINT_FORMAT, "config": self.config.to_dict(), "model": self.model.state_dict(),
                              "best": self.best, "val": table, "data_fingerprint": self.data_fingerprint}, self.run_dir / BEST)
         else:
             self.bad_validations += 1

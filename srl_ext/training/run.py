@@ -28,6 +28,7 @@ from .engine import Engine
 from .errors import CheckpointError, UserError
 from .released_checkpoints import is_srl_ext_checkpoint, read_checkpoint
 from .released_checkpoints.mapping import released_model_for, released_run_settings
+from .run_config import RunConfig
 from .run_checks import (ENVIRONMENT_FLAGS, RESUME_FLAGS, check_benchmark, check_resumable, check_run_size,
                          merge_saved_config)
 
@@ -55,13 +56,14 @@ def main(benchmark: Benchmark, argv: Sequence[str] | None = None) -> dict:
     config, explicit = cli.parse(parser(benchmark), benchmark.name, argv)
     if config["demo"]:
         demo.prepare(config, explicit, benchmark.demo_settings, benchmark.write_demo)
-    return run(config, explicit, benchmark)
+    return run(RunConfig.from_dict(config), explicit, benchmark)  # the run's settings, built once
 
 
-def run(config: dict, explicit: set[str], benchmark: Benchmark) -> dict:
+def run(config: RunConfig | dict, explicit: set[str], benchmark: Benchmark) -> dict:
     """Train, select and test a new run, or resume or evaluate a checkpoint; returns the test table.
 
     Under torchrun it joins the process group (``ddp.init_from_env``) and leaves it at the end."""
+    config = RunConfig.from_dict(config)
     if config["threads"]:
         torch.set_num_threads(config["threads"])
     joined = ddp.launched_by_torchrun() and not torch.distributed.is_initialized()
@@ -85,14 +87,14 @@ def run(config: dict, explicit: set[str], benchmark: Benchmark) -> dict:
             ddp.leave()
 
 
-def open_engine(config: dict, run_dir: str | Path, built: tuple | None = None) -> Engine:
+def open_engine(config: RunConfig | dict, run_dir: str | Path, built: tuple | None = None) -> Engine:
     """The engine of ``config`` (its benchmark's data and model, or ``built`` = (task, model,
     datasets)) writing into ``run_dir``: every run and tool gets its engine here."""
     task, model, datasets = built if built is not None else BENCHMARKS[config["preset"]].build(config)
     return Engine(config, task, model, datasets, run_dir)
 
 
-def train(config: dict, benchmark: Benchmark) -> dict:
+def train(config: RunConfig, benchmark: Benchmark) -> dict:
     """A new run: data and model first (a run that cannot start leaves no folder behind), then a
     run folder, training, the test."""
     main_process = ddp.is_main_process()
@@ -102,7 +104,7 @@ def train(config: dict, benchmark: Benchmark) -> dict:
     task, model, datasets = benchmark.build(config)
     fingerprint = fingerprint_of(task, datasets)
     if config.get("init_from") is not None:  # recorded: whether the encoder was trained with SRL
-        config["init_from_srl"] = bool(init_from_run(model, config["init_from"], benchmark, fingerprint)["srl"])
+        config = config.replace(init_from_srl=bool(init_from_run(model, config["init_from"], benchmark, fingerprint)["srl"]))
     check_run_size(config, task, model, datasets)
     run_dir, lock = None, None
     if main_process:  # one folder for the run: rank 0 makes it, the other ranks are told its path
@@ -110,7 +112,7 @@ def train(config: dict, benchmark: Benchmark) -> dict:
         name = config["run_name"] or f"{config['preset']}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = make_run_dir(config["runs_dir"], name)
         lock = RunFolderLock(run_dir).acquire()
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
         print(f"run folder {run_dir}", flush=True)
     run_dir = Path(ddp.broadcast_object(None if run_dir is None else str(run_dir)))
     try:
@@ -131,7 +133,7 @@ def train(config: dict, benchmark: Benchmark) -> dict:
             lock.release()
 
 
-def resume(config: dict, explicit: set[str], benchmark: Benchmark) -> dict:
+def resume(config: RunConfig, explicit: set[str], benchmark: Benchmark) -> dict:
     """--resume: the run continues exactly where its checkpoint stopped, with its saved config."""
     main_process = ddp.is_main_process()
     if main_process:
@@ -141,7 +143,8 @@ def resume(config: dict, explicit: set[str], benchmark: Benchmark) -> dict:
     check_resumable(checkpoint, path)
     lock = RunFolderLock(path.parent).acquire() if main_process else None
     try:
-        saved = merge_saved_config(checkpoint["config"], config, explicit, RESUME_FLAGS, benchmark)
+        saved = merge_saved_config(checkpoint["config"], config.to_dict(), explicit, RESUME_FLAGS, benchmark)
+        saved = RunConfig.from_dict(saved, checkpoint["format"])
         cli.check_backend(saved)  # the run's kernels, on this command's --device
         task, model, datasets = benchmark.build(saved)
         fingerprint = fingerprint_of(task, datasets)
@@ -177,7 +180,7 @@ def load_weights(load: Callable[[], None], action: str, path: Path) -> None:
         raise CheckpointError(f"{action} {path}: expected weights that fit the model of its config, got: {first}") from None
 
 
-def evaluate(config: dict, explicit: set[str], benchmark: Benchmark) -> dict:
+def evaluate(config: RunConfig, explicit: set[str], benchmark: Benchmark) -> dict:
     """--evaluate: the test table of a checkpoint of this project, or of a released one."""
     # Read without running pickled code; a file that is no checkpoint of this project is
     # taken for a released SRL checkpoint.
@@ -189,7 +192,8 @@ def evaluate(config: dict, explicit: set[str], benchmark: Benchmark) -> dict:
             return evaluate_released(config, explicit, benchmark, source, loaded)
     checkpoint, path = load_checkpoint(config["evaluate"], BEST)
     check_benchmark(checkpoint, path, benchmark, "evaluate")
-    saved = merge_saved_config(checkpoint["config"], config, explicit, ENVIRONMENT_FLAGS, benchmark)
+    saved = merge_saved_config(checkpoint["config"], config.to_dict(), explicit, ENVIRONMENT_FLAGS, benchmark)
+    saved = RunConfig.from_dict(saved, checkpoint["format"])
     task, model, datasets = benchmark.build(saved)
     # the run's folder is written to: not while a live run holds it
     lock = RunFolderLock(path.parent).acquire() if ddp.is_main_process() else None
@@ -200,7 +204,7 @@ def evaluate(config: dict, explicit: set[str], benchmark: Benchmark) -> dict:
             lock.release()
 
 
-def _evaluate_into(saved: dict, checkpoint: dict, path: Path, built: tuple) -> dict:
+def _evaluate_into(saved: RunConfig, checkpoint: dict, path: Path, built: tuple) -> dict:
     task, _, datasets = built
     fingerprint = fingerprint_of(task, datasets)
     engine = open_engine(saved, path.parent, built)
@@ -224,12 +228,13 @@ def _evaluate_into(saved: dict, checkpoint: dict, path: Path, built: tuple) -> d
     return table
 
 
-def evaluate_released(config: dict, explicit: set[str], benchmark: Benchmark, path: Path, obj) -> dict:
+def evaluate_released(config: RunConfig, explicit: set[str], benchmark: Benchmark, path: Path, obj) -> dict:
     """Test a released checkpoint like a run of this project: the DIR table printed, and
     ``test_metrics.json``, ``test_errors.png`` and ``config.json`` (with the file's path, SHA-256
     and the conversion notes) in a new run folder under ``--runs_dir`` (the download folder is
     left alone)."""
     layout, settings = released_run_settings(config, explicit, benchmark, path, obj)
+    settings = RunConfig.from_dict(settings)
     task, built, datasets = benchmark.build(settings)
     released = released_model_for(layout, settings, built)
     if getattr(built, "fds", None) is not None:  # --fds: the flags' FDS module, fresh (the file's statistics are left out)
@@ -238,7 +243,7 @@ def evaluate_released(config: dict, explicit: set[str], benchmark: Benchmark, pa
     if ddp.is_main_process():
         name = config["run_name"] or f"{benchmark.name}-released-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = make_run_dir(config["runs_dir"], name)
-        record = {**settings, "released_checkpoint": {
+        record = {**settings.to_dict(), "released_checkpoint": {
             "path": str(Path(path).resolve()), "sha256": file_digest(Path(path))["sha256"],
             "layout": layout.description, "metadata": layout.metadata, "model_settings": layout.settings,
             "notes": released.notes}}
