@@ -150,7 +150,7 @@ def baselines_of(arm: str) -> tuple[str, ...]:
         first, _, method = name.partition(" + ")
         same_budget = (method, first)
     elif not name.startswith("SRL") and name != "vanilla":
-        stage = re.search(r"regressor retrained[^),]*(, lr [^)]*)?", name)
+        stage = re.search(r"regressor retrained[^)]*", name)  # retrain_of's note, last in the brackets
         # a method's second stage is also paired with the plain loss's second stage of the same budget
         same_budget = ("vanilla",) + ((f"vanilla ({stage.group(0)})",) if stage and not name.startswith("vanilla") else ())
     else:
@@ -162,9 +162,9 @@ def load_run(folder: Path) -> dict:
     """Config (as trained: the last checkpoint's, so an extended run shows its final --epoch),
     test table, and the per-epoch wall times of the run in ``folder``."""
     config = torch.load(folder / "last.pt", map_location="cpu", weights_only=False)["config"]
-    first_stage = Path(config.get("init_from") or folder) / "last.pt"
-    if config.get("init_from_srl") and first_stage.is_file():  # a second stage: named after its first stage's arm
-        first = torch.load(first_stage, map_location="cpu", weights_only=False)["config"]
+    if config.get("init_from_srl") and (Path(config["init_from"]) / "last.pt").is_file():
+        # a second stage on an SRL encoder is named after its first stage's arm (SRL ×10 + ...)
+        first = torch.load(Path(config["init_from"]) / "last.pt", map_location="cpu", weights_only=False)["config"]
         config = {**config, "first_stage_arm": arm_of(first)}
     table = json.loads((folder / "test_metrics.json").read_text())["table"]
     log = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
