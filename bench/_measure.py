@@ -1,4 +1,8 @@
-"""Peak memory of one benchmark step, recorded next to its timings.
+"""Peak memory of one benchmark step, recorded next to its timings; and paired timing.
+
+Paired timing (``interleaved_minimum``): functions timed alternately, one call of each per round,
+so that a change of the machine's speed during the run (a shared host's neighbours) falls on all
+of them alike; a ratio of their minima is then steadier than one of minima timed minutes apart.
 
 CUDA: ``torch.cuda.max_memory_allocated`` over one step, minus what was allocated before it
 (the inputs): the caching allocator's exact peak of live tensors.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import time
 from dataclasses import replace
 
 import torch
@@ -123,3 +128,24 @@ def cpu_peak_bytes(benchmark: cases.Benchmark, timeout_s: float = 900.0) -> int:
     if status != "ok":
         raise RuntimeError(f"{benchmark.id}: the memory measurement failed: {result}")
     return result["peak_bytes"]
+
+
+def interleaved_minimum(functions: dict, rounds: int, before_each: dict | None = None,
+                        after_each: dict | None = None) -> dict[str, float]:
+    """The minimum time of each function over `rounds` rounds, one call of each per round."""
+    best = dict.fromkeys(functions, float("inf"))
+    for name, fn in functions.items():  # warm-up: buffers, thread pool, first-call costs
+        (before_each or {}).get(name, lambda: None)()
+        for _ in range(3):
+            fn()
+    for _ in range(rounds):
+        for name, fn in functions.items():
+            (before_each or {}).get(name, lambda: None)()
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            if elapsed < best[name]:
+                best[name] = elapsed
+                if after_each and name in after_each:
+                    after_each[name]()
+    return best

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 import torch
 
 from srl_ext import functional, ops
 
-from . import cases, machine
+from . import _measure, cases, machine
 
 SIZES = {  # label: (B, K, N); D = 128 and the settings of the preset
     "fixed (4, 4, 4)": ("sts_b", cases.FIXED_SIZES),
@@ -109,27 +108,6 @@ class Steps:
         self.values = lambda: (functional.srl_loss(x, bins, memory, anchors, s, backend="cpu"), step())
 
 
-def interleaved_minimum(functions: dict, rounds: int, before_each: dict | None = None,
-                        after_each: dict | None = None) -> dict[str, float]:
-    """The minimum time of each function over `rounds` rounds, one call of each per round."""
-    best = dict.fromkeys(functions, float("inf"))
-    for name, fn in functions.items():  # warm-up: buffers, thread pool, first-call costs
-        (before_each or {}).get(name, lambda: None)()
-        for _ in range(3):
-            fn()
-    for _ in range(rounds):
-        for name, fn in functions.items():
-            (before_each or {}).get(name, lambda: None)()
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
-            if elapsed < best[name]:
-                best[name] = elapsed
-                if after_each and name in after_each:
-                    after_each[name]()
-    return best
-
-
 def _us(seconds: float) -> str:
     us = seconds * 1e6
     return f"{us:.3g}" if us < 1000 else f"{us:,.0f}"
@@ -144,7 +122,7 @@ def breakdown(steps: dict[str, Steps], rounds: int) -> list[str]:
     ]
     for label, st in steps.items():
         phases: dict[str, float] = {}
-        best = interleaved_minimum(
+        best = _measure.interleaved_minimum(
             st.timed, rounds, after_each={"op": lambda: phases.update(ops.srl_loss_phase_times())}
         )
         in_op = sum(phases.values())
@@ -181,7 +159,7 @@ def isa_comparison(steps: dict[str, Steps], rounds: int) -> list[str]:
             same = [isa for isa in supported if torch.equal(results[isa], results[supported[0]])]
             differ = {isa: float((results[isa] - results[supported[0]]).abs().max()) for isa in supported
                       if isa not in same}
-            best = interleaved_minimum(
+            best = _measure.interleaved_minimum(
                 {isa: st.step for isa in supported}, rounds,
                 before_each={isa: (lambda isa=isa: ops.cpu_isa(isa)) for isa in supported},
             )

@@ -70,6 +70,8 @@ def load(path: Path, stat: str, groups: list[str] | None) -> tuple[dict, dict]:
             # how far the rounds spread: the median round over the fastest (1 = steady)
             "spread": stats["median"] / stats["min"] if stats.get("min") and stats.get("median") else None,
             "model": info.get("model"),
+            # time over the K x N product, the two timed alternately (bench/test_srl_bench.py, step 4)
+            "paired_floor": info.get("paired_floor_ratio"),
             **{k: info[k] for k in ("batch", "num_bins", "num_anchors", "dim")},
         }
     meta = dict(data["machine_info"].get("srl_bench", {}))
@@ -126,8 +128,8 @@ def table(rows: dict, group: str) -> list[str]:
     keys.sort(key=lambda k: (_sort_key(k)[:2], _case_sort(rows, k)))
     lines = [
         "| case (B, K, N) | term | backend | time (ms) | speed-up vs reference | speed-up vs released "
-        "| peak memory (MiB) | memory / reference | memory / released | time / matmul |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak memory (MiB) | memory / reference | memory / released | time / matmul | paired / matmul |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in keys:
         _, case, term = key
@@ -150,6 +152,7 @@ def table(rows: dict, group: str) -> list[str]:
                         _memory_ratio(r["memory_bytes"], ref and ref["memory_bytes"]) if impl != "matmul" else "",
                         _memory_ratio(r["memory_bytes"], rel and rel["memory_bytes"]) if impl != "matmul" else "",
                         _ratio(r["time_s"], floor["time_s"]) if floor and impl != "matmul" else "",
+                        _ratio(r["paired_floor"], 1.0) if r.get("paired_floor") is not None else "",
                     ]
                 )
                 + " |"
@@ -180,7 +183,8 @@ def header(meta: dict, stat: str, source: Path) -> list[str]:
         "- Speed-up = baseline time / backend time (> 1 is faster); memory ratio = backend peak / baseline peak "
         "(< 1 is less); time / matmul = the enveloping term or the whole loss over one K x D by D x N product "
         "into a preallocated output, their floor (that row's memory is its K x N output, paged in by its first "
-        "write).",
+        "write); paired / matmul = the same ratio with the step and the product timed alternately, round by round "
+        "(the verdict's and the targets' floor ratio where present: a shared host's speed drifts between rows).",
         "- Backends: `cpu`, `triton`, `cuda` compute the whole loss (`srl`) with `srl_ext.functional.srl_loss` (one "
         "whole-loss op where the backend has one: `cpu`, `triton`); `cpu-terms`, `triton-terms` with the same "
         "backend's four term ops weighed in Python, as before the whole-loss op.",
@@ -290,13 +294,21 @@ def _case_name(rows: dict, key: tuple) -> str:
     return f"{key[1]} ({first['batch']}, {first['num_bins']}, {first['num_anchors']})"
 
 
+def _floor_ratio(row: dict, floor: dict | None) -> float | None:
+    """`row`'s time over the K x N product: paired (the two timed alternately) where the run
+    measured it, else the ratio of the two rows' own minima."""
+    if row.get("paired_floor") is not None:
+        return row["paired_floor"]
+    return row["time_s"] / floor["time_s"] if floor else None
+
+
 def _quantity(rows: dict, key: tuple, impl: str, quantity: str) -> float | None:
     by_impl = rows.get(key, {})
+    if quantity == "floor" and impl in by_impl:
+        return _floor_ratio(by_impl[impl], by_impl.get("matmul"))
     mine, base = by_impl.get(impl), by_impl.get({"floor": "matmul", "released": "released", "memory": "released"}[quantity])
     if mine is None or base is None:
         return None
-    if quantity == "floor":
-        return mine["time_s"] / base["time_s"]
     if quantity == "released":
         return base["time_s"] / mine["time_s"]
     if mine["memory_bytes"] is None or base["memory_bytes"] is None or base["memory_bytes"] <= 0:
@@ -374,11 +386,14 @@ def verdict(meta: dict, rows: dict, stat: str) -> list[str]:
     keys = _srl_keys(rows)
     if not keys:
         return []
+    paired = any(r.get("paired_floor") is not None for key in keys for r in rows[key].values())
+    floor_text = "the two timed alternately: the floor" if paired else "the floor"
     lines = [
         *reliability(meta, rows)[1],
         f"Whole SRL loss, forward + backward, float32, on {meta.get('device', '?')}"
         f" ({meta.get('torch_threads', '?')} threads; {stat} time of the rounds). Per backend: speed-up over the "
-        "reference / over the released code, time over the K x N product (the floor), peak memory / the released code's:",
+        f"reference / over the released code, time over the K x N product ({floor_text}), peak memory / the released "
+        "code's:",
     ]
     width = max(len(_case_name(rows, k)) for k in keys)
     for key in keys:
@@ -391,7 +406,7 @@ def verdict(meta: dict, rows: dict, stat: str) -> list[str]:
             fixed_share = f" (fixed {_ratio(fixed, floor and floor['time_s'])}x)" if fixed is not None else ""
             parts.append(
                 f"{impl} {_ratio(ref and ref['time_s'], r['time_s'])}x / {_ratio(rel and rel['time_s'], r['time_s'])}x, "
-                f"{_ratio(r['time_s'], floor and floor['time_s'])}x floor{fixed_share}, memory "
+                f"{_ratio(_floor_ratio(r, floor), 1.0)}x floor{fixed_share}, memory "
                 f"{_memory_ratio(r['memory_bytes'], rel and rel['memory_bytes'])}"
             )
         lines.append(f"  {_case_name(rows, key):<{width}}  " + (" | ".join(parts) or "no fused backend ran"))

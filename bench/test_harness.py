@@ -206,3 +206,32 @@ def test_the_verdict_gives_the_loss_share_of_a_training_step(tmp_path):
         "  imdb_wiki: the SRL loss (cpu, 0.8 ms) is 1 % of a training step of its model (ResNet-50 at 224, "
         "batch 256: 79.2 ms without it)"]
     assert report.step_share_lines(_run_json(tmp_path, {})[1]) == []  # no step timed: no line
+
+
+def test_the_floor_ratio_is_the_paired_one_where_the_run_measured_it(tmp_path):
+    import json
+
+    def bench(impl, time_s, paired=None):
+        info = dict(group="preset", case="sts_b", term="srl", impl=impl, batch=16, num_bins=50, num_anchors=1000,
+                    dim=128, peak_memory_bytes=1 << 20)
+        if paired is not None:
+            info["paired_floor_ratio"] = paired
+        return {"extra_info": info, "stats": {"min": time_s, "median": time_s, "mean": time_s}}
+
+    def rows_of(benchmarks):
+        source = tmp_path / "run.json"
+        source.write_text(json.dumps({"benchmarks": benchmarks, "datetime": "now",
+                                      "machine_info": {"srl_bench": {"device": "cpu"}}}))
+        return report.load(source, "min", None)
+
+    # The rows' own minima (0.33 ms over 0.105 ms, taken apart: 3.14x) against the paired 1.72x.
+    meta, rows = rows_of([bench("cpu", 0.33e-3, paired=1.72), bench("matmul", 0.105e-3)])
+    assert report.target_lines(rows) == ["  met: sts_b cpu, time <= 2.0x the K x N product: 1.72x the product"]
+    lines = report.verdict(meta, rows, "min")
+    assert "the two timed alternately: the floor" in lines[-2] and "cpu -x / -x, 1.72x floor" in lines[-1]
+    row = [line for line in report.table(rows, "preset") if "| cpu |" in line][0]
+    assert row.endswith("| 3.14 | 1.72 |")
+    # A run without paired times (older JSON) keeps the plain ratio, and says so.
+    meta, rows = rows_of([bench("cpu", 0.33e-3), bench("matmul", 0.105e-3)])
+    assert report.target_lines(rows) == ["  NOT MET: sts_b cpu, time <= 2.0x the K x N product: 3.14x the product"]
+    assert "(the floor)" in report.verdict(meta, rows, "min")[-2]

@@ -102,3 +102,11 @@ def test_srl(benchmark, bench: cases.Benchmark, bench_device: torch.device, benc
     rounds = math.ceil(bench_options["time_s"] / max(one_step, 1e-6))
     rounds = min(max(rounds, bench_options["min_rounds"]), bench_options["max_rounds"])
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=0)
+
+    # 4. The floor ratio, paired: this step and the K x N product timed alternately, as many rounds
+    # again. The two rows' minima above are taken minutes apart, and a shared host's speed drifts
+    # by up to 2x over minutes; alternating puts the same drift on both (bench/README.md).
+    if bench.term in cases.FLOOR_TERMS and bench.impl not in (*cases.BASELINES, cases.FLOOR):
+        floor = _synchronised(cases.make_step(bench.term, cases.FLOOR, inputs, case), bench_device)
+        best = _measure.interleaved_minimum({"step": step, "floor": floor}, rounds)
+        benchmark.extra_info.update(paired_floor_ratio=best["step"] / best["floor"], paired_rounds=rounds)
