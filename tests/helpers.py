@@ -52,13 +52,22 @@ def terms_and_grad(module, features, bins, memory, anchors, *, temperature=0.3, 
     return torch.stack([t.detach() for t in terms]), grad
 
 
-def load_driver(name: str):
-    """train/<name>.py as a module (the drivers are scripts, not part of the package)."""
-    path = Path(__file__).resolve().parents[1] / "train" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"driver_{name}", path)
+def _load_script(folder: str, name: str, module_name: str):
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_driver(name: str):
+    """train/<name>.py as a module (the drivers are scripts, not part of the package)."""
+    return _load_script("train", name, f"driver_{name}")
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (the tools are scripts, not part of the package)."""
+    return _load_script("tools", name, name)
 
 
 def write_agedb_images(root: Path, count: int, train: int, val: int) -> Path:
@@ -104,6 +113,16 @@ def write_sts_b_pairs(root: Path, words: list[str], count: int, train: int, val:
 
 
 BIN_MIXES = ("spread", "crowded", "singletons", "few_present")
+
+
+TINY_STS_B_WORDS = ["a", "man", "woman", "is", "eating", "dancing", "playing", "guitar", "the", "dog", "runs", "."]
+
+
+def write_tiny_sts_b(root: Path) -> tuple[Path, Path]:
+    """(data folder, GloVe file) of 48 STS-B pairs (32 train, 40 val) with uniform scores: the
+    tool tests' tiny runs."""
+    return write_sts_b_pairs(root, TINY_STS_B_WORDS, 48, train=32, val=40,
+                             score=lambda i, rng: f"{round(float(rng.uniform(0, 5)), 3):.3f}")
 
 
 def loss_case_strategies() -> dict:

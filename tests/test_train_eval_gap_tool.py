@@ -1,25 +1,19 @@
 """tools/train_eval_gap.py on tiny STS-B runs: its eval way repeats the runs' own validation, the
 FDS way exists for FDS runs only, a missing checkpoint is one line."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from helpers import load_driver, write_sts_b_pairs
+from helpers import load_driver, load_tool, write_tiny_sts_b
 
-_PATH = Path(__file__).resolve().parents[1] / "tools" / "train_eval_gap.py"
-_spec = importlib.util.spec_from_file_location("train_eval_gap", _PATH)
-tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tool)
+tool = load_tool("train_eval_gap")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    words = ["a", "man", "woman", "is", "eating", "dancing", "playing", "guitar", "the", "dog", "runs", "."]
-    root, glove = write_sts_b_pairs(tmp_path_factory.mktemp("stsb"), words, 48, train=32, val=40,
-                                    score=lambda i, rng: f"{round(float(rng.uniform(0, 5)), 3):.3f}")
+    root, glove = write_tiny_sts_b(tmp_path_factory.mktemp("stsb"))
     runs_dir = tmp_path_factory.mktemp("runs")
     common = ["--data_dir", str(root), "--glove", str(glove), "--runs_dir", str(runs_dir), "--hidden_size", "8",
               "--batch_size", "8", "--eval_every", "0", "--no_progress", "--threads", "1", "--epoch", "3", "--vanilla"]
