@@ -357,6 +357,76 @@ def test_kernel_refuses_norms_that_overflow_and_bad_used_memory_rows():
         functional.srl_loss(features, zeros, broken, anchors)
 
 
+# (B + K) * D at least 2^14 (srl_loss.cpp, kMinRowPartWork): the table and the gradients go in parts.
+ROW_PARTS_SIZE = (300, 40, 200, 64)
+
+
+def _skewed_bins(batch, num_bins, generator):
+    """Half the samples in one bin, the rest over bins 5..num_bins-6: runs of bins of very
+    different sizes for the parts, and absent bins at both ends."""
+    bins = torch.randint(5, num_bins - 5, (batch,), generator=generator)
+    bins[::2] = 7
+    return bins
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("envelope_temperature", [None, 0.2])
+def test_table_and_gradients_in_parts_match_the_reference(threads, envelope_temperature):
+    """At a size where the table and the gradients are split by bins across threads, with one bin
+    holding half the batch, absent bins at both ends and zero memory rows, float64: the reference's
+    numbers; and two calls agree bit for bit."""
+    batch, num_bins, num_anchors, dim = ROW_PARTS_SIZE
+    features, _, memory, anchors = make_inputs(batch, num_bins, num_anchors, dim, dtype=torch.float64,
+                                               zero_memory_rows=3)
+    bins = _skewed_bins(batch, num_bins, torch.Generator().manual_seed(3))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        first = fused(features, bins, memory, anchors, envelope_temperature=envelope_temperature)
+        again = fused(features, bins, memory, anchors, envelope_temperature=envelope_temperature)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    wanted = expected(features, bins, memory, anchors, envelope_temperature=envelope_temperature)
+    assert_matches(first, wanted, rtol=1e-10, atol=1e-10)
+
+
+def test_bad_rows_found_in_parts_are_reported_as_a_serial_sweep_would():
+    """With the table split by bins across two threads, each part meets its own bad row; the error
+    names the first in sample order (a feature row before a bin out of range after it, feature rows
+    before memory rows, the lowest memory row)."""
+    batch, num_bins, num_anchors, dim = ROW_PARTS_SIZE
+    features, _, memory, anchors = make_inputs(batch, num_bins, num_anchors, dim, requires_grad=False)
+    bins = _skewed_bins(batch, num_bins, torch.Generator().manual_seed(3))
+    bins[250], bins[9] = 5, num_bins - 6  # sample 250 in the first part's bins, sample 9 in the last's
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        broken = features.clone()
+        broken[250, 0], broken[9, 3] = float("nan"), float("inf")
+        with pytest.raises(ValueError, match="'features' must be finite, got a non-finite value in row 9$"):
+            _call(broken, bins, memory, anchors)
+        out_of_range = bins.clone()
+        out_of_range[280] = num_bins
+        with pytest.raises(ValueError, match="'features' must be finite, got a non-finite value in row 9$"):
+            _call(broken, out_of_range, memory, anchors)
+        broken = features.clone()
+        broken[290] = float("nan")
+        with pytest.raises(ValueError, match=rf"'bins' must hold bin indices in \[0, {num_bins}\), got {num_bins} "
+                                             "at position 280"):
+            _call(broken, out_of_range, memory, anchors)
+        bad_memory = memory.clone()
+        bad_memory[num_bins - 2], bad_memory[2] = float("nan"), float("nan")  # absent bins, one per part
+        with pytest.raises(ValueError, match="'memory' must be finite, got a non-finite value in row 2$"):
+            _call(features, bins, bad_memory, anchors)
+        broken = features.clone()
+        broken[9, 0] = float("nan")
+        with pytest.raises(ValueError, match="'features' must be finite, got a non-finite value in row 9$"):
+            _call(broken, bins, bad_memory, anchors)
+    finally:
+        torch.set_num_threads(before)
+
+
 # ----- the kernel sets (SRL_EXT_CPU_ISA, ops.cpu_isa) and the phase record -----
 def _supported_isas() -> list[str]:
     default, supported = ops.cpu_isa(), []

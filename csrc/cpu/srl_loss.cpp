@@ -3,14 +3,19 @@
 //
 // One op instead of four (table, contrastive, envelope, homogeneity and the table's backward)
 // saves the per-call costs that dominate at small sizes: each op's checks, output allocations,
-// thread-pool wake-ups and autograd node. The work goes in three phases:
+// thread-pool wake-ups and autograd node. The work goes in three phases, each split into P parts
+// (P = the thread count, fewer for small problems; one part runs on the calling thread):
 //
-//  1. Table, on the calling thread, O(B*D + K*D) (docs/method.md, "The surrogate table"): each
-//     feature row is checked (finite, a norm that fits, its bin in [0, K)), normalised and added
-//     to its bin's sum; present bins become normalised means, absent ones their memory rows
-//     (checked as the features), normalised.
-//  2. Terms, one parallel region of P parts (P = the thread count, fewer for small problems):
-//     part p takes B/P samples and N/P anchors, so the parts cost the same whatever the tiles.
+//  1. Table, O(B*D + K*D) (docs/method.md, "The surrogate table"). On the calling thread the bins
+//     are checked (in [0, K)), counted and the samples sorted by bin (stably); then each part
+//     takes a run of bins holding about (B + K)/P samples and bins: each of its bins' feature
+//     rows is checked (finite, a norm that fits), normalised and added to the bin's sum in sample
+//     order; present bins become normalised means, absent ones their memory rows (checked as the
+//     features), normalised. A bad row is reported after the parts, the first in sample order
+//     (then the first bad memory row), as a serial sweep would.
+//  2. Terms: part p takes B/P samples and N/P anchors, so the parts cost the same whatever the
+//     tiles. It normalises its samples (z, kept for phase 3 in the cache of the thread that wrote
+//     it) and takes (K-1)/P of the homogeneity term's neighbour cosines.
 //     - Its samples (docs/method.md, "Contrastive"): one GEMM gives their K x rows block of
 //       logits (samples along the contiguous axis, so the sweeps over K are vectorised across
 //       samples); the sweeps turn it into d loss / d logits (softmax minus the one-hot label); a
@@ -22,10 +27,14 @@
 //       gradient w.r.t. the table into the part's own K x D buffer: a scatter of the anchor
 //       rows into their arg-max rows (hard) or one more GEMM (soft). The K x N matrix never
 //       exists.
-//  3. Gradients, on the calling thread, O(P*K*D + B*D): the parts' table gradients summed in
-//     part order (deterministic for a given thread count), the homogeneity term and its table
-//     gradient (docs/method.md, "Homogeneity"), both taken back through the table to the
-//     features, and the weighted total.
+//  3. Gradients, O(P*K*D + B*D). On the calling thread the losses and the homogeneity term
+//     (docs/method.md, "Homogeneity"), O(K); then, by the bins of phase 1, each present bin's
+//     table gradients (the parts' buffers summed in part order, deterministic for a given
+//     thread count, and the homogeneity term's) taken back through the table to the bin mean;
+//     then, by the samples of phase 2, each sample's through its normalisation, and the
+//     weighted total.
+// Phases 1 and 3 run in parts only where (B + K) * D is large enough to pay for the wake-ups;
+// either way every sum has the order of a serial sweep, so the numbers do not depend on it.
 //
 // Returns (total, contrastive, enveloping, homogeneity, grads): four 0-d losses, and grads,
 // 4 x B x D: the gradients of the total and of each term w.r.t. the features. The autograd,
@@ -37,7 +46,7 @@
 // and AVX2 besides the baseline ISA; the CPU's best runs unless SRL_EXT_CPU_ISA (or
 // srl_ext::cpu_isa) picks another. Each call records how long its phases took on the calling
 // thread (srl_ext::srl_loss_phase_times; a few clock reads per call), so that the time above the
-// K x N product can be placed on any host (bench/phases.py).
+// K x N product can be placed on any host (python -m bench.floor).
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -68,6 +77,11 @@ constexpr int64_t kBlockBytes = 1024 * 1024;
 constexpr int64_t kMinBlockCols = 16;
 // A part gets at least this many multiply-adds: below, waking a thread costs more than it saves.
 constexpr int64_t kMinPartWork = int64_t(1) << 18;
+// The table and the gradients (phases 1 and 3) go in parts from this many row elements,
+// (B + K) * D: below, the regions' starts and joins (about a us each) eat the gain. Measured on a
+// 2-core AMD EPYC, the two phases' minima serial -> in 2 parts: IMDB-WIKI's size (56,704) 51 ->
+// 31 us, AgeDB's (21,248) 17 -> 15 us, STS-B's (8,448) 7.0 -> 6.6 us.
+constexpr int64_t kMinRowPartWork = int64_t(1) << 14;
 
 #if defined(__GNUC__) || defined(__clang__)
 #define SRL_INLINE inline __attribute__((always_inline))
@@ -225,7 +239,9 @@ struct Problem {
   const int64_t* bins;    // B
   const T* memory;        // K x D
   const T* anchors;       // N x D
-  int64_t batch, num_bins, num_anchors, dim, parts;
+  int64_t batch, num_bins, num_anchors, dim;
+  int64_t parts;          // P: of the terms (phase 2)
+  int64_t row_parts;      // of the table and the gradients (phases 1 and 3): P or 1
   int64_t rows_cap, cols_cap;  // largest tile of samples, of anchors, per part
   T temperature, envelope_temperature;  // envelope_temperature: 0 for the hard envelope
   bool label_weighting;
@@ -241,6 +257,12 @@ struct Buffers {
   T* table;          // K x D surrogates (bin sums until normalised)
   T* mean_norms;     // K
   int64_t* counts;   // K
+  int64_t* bin_start;  // K + 1: where each bin's samples begin in `order`
+  int64_t* order;    // B: the samples sorted by bin, in sample order within a bin
+  int64_t* cursor;   // K: the counting sort's next free place of each bin
+  int64_t* part_bins;     // row_parts + 1: the first bin of each part of phases 1 and 3
+  int64_t* bad_feature;   // row_parts: the part's first non-finite feature row (B if none)
+  int64_t* bad_memory;    // row_parts: the part's first non-finite memory row used (K if none)
   T* log_weight;     // K: log w for each label distance 0 .. K-1 (label weighting)
   T* grad_env;       // K x D: d enveloping / d table, then d / d bin mean
   T* grad_homo;      // K x D: the same for the homogeneity term
@@ -289,6 +311,12 @@ void carve(Arena& arena, const Problem<T>& pr, Buffers<T>& buf) {
   buf.table = arena.take<T>(K * D);
   buf.mean_norms = arena.take<T>(K);
   buf.counts = arena.take<int64_t>(K);
+  buf.bin_start = arena.take<int64_t>(K + 1);
+  buf.order = arena.take<int64_t>(B);
+  buf.cursor = arena.take<int64_t>(K);
+  buf.part_bins = arena.take<int64_t>(pr.row_parts + 1);
+  buf.bad_feature = arena.take<int64_t>(pr.row_parts);
+  buf.bad_memory = arena.take<int64_t>(pr.row_parts);
   buf.log_weight = arena.take<T>(K);
   buf.grad_env = arena.take<T>(K * D);
   buf.grad_homo = arena.take<T>(K * D);
@@ -383,38 +411,80 @@ template <typename T>
   std::abort();  // not reached
 }
 
-template <typename T, bool kFma>
-SRL_INLINE void build_table(const Problem<T>& pr, const Buffers<T>& buf) {
-  const int64_t B = pr.batch, K = pr.num_bins, D = pr.dim;
-  const T eps = static_cast<T>(kNormEps);
-  std::fill(buf.table, buf.table + K * D, T(0));
+// On the calling thread: the bins checked, counted and sorted (stably), the bins cut into
+// `row_parts` runs of about (B + K) / row_parts samples and bins each, and the label weights.
+// A bin out of range is reported as a serial sweep would: a non-finite feature row before it
+// first.
+template <typename T>
+void sort_bins(const Problem<T>& pr, const Buffers<T>& buf) {
+  const int64_t B = pr.batch, K = pr.num_bins, D = pr.dim, R = pr.row_parts;
   std::fill(buf.counts, buf.counts + K, int64_t(0));
   for (int64_t i = 0; i < B; ++i) {
     const int64_t b = pr.bins[i];
-    TORCH_CHECK_VALUE(
-        b >= 0 && b < K, "srl_ext: argument 'bins' must hold bin indices in [0, ", K, "), got ", b, " at position ", i);
-    const T* row = pr.features + i * D;
-    const T sq = dot(row, row, D);
-    if (!std::isfinite(sq)) refuse_row(row, D, "features", i);
-    const T norm = std::sqrt(sq);
-    buf.norms[i] = norm;
-    const T inv = T(1) / std::max(norm, eps);
-    T* z = buf.z + i * D;
-    T* sum = buf.table + b * D;
-    for (int64_t d = 0; d < D; ++d) {
-      z[d] = row[d] * inv;
-      sum[d] += z[d];
+    if (b < 0 || b >= K) [[unlikely]] {
+      for (int64_t j = 0; j < i; ++j) {
+        const T* row = pr.features + j * D;
+        if (!std::isfinite(dot(row, row, D))) refuse_row(row, D, "features", j);
+      }
+      TORCH_CHECK_VALUE(false, "srl_ext: argument 'bins' must hold bin indices in [0, ", K, "), got ", b, " at position ", i);
     }
     buf.counts[b] += 1;
   }
+  buf.bin_start[0] = 0;
   for (int64_t k = 0; k < K; ++k) {
+    buf.bin_start[k + 1] = buf.bin_start[k] + buf.counts[k];
+    buf.cursor[k] = buf.bin_start[k];
+  }
+  for (int64_t i = 0; i < B; ++i) buf.order[buf.cursor[pr.bins[i]]++] = i;
+  // Part q's bins begin where the running cost (a bin's samples, and the bin) reaches q / R of the whole.
+  const int64_t whole = B + K;
+  int64_t q = 1, cost = 0;
+  buf.part_bins[0] = 0;
+  for (int64_t k = 0; k < K && q < R; ++k) {
+    cost += buf.counts[k] + 1;
+    while (q < R && cost * R >= q * whole) buf.part_bins[q++] = k + 1;
+  }
+  while (q <= R) buf.part_bins[q++] = K;
+  if (pr.label_weighting) {
+    for (int64_t d = 0; d < K; ++d) {
+      buf.log_weight[d] = std::log(static_cast<T>(d + 1) / static_cast<T>(pr.max_distance));
+    }
+  }
+}
+
+// Part q's bins of the table: each bin's samples normalised and summed in sample order, then
+// the mean (or, for an absent bin, its memory row) normalised. The normalised rows themselves (z)
+// are written by the parts of phase 2, each for its own samples, so that they stay in the cache
+// of the thread that reads them. Non-finite rows are noted, not raised (an exception must not
+// leave a parallel region); `refuse_bad_rows` raises them after.
+template <typename T, bool kFma>
+SRL_INLINE void build_table_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t q) {
+  const int64_t B = pr.batch, K = pr.num_bins, D = pr.dim;
+  const T eps = static_cast<T>(kNormEps);
+  int64_t bad_feature = B, bad_memory = K;
+  for (int64_t k = buf.part_bins[q]; k < buf.part_bins[q + 1]; ++k) {
     T* row = buf.table + k * D;
     if (buf.counts[k] > 0) {
+      std::fill(row, row + D, T(0));
+      for (int64_t m = buf.bin_start[k]; m < buf.bin_start[k + 1]; ++m) {
+        const int64_t i = buf.order[m];
+        const T* feature = pr.features + i * D;
+        const T sq = dot(feature, feature, D);
+        if (!std::isfinite(sq)) [[unlikely]] {
+          bad_feature = std::min(bad_feature, i);
+          continue;
+        }
+        const T inv = T(1) / std::max(std::sqrt(sq), eps);
+        for (int64_t d = 0; d < D; ++d) row[d] += feature[d] * inv;
+      }
       const T inv_count = T(1) / static_cast<T>(buf.counts[k]);
       for (int64_t d = 0; d < D; ++d) row[d] *= inv_count;
     } else {
       const T* memory_row = pr.memory + k * D;
-      if (!std::isfinite(dot(memory_row, memory_row, D))) refuse_row(memory_row, D, "memory", k);
+      if (!std::isfinite(dot(memory_row, memory_row, D))) [[unlikely]] {
+        bad_memory = std::min(bad_memory, k);
+        continue;
+      }
       std::copy(memory_row, memory_row + D, row);
     }
     const T norm = std::sqrt(dot(row, row, D));
@@ -422,11 +492,18 @@ SRL_INLINE void build_table(const Problem<T>& pr, const Buffers<T>& buf) {
     const T inv = T(1) / std::max(norm, eps);
     for (int64_t d = 0; d < D; ++d) row[d] *= inv;
   }
-  if (pr.label_weighting) {
-    for (int64_t d = 0; d < K; ++d) {
-      buf.log_weight[d] = std::log(static_cast<T>(d + 1) / static_cast<T>(pr.max_distance));
-    }
-  }
+  buf.bad_feature[q] = bad_feature;
+  buf.bad_memory[q] = bad_memory;
+}
+
+// After the table's parts: the first non-finite feature row, else the first non-finite memory
+// row used, raised on the calling thread.
+template <typename T>
+void refuse_bad_rows(const Problem<T>& pr, const Buffers<T>& buf) {
+  const int64_t feature = *std::min_element(buf.bad_feature, buf.bad_feature + pr.row_parts);
+  if (feature < pr.batch) [[unlikely]] refuse_row(pr.features + feature * pr.dim, pr.dim, "features", feature);
+  const int64_t memory = *std::min_element(buf.bad_memory, buf.bad_memory + pr.row_parts);
+  if (memory < pr.num_bins) [[unlikely]] refuse_row(pr.memory + memory * pr.dim, pr.dim, "memory", memory);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -534,10 +611,26 @@ SRL_INLINE double sum_over_part_tiles(const Problem<T>& pr, const Buffers<T>& bu
 
 template <typename T, bool kFma>
 SRL_INLINE void run_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t p) {
+  // Its samples normalised (their norms checked finite by phase 1): z and the norms.
+  const int64_t D = pr.dim;
+  const T eps = static_cast<T>(kNormEps);
+  for (int64_t i = p * pr.batch / pr.parts; i < (p + 1) * pr.batch / pr.parts; ++i) {
+    const T* feature = pr.features + i * D;
+    const T norm = std::sqrt(dot(feature, feature, D));
+    buf.norms[i] = norm;
+    const T inv = T(1) / std::max(norm, eps);
+    T* z = buf.z + i * D;
+    for (int64_t d = 0; d < D; ++d) z[d] = feature[d] * inv;
+  }
   buf.part_contrastive[p] = sum_over_part_tiles<T, contrastive_tile<T, kFma>>(pr, buf, p, pr.batch, pr.rows_cap);
   T* grad_table = buf.grad_table + p * buf.grad_table_stride;
   std::fill(grad_table, grad_table + pr.num_bins * pr.dim, T(0));
   buf.part_coverage[p] = sum_over_part_tiles<T, envelope_tile<T, kFma>>(pr, buf, p, pr.num_anchors, pr.cols_cap);
+  // Its share of the homogeneity term's neighbour cosines a_k = <c_{k+1}, c_k>.
+  const int64_t pairs = pr.num_bins - 1;
+  for (int64_t k = p * pairs / pr.parts; k < (p + 1) * pairs / pr.parts; ++k) {
+    buf.pair_cos[k] = dot(buf.table + (k + 1) * D, buf.table + k * D, D);
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -547,9 +640,11 @@ struct Losses {
   double total, contrastive, enveloping, homogeneity;
 };
 
-template <typename T, bool kFma>
-SRL_INLINE Losses finish(const Problem<T>& pr, const Buffers<T>& buf) {
-  const int64_t B = pr.batch, K = pr.num_bins, D = pr.dim, P = pr.parts;
+// On the calling thread: the losses from the parts' sums and the neighbour cosines, and
+// pair_cos turned into d homogeneity / d a_k.
+template <typename T>
+SRL_INLINE Losses term_losses(const Problem<T>& pr, const Buffers<T>& buf) {
+  const int64_t B = pr.batch, K = pr.num_bins, P = pr.parts;
   Losses out{};
   for (int64_t p = 0; p < P; ++p) {
     out.contrastive += buf.part_contrastive[p];
@@ -558,21 +653,10 @@ SRL_INLINE Losses finish(const Problem<T>& pr, const Buffers<T>& buf) {
   out.contrastive /= static_cast<double>(B);
   out.enveloping = 1.0 - out.enveloping / static_cast<double>(pr.num_anchors);
 
-  // d enveloping / d table: the parts' buffers, summed in part order.
-  std::copy(buf.grad_table, buf.grad_table + K * D, buf.grad_env);
-  for (int64_t p = 1; p < P; ++p) {
-    const T* part = buf.grad_table + p * buf.grad_table_stride;
-    for (int64_t e = 0; e < K * D; ++e) buf.grad_env[e] += part[e];
-  }
-
-  // Homogeneity: a_k = <c_{k+1}, c_k>; L = sign * sum_k a_k + beta * Var(a) (unbiased; 0 for one pair).
+  // Homogeneity: L = sign * sum_k a_k + beta * Var(a) (unbiased; 0 for one pair).
   const int64_t pairs = K - 1;
-  const T* c = buf.table;
   double sum = 0;
-  for (int64_t k = 0; k < pairs; ++k) {
-    buf.pair_cos[k] = dot(c + (k + 1) * D, c + k * D, D);
-    sum += static_cast<double>(buf.pair_cos[k]);
-  }
+  for (int64_t k = 0; k < pairs; ++k) sum += static_cast<double>(buf.pair_cos[k]);
   const double mean = sum / static_cast<double>(pairs);
   out.homogeneity = pr.homogeneity_sign * sum;
   double var_scale = 0;  // d Var / d a_k = var_scale * (a_k - mean)
@@ -585,38 +669,56 @@ SRL_INLINE Losses finish(const Problem<T>& pr, const Buffers<T>& buf) {
     out.homogeneity += pr.homogeneity_beta * squares / static_cast<double>(pairs - 1);
     var_scale = 2.0 / static_cast<double>(pairs - 1);
   }
-  // pair_cos becomes d L / d a_k; then d L / d c_k = da_k c_{k+1} + da_{k-1} c_{k-1}.
   for (int64_t k = 0; k < pairs; ++k) {
     buf.pair_cos[k] = static_cast<T>(
         pr.homogeneity_sign + pr.homogeneity_beta * var_scale * (static_cast<double>(buf.pair_cos[k]) - mean));
   }
-  for (int64_t k = 0; k < K; ++k) {
-    T* g = buf.grad_homo + k * D;
+  out.total = pr.w1 * out.contrastive + pr.w2 * out.enveloping + pr.w3 * out.homogeneity;
+  return out;
+}
+
+// Part q's bins (those of its table part): for each present bin, d enveloping / d c_k (the
+// parts' buffers summed in part order) and d homogeneity / d c_k = da_k c_{k+1} + da_{k-1} c_{k-1},
+// taken back through the table to the bin mean (normalisation backward / count). Absent bins
+// have no samples (their rows come from the detached memory): nothing to take back.
+template <typename T, bool kFma>
+SRL_INLINE void bin_gradients_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t q) {
+  const int64_t K = pr.num_bins, D = pr.dim, P = pr.parts, pairs = K - 1;
+  const T* c = buf.table;
+  for (int64_t k = buf.part_bins[q]; k < buf.part_bins[q + 1]; ++k) {
+    if (buf.counts[k] == 0) continue;
+    T* env = buf.grad_env + k * D;
+    std::copy(buf.grad_table + k * D, buf.grad_table + (k + 1) * D, env);
+    for (int64_t p = 1; p < P; ++p) {
+      const T* part = buf.grad_table + p * buf.grad_table_stride + k * D;
+      for (int64_t d = 0; d < D; ++d) env[d] += part[d];
+    }
+    T* homo = buf.grad_homo + k * D;
     const T up = k < pairs ? buf.pair_cos[k] : T(0);   // pair (k, k+1)
     const T down = k > 0 ? buf.pair_cos[k - 1] : T(0);  // pair (k-1, k)
     const T* next = c + std::min(k + 1, K - 1) * D;
     const T* prev = c + std::max(k - 1, int64_t(0)) * D;
-    for (int64_t d = 0; d < D; ++d) g[d] = up * next[d] + down * prev[d];
-  }
-  out.total = pr.w1 * out.contrastive + pr.w2 * out.enveloping + pr.w3 * out.homogeneity;
-
-  // Through the table: d / d bin mean = normalisation backward / count, for present bins (only
-  // they have samples; absent rows come from the detached memory).
-  for (int64_t k = 0; k < K; ++k) {
-    if (buf.counts[k] == 0) continue;
+    for (int64_t d = 0; d < D; ++d) homo[d] = up * next[d] + down * prev[d];
     const T inv_count = T(1) / static_cast<T>(buf.counts[k]);
-    for (T* g : {buf.grad_env + k * D, buf.grad_homo + k * D}) {
+    for (T* g : {env, homo}) {
       normalize_backward_into(c + k * D, buf.mean_norms[k], g, g, D);
       for (int64_t d = 0; d < D; ++d) g[d] *= inv_count;
     }
   }
-  // Through each sample's normalisation, and the weighted total.
+}
+
+// Part q of the samples (B/R each, as phase 2 splits them, so that z and the contrastive
+// gradient are read where phase 2 wrote them): its bin's two gradients through the sample's
+// normalisation, and the weighted total.
+template <typename T, bool kFma>
+SRL_INLINE void sample_gradients_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t q) {
+  const int64_t B = pr.batch, D = pr.dim, R = pr.row_parts;
   T* grad_total = buf.grads;
   const T* grad_contrastive = buf.grads + B * D;
   T* grad_enveloping = buf.grads + 2 * B * D;
   T* grad_homogeneity = buf.grads + 3 * B * D;
   const T w1 = static_cast<T>(pr.w1), w2 = static_cast<T>(pr.w2), w3 = static_cast<T>(pr.w3);
-  for (int64_t i = 0; i < B; ++i) {
+  for (int64_t i = q * B / R; i < (q + 1) * B / R; ++i) {
     const int64_t b = pr.bins[i];
     const T* z = buf.z + i * D;
     T* env = grad_enveloping + i * D;
@@ -627,7 +729,6 @@ SRL_INLINE Losses finish(const Problem<T>& pr, const Buffers<T>& buf) {
     T* total = grad_total + i * D;
     for (int64_t d = 0; d < D; ++d) total[d] = w1 * con[d] + w2 * env[d] + w3 * homo[d];
   }
-  return out;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -635,27 +736,38 @@ SRL_INLINE Losses finish(const Problem<T>& pr, const Buffers<T>& buf) {
 
 template <typename T>
 struct Kernels {
-  void (*build_table)(const Problem<T>&, const Buffers<T>&);
+  void (*build_table_part)(const Problem<T>&, const Buffers<T>&, int64_t);
   void (*run_part)(const Problem<T>&, const Buffers<T>&, int64_t);
-  Losses (*finish)(const Problem<T>&, const Buffers<T>&);
+  Losses (*term_losses)(const Problem<T>&, const Buffers<T>&);
+  void (*bin_gradients_part)(const Problem<T>&, const Buffers<T>&, int64_t);
+  void (*sample_gradients_part)(const Problem<T>&, const Buffers<T>&, int64_t);
 };
 
 #define SRL_DEFINE_KERNELS(NAME, ATTRIBUTE, FMA)                                                             \
   template <typename T>                                                                                      \
-  ATTRIBUTE void NAME##_build_table(const Problem<T>& pr, const Buffers<T>& buf) {                           \
-    build_table<T, FMA>(pr, buf);                                                                            \
+  ATTRIBUTE void NAME##_build_table_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t q) {           \
+    build_table_part<T, FMA>(pr, buf, q);                                                                    \
   }                                                                                                          \
   template <typename T>                                                                                      \
   ATTRIBUTE void NAME##_run_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t p) {                   \
     run_part<T, FMA>(pr, buf, p);                                                                            \
   }                                                                                                          \
   template <typename T>                                                                                      \
-  ATTRIBUTE Losses NAME##_finish(const Problem<T>& pr, const Buffers<T>& buf) {                              \
-    return finish<T, FMA>(pr, buf);                                                                          \
+  ATTRIBUTE Losses NAME##_term_losses(const Problem<T>& pr, const Buffers<T>& buf) {                         \
+    return term_losses<T>(pr, buf);                                                                          \
+  }                                                                                                          \
+  template <typename T>                                                                                      \
+  ATTRIBUTE void NAME##_bin_gradients_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t q) {         \
+    bin_gradients_part<T, FMA>(pr, buf, q);                                                                  \
+  }                                                                                                          \
+  template <typename T>                                                                                      \
+  ATTRIBUTE void NAME##_sample_gradients_part(const Problem<T>& pr, const Buffers<T>& buf, int64_t q) {      \
+    sample_gradients_part<T, FMA>(pr, buf, q);                                                               \
   }                                                                                                          \
   template <typename T>                                                                                      \
   Kernels<T> NAME##_kernels() {                                                                              \
-    return {&NAME##_build_table<T>, &NAME##_run_part<T>, &NAME##_finish<T>};                                 \
+    return {&NAME##_build_table_part<T>, &NAME##_run_part<T>, &NAME##_term_losses<T>,                      \
+            &NAME##_bin_gradients_part<T>, &NAME##_sample_gradients_part<T>};                                \
   }
 
 SRL_DEFINE_KERNELS(baseline, , false)
@@ -748,6 +860,18 @@ std::string cpu_isa(std::optional<std::string> isa) {
   return kIsaNames[static_cast<int>(current_isa())];
 }
 
+// run(p) for p in [0, parts): on the calling thread for one part, else in one parallel region.
+template <typename F>
+void in_parts(int64_t parts, const F& run) {
+  if (parts == 1) {
+    run(0);
+    return;
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) run(p);
+  });
+}
+
 // ------------------------------------------------------------------------------------------
 // The op.
 
@@ -831,6 +955,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_
     const int64_t work = (2 * batch + num_anchors) * num_bins * dim;
     const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
     pr.parts = std::max<int64_t>(1, std::min<int64_t>(threads, work / kMinPartWork));
+    pr.row_parts = (batch + num_bins) * dim >= kMinRowPartWork ? pr.parts : 1;
     const int64_t block_cols = std::max(kMinBlockCols, kBlockBytes / (num_bins * int64_t(sizeof(T))));
     pr.rows_cap = std::min(block_cols, (batch + pr.parts - 1) / pr.parts);
     pr.cols_cap = std::min(block_cols, (num_anchors + pr.parts - 1) / pr.parts);
@@ -860,22 +985,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> srl_loss_
 
     const Kernels<T> k = kernels<T>(current_isa());
     const double table_begins = seconds_now();
-    k.build_table(pr, buf);
+    sort_bins(pr, buf);
+    in_parts(pr.row_parts, [&](int64_t q) { k.build_table_part(pr, buf, q); });
+    refuse_bad_rows(pr, buf);
     const double region_begins = seconds_now();
-    const auto run_part = [&](int64_t p) {
+    in_parts(pr.parts, [&](int64_t p) {
       buf.part_start[p] = seconds_now();
       k.run_part(pr, buf, p);
       buf.part_end[p] = seconds_now();
-    };
-    if (pr.parts == 1) {
-      run_part(0);
-    } else {
-      at::parallel_for(0, pr.parts, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) run_part(p);
-      });
-    }
+    });
     const double region_ends = seconds_now();
-    const Losses losses = k.finish(pr, buf);
+    const Losses losses = k.term_losses(pr, buf);
+    in_parts(pr.row_parts, [&](int64_t q) { k.bin_gradients_part(pr, buf, q); });
+    in_parts(pr.row_parts, [&](int64_t q) { k.sample_gradients_part(pr, buf, q); });
     const double finish_ends = seconds_now();
     *total.data_ptr<T>() = static_cast<T>(losses.total);
     *contrastive.data_ptr<T>() = static_cast<T>(losses.contrastive);
