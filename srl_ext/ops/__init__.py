@@ -106,7 +106,7 @@ def cpu_isa(isa: str | None = None) -> str:
 
 def srl_loss_phase_times() -> dict[str, float]:
     """Seconds spent in each phase (SRL_LOSS_PHASES) of the calling thread's last CPU whole-loss
-    op call: where its time goes above its matrix products (bench/phases.py)."""
+    op call: where its time goes above its matrix products (`python -m bench.floor`)."""
     return dict(zip(SRL_LOSS_PHASES, torch.ops.srl_ext.srl_loss_phase_times(), strict=True))
 
 
